@@ -1,0 +1,53 @@
+"""The `distill` command line: one sub-command per verb, each in its own module.
+
+Each module defines `add_parser(subparsers)` and a typed function that does the work; this file
+only wires them up and turns `DistillError`s into a one-line message and an exit code (no
+traceback for errors a user can fix; `DISTILL_DEBUG=1` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from distill import __version__
+from distill.cli import answer, convert
+from distill.errors import DistillError
+
+COMMANDS = (answer, convert)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distill",
+        description="Teacher-student distillation: a small local student answers prompts, a teacher "
+                    "critiques and rewrites the answers, LoRA distills the verified corrections, and an "
+                    "evaluation gate decides whether the new adapter is promoted.",
+        epilog="Environment: DISTILL_STUDENT (student model directory), DISTILL_CACHE_DIR (cache location, "
+               "default ./cache). Run `distill COMMAND --help` for each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"distill {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DistillError as exc:
+        if os.environ.get("DISTILL_DEBUG"):
+            raise
+        print(f"distill: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("distill: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""`distill answer PROMPTS.jsonl -o ANSWERS.jsonl`: the student answers a prompts file.
+
+The file is validated whole before any model loads. Answers stream to `ANSWERS.jsonl.partial`
+after every batch; an interrupted run re-run with the same arguments skips what is done, and
+the final file appears only when every prompt is answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from distill.records import JsonlSink, read_prompts
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "answer",
+        help="answer a prompts file with the student",
+        description="Answer every prompt in PROMPTS (JSONL rows {\"id\", \"prompt\"} or {\"id\", \"messages\"}, "
+                    "optional \"reference\" and \"meta\") with the student model, in batches, and write one "
+                    "row per answer to OUTPUT. Greedy decoding unless --temperature is above 0. "
+                    "An interrupted run resumes when re-run with the same arguments.",
+    )
+    p.add_argument("prompts", type=Path, help="JSONL file of prompts")
+    p.add_argument("-o", "--output", type=Path, required=True, help="JSONL file to write the answers to")
+    add_generation_args(p)
+    p.set_defaults(func=run)
+
+
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that makes the student generate."""
+    g = p.add_argument_group("generation")
+    g.add_argument("--student", default=None,
+                   help="model directory or hub id (default: $DISTILL_STUDENT, else the embedded SmolLM2-135M-Instruct)")
+    g.add_argument("--max-new-tokens", type=int, default=256, help="longest answer in tokens (default 256)")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); above 0 samples")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass when sampling (default 1.0)")
+    g.add_argument("--samples", type=int, default=1, help="answers per prompt; needs --temperature > 0 (default 1)")
+    g.add_argument("--seed", type=int, default=0, help="seed for sampling (default 0)")
+    g.add_argument("--batch-size", type=int, default=32, help="prompts generated together (default 32)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from distill.student import GenerationParams, Student
+
+    prompts = read_prompts(args.prompts)  # validate the whole file before loading any model
+    params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                              top_p=args.top_p, samples=args.samples, seed=args.seed)
+    print(f"distill: {len(prompts)} prompts from {args.prompts}; loading the student...", file=sys.stderr)
+    student = Student.load(args.student)
+    print(f"distill: student {student.identity.key} on {student.device}", file=sys.stderr)
+    sink = JsonlSink(args.output)
+    done = {(row["prompt_id"], row["sample"]) for row in sink.done.values()
+            if row.get("model", {}).get("key") == student.identity.key and row.get("generation") == params.to_dict()}
+    if done:
+        print(f"distill: resuming, {len(done)} answers already in {sink.partial}", file=sys.stderr)
+    started, produced = time.monotonic(), 0
+    try:
+        for batch in student.iter_answers(prompts, params, batch_size=args.batch_size,
+                                          skip=frozenset(done), progress=True):
+            sink.write(a.to_row() for a in batch)
+            produced += sum(a.completion_tokens for a in batch)
+    finally:
+        sink.close()
+    order = [row["id"] for row in _ordered(sink.done.values(), prompts, params.samples)]
+    sink.commit(order)
+    elapsed = time.monotonic() - started
+    print(f"distill: wrote {len(order)} answers to {args.output} "
+          f"({produced} new tokens in {elapsed:.1f} s, {produced / max(elapsed, 1e-9):.1f} tok/s)", file=sys.stderr)
+    return 0
+
+
+def _ordered(rows, prompts, samples):  # type: ignore[no-untyped-def]
+    """The rows in input order: prompt order first, then sample index."""
+    by_key = {(r["prompt_id"], r["sample"]): r for r in rows}
+    return [by_key[(p.id, k)] for p in prompts for k in range(samples) if (p.id, k) in by_key]

