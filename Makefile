@@ -1,4 +1,4 @@
-# Set-up and the two everyday commands. `make demo` runs the main job on the embedded student;
+# Set-up and the two everyday commands. `make demo` runs a distillation round on the embedded student;
 # `make test` runs the whole test suite. Both create .venv and install everything on first use.
 
 PYTHON ?= python3
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/distill answer prompts/examples/heldout.jsonl -o runs/demo/answers.jsonl --max-new-tokens 128
+	$(BIN)/distill run prompts/examples/heldout.jsonl --name demo --chain quick --max-new-tokens 96 --teacher-max-tokens 384
 
 test: setup
 	$(BIN)/python -m pytest -q

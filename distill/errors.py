@@ -10,7 +10,8 @@ into exit codes; library callers catch `DistillError`.
     ├── ModelError      a student/teacher model is missing, corrupt or cannot load
     ├── TeacherError    a teacher call failed for good (after retries, or not retryable)
     │   └── QuotaExhausted  the provider says the account is out of credit: stop the batch
-    └── CacheError      the teacher-call cache is corrupt, unwritable, or misses offline
+    ├── CacheError      the teacher-call cache is corrupt, unwritable, or misses offline
+    └── BatchesPending  not a failure: provider batches are still running (--no-wait); run again later
 """
 
 from __future__ import annotations
@@ -53,3 +54,11 @@ class QuotaExhausted(TeacherError):
 
 class CacheError(DistillError):
     """The teacher-call cache cannot be read or written, or misses in offline mode."""
+
+
+class BatchesPending(DistillError):
+    """Provider batches of the run are still running and the run was told not to wait for them
+    (`--no-wait`). Not a failure: the same command continues the run later. Exit status 75
+    (EX_TEMPFAIL, "try again later"), so scripts can tell it from success and from errors."""
+
+    exit_code = 75

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from distill.checks import Check, parse_reference
 from distill.errors import InputError
@@ -126,32 +126,66 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]]:
         raise InputError(errors[0])
 
 
-def read_prompts(path: str | os.PathLike[str]) -> list[Prompt]:
-    """Read and validate a whole prompts file; every bad line is reported in one InputError."""
+T = TypeVar("T")
+
+
+def read_rows(path: str | os.PathLike[str], parse: Callable[[Any], T], *, example: str = "") -> list[T]:
+    """Read and validate a whole JSONL file with `parse` (which raises ValueError naming the field).
+
+    Every bad line is reported in one InputError as `FILE:LINE: reason`; rows with an `id`
+    attribute or key must have unique ids; an empty file is an error too.
+    """
     path = Path(path)
     errors: list[str] = []
-    prompts: list[Prompt] = []
+    rows: list[T] = []
     first_line: dict[str, int] = {}
     for number, obj in _iter_lenient(path, errors):
         try:
-            prompt = parse_prompt(obj)
+            row = parse(obj)
         except ValueError as exc:
             errors.append(f"{path}:{number}: {exc}")
             continue
-        if prompt.id in first_line:
-            errors.append(f"{path}:{number}: duplicate id {prompt.id!r} (first on line {first_line[prompt.id]})")
-            continue
-        first_line[prompt.id] = number
-        prompts.append(prompt)
+        row_id = getattr(row, "id", None) if not isinstance(row, dict) else row.get("id")
+        if row_id is not None:
+            if str(row_id) in first_line:
+                errors.append(f"{path}:{number}: duplicate id {str(row_id)!r} (first on line {first_line[str(row_id)]})")
+                continue
+            first_line[str(row_id)] = number
+        rows.append(row)
     if errors:
         shown = errors[:MAX_REPORTED_ERRORS]
         more = len(errors) - len(shown)
         tail = f"\n... and {more} more" if more else ""
         raise InputError(f"{len(errors)} bad line(s) in {path}:\n" + "\n".join(shown) + tail)
-    if not prompts:
-        raise InputError(f"{path}: the file is empty; expected one JSON object per line, "
-                         'e.g. {"id": "q1", "prompt": "What is the capital of France?"}')
-    return prompts
+    if not rows:
+        raise InputError(f"{path}: the file is empty; expected one JSON object per line{example}")
+    return rows
+
+
+def read_prompts(path: str | os.PathLike[str]) -> list[Prompt]:
+    """Read and validate a whole prompts file; every bad line is reported in one InputError."""
+    return read_rows(path, parse_prompt,
+                     example=', e.g. {"id": "q1", "prompt": "What is the capital of France?"}')
+
+
+def parse_answer(obj: Any) -> dict[str, Any]:
+    """Validate one row of an answers file (as written by `distill answer`)."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    for name in ("id", "prompt_id"):
+        if not isinstance(obj.get(name), (str, int)) or isinstance(obj.get(name), bool):
+            raise ValueError(f"field {name!r}: expected a string id")
+    if not isinstance(obj.get("answer"), str):
+        raise ValueError("field 'answer': expected a string")
+    _parse_messages(obj.get("messages"))
+    if obj.get("reference") is not None:
+        parse_reference(obj["reference"])
+    return {**obj, "id": str(obj["id"]), "prompt_id": str(obj["prompt_id"]), "sample": int(obj.get("sample", 0))}
+
+
+def read_answers(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    return read_rows(path, parse_answer,
+                     example=" with id, prompt_id, messages and answer (as `distill answer` writes)")
 
 
 def _iter_lenient(path: Path, errors: list[str]) -> Iterator[tuple[int, Any]]:

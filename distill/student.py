@@ -183,6 +183,31 @@ def resolve_source(source: str | os.PathLike[str] | None) -> tuple[Path, str, st
                      "transformers model directory, a hub id (needs network), or unset it for the embedded default")
 
 
+def model_identity(source: str | os.PathLike[str] | None = None,
+                   adapter: str | os.PathLike[str] | None = None) -> tuple[Path, ModelIdentity]:
+    """The model directory and identity for a source (and adapter), without loading any weights."""
+    directory, name, known_sha = resolve_source(source)
+    identity = ModelIdentity(name=name, path=str(directory), weights_sha256=known_sha or weights_sha256(directory))
+    if adapter is None:
+        return directory, identity
+    adapter_dir = Path(adapter).expanduser()
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelError(f"{adapter_dir}: not a LoRA adapter directory (no adapter_config.json); "
+                         "give the adapter/ folder written by `distill train`")
+    return directory, ModelIdentity(name=name, path=str(directory), weights_sha256=identity.weights_sha256,
+                                    adapter=str(adapter_dir), adapter_sha256=weights_sha256(adapter_dir))
+
+
+def _apply_adapter(model: Any, adapter_dir: Path) -> Any:
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, adapter_dir)
+    except Exception as exc:  # peft raises ValueError/KeyError/OSError for mismatched or broken adapters
+        raise ModelError(f"{adapter_dir}: cannot apply the adapter ({type(exc).__name__}: {exc}); it may have been "
+                         "trained for another base model") from None
+
+
 def _download(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
@@ -209,28 +234,30 @@ class Student:
                                if isinstance(i, int)})
 
     @classmethod
-    def load(cls, source: str | os.PathLike[str] | None = None, *, device: str | None = None,
-             dtype: str | None = None) -> "Student":
-        """Load the student from `source`, else `$DISTILL_STUDENT`, else the embedded default."""
+    def load(cls, source: str | os.PathLike[str] | None = None, *, adapter: str | os.PathLike[str] | None = None,
+             device: str | None = None, dtype: str | None = None) -> "Student":
+        """Load the student from `source`, else `$DISTILL_STUDENT`, else the embedded default;
+        with `adapter`, a PEFT LoRA adapter directory is applied on top."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        directory, name, known_sha = resolve_source(source)
+        directory, identity = model_identity(source, adapter)
         _quiet_transformers()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                        None: torch.bfloat16 if device.startswith("cuda") else torch.float32}.get(dtype)
         if torch_dtype is None:
             raise ConfigError(f"dtype {dtype!r}: expected float32, bfloat16 or float16")
-        sha = known_sha or weights_sha256(directory)
         try:
             tokenizer = AutoTokenizer.from_pretrained(directory)
             model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype)
         except Exception as exc:  # safetensors, OSError, ValueError... all mean "cannot load"
             raise ModelError(f"{directory}: cannot load the model ({type(exc).__name__}: {exc}); the weights "
                              "may be corrupt or incomplete (for the embedded default run `distill convert --force`)") from None
+        if adapter is not None:
+            model = _apply_adapter(model, Path(adapter))
         model.to(device).eval()
-        return cls(model, tokenizer, ModelIdentity(name=name, path=str(directory), weights_sha256=sha))
+        return cls(model, tokenizer, identity)
 
     @property
     def device(self) -> Any:

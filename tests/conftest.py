@@ -61,7 +61,10 @@ def student(embedded_dir: Path):
 
 _ISOLATED_ENV = ("DISTILL_STUDENT", "DISTILL_TEACHER", "DISTILL_TEACHER_BASE_URL", "DISTILL_TEACHER_API_KEY",
                  "DISTILL_OFFLINE", "DISTILL_PROMPTS", "OPENAI_API_KEY", "OPENAI_BASE_URL",
-                 "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")
+                 "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL",
+                 "DISTILL_TEACHER_CONCURRENCY", "DISTILL_TEACHER_RPM", "DISTILL_TEACHER_TPM", "DISTILL_TEACHER_TIMEOUT",
+                 "DISTILL_TEACHER_MAX_RETRIES", "DISTILL_TEACHER_BATCH_SIZE", "DISTILL_PRICES", "DISTILL_CONFIG",
+                 "DISTILL_TEACHER_BATCH", "DISTILL_TEACHER_BATCH_POLL", "DISTILL_TEACHER_BATCH_MAX_REQUESTS")
 
 
 @pytest.fixture(autouse=True)
@@ -69,3 +72,13 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never see the developer's own teacher, keys or student choice."""
     for name in _ISOLATED_ENV:
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def loopback():
+    """A real HTTP server on 127.0.0.1 speaking the OpenAI and Anthropic wire formats, with
+    scripted replies, request counters, rate limits and fault injection (tests/loopback_server.py)."""
+    from loopback_server import LoopbackServer
+
+    with LoopbackServer() as server:
+        yield server

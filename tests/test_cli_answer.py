@@ -78,7 +78,7 @@ def test_unreadable_file_is_a_clear_error(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.parametrize("flags, message", [
     (["--samples", "3"], "temperature above 0"),
-    (["--batch-size", "0"], "batch_size"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
 ])
 def test_bad_flags_are_clear_errors(tiny_model_dir: Path, tmp_path: Path, capsys, flags, message) -> None:
     code = main(["answer", str(write_prompts(tmp_path / "p.jsonl")), "-o", str(tmp_path / "o.jsonl"),

@@ -12,10 +12,10 @@ import os
 import sys
 
 from distill import __version__
-from distill.cli import answer, convert
+from distill.cli import answer, batch, cache, config, convert, evaluate, merge, review, run, teachers, train
 from distill.errors import DistillError
 
-COMMANDS = (answer, convert)
+COMMANDS = (answer, run, batch, train, merge, review, evaluate, convert, cache, config, teachers)
 
 
 def build_parser() -> argparse.ArgumentParser:

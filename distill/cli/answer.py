@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from distill.records import JsonlSink, read_prompts
+from distill.records import read_prompts
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,7 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
     g.add_argument("--student", default=None,
                    help="model directory or hub id (default: $DISTILL_STUDENT, else the embedded SmolLM2-135M-Instruct)")
+    g.add_argument("--adapter", default=None, help="a LoRA adapter directory (from `distill train`) to apply")
     g.add_argument("--max-new-tokens", type=int, default=256, help="longest answer in tokens (default 256)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); above 0 samples")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass when sampling (default 1.0)")
@@ -43,37 +44,25 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=32, help="prompts generated together (default 32)")
 
 
+def generation_params(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from distill.student import GenerationParams
+
+    return GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                            top_p=args.top_p, samples=args.samples, seed=args.seed)
+
+
 def run(args: argparse.Namespace) -> int:
-    from distill.student import GenerationParams, Student
+    from distill.answer import answer_to_file
+    from distill.errors import ConfigError
 
     prompts = read_prompts(args.prompts)  # validate the whole file before loading any model
-    params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                              top_p=args.top_p, samples=args.samples, seed=args.seed)
-    print(f"distill: {len(prompts)} prompts from {args.prompts}; loading the student...", file=sys.stderr)
-    student = Student.load(args.student)
-    print(f"distill: student {student.identity.key} on {student.device}", file=sys.stderr)
-    sink = JsonlSink(args.output)
-    done = {(row["prompt_id"], row["sample"]) for row in sink.done.values()
-            if row.get("model", {}).get("key") == student.identity.key and row.get("generation") == params.to_dict()}
-    if done:
-        print(f"distill: resuming, {len(done)} answers already in {sink.partial}", file=sys.stderr)
-    started, produced = time.monotonic(), 0
-    try:
-        for batch in student.iter_answers(prompts, params, batch_size=args.batch_size,
-                                          skip=frozenset(done), progress=True):
-            sink.write(a.to_row() for a in batch)
-            produced += sum(a.completion_tokens for a in batch)
-    finally:
-        sink.close()
-    order = [row["id"] for row in _ordered(sink.done.values(), prompts, params.samples)]
-    sink.commit(order)
+    params = generation_params(args)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    print(f"distill: {len(prompts)} prompts from {args.prompts}", file=sys.stderr)
+    started = time.monotonic()
+    rows = answer_to_file(prompts, args.output, params, source=args.student, adapter=args.adapter,
+                          batch_size=args.batch_size)
     elapsed = time.monotonic() - started
-    print(f"distill: wrote {len(order)} answers to {args.output} "
-          f"({produced} new tokens in {elapsed:.1f} s, {produced / max(elapsed, 1e-9):.1f} tok/s)", file=sys.stderr)
+    print(f"distill: wrote {len(rows)} answers to {args.output} in {elapsed:.1f} s", file=sys.stderr)
     return 0
-
-
-def _ordered(rows, prompts, samples):  # type: ignore[no-untyped-def]
-    """The rows in input order: prompt order first, then sample index."""
-    by_key = {(r["prompt_id"], r["sample"]): r for r in rows}
-    return [by_key[(p.id, k)] for p in prompts for k in range(samples) if (p.id, k) in by_key]

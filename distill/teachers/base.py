@@ -4,8 +4,11 @@ A `Request` holds everything that can change the teacher's output (rendered mess
 parameters, a JSON schema for structured output, a sample index) and, apart from it, metadata
 that cannot (the ids of the templates that rendered it, the prompt id for error reports). The
 cache keys on the first part only. A `Completion` carries the text, why generation stopped,
-token usage, the provider's raw response, latency, the number of retries, and whether it came
-from the cache.
+token usage, the provider's raw response, latency, the number of retries, whether it came
+from the cache, and its estimated cost (None when the model's price is unknown).
+
+In batch mode a teacher may raise `Deferred` instead of answering: the request went into a
+provider batch and the row is run again once the batch has answered.
 """
 
 from __future__ import annotations
@@ -70,6 +73,18 @@ class Completion:
     latency_s: float = 0.0
     retries: int = 0
     cached: bool = False  # True when served by the cache: billed zero
+    cost: float | None = None  # estimated USD from the price table; None = unknown model, never guessed
+    batch: bool = False  # answered through a provider batch API: billed at the batch price
+
+
+class Deferred(Exception):
+    """Not a failure: the request was queued for a provider batch and its answer will be in the
+    cache once the batch has ended (see `distill.batch`). A stage that gets it leaves the row
+    pending, writes nothing for it, and runs it again after the batch."""
+
+    def __init__(self, key: str):
+        super().__init__(f"request {key} is waiting on a provider batch")
+        self.key = key
 
 
 @runtime_checkable

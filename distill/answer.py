@@ -1,0 +1,64 @@
+"""The answer stage: the student answers a list of prompts into a JSONL file, resumably.
+
+Answers stream to `OUTPUT.partial` after every batch. Rows already present, in the partial file
+or in a finished OUTPUT from an earlier run, are reused when they come from the same model (the
+weights hash) and the same generation parameters; only the rest is generated, and the student
+is not even loaded when nothing is left to do. OUTPUT is written, in input order, only once
+every prompt has its answers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from distill.records import JsonlSink, Prompt
+from distill.student import GenerationParams, ModelIdentity, Student, model_identity
+
+
+def _reusable(rows: Any, identity: ModelIdentity, params: GenerationParams) -> dict[tuple[str, int], dict]:
+    return {(r["prompt_id"], r["sample"]): r for r in rows
+            if r.get("model", {}).get("key") == identity.key and r.get("generation") == params.to_dict()}
+
+
+def _finished_rows(path: Path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return []  # unreadable old output: regenerate rather than trust it
+
+
+def answer_to_file(prompts: Sequence[Prompt], output: Path, params: GenerationParams, *,
+                   student: Student | None = None, source: str | None = None, adapter: str | None = None,
+                   batch_size: int = 32, progress: bool = True, round_: int | None = None) -> list[dict]:
+    """Answer every prompt `params.samples` times into `output`; returns the rows in input order."""
+    identity = student.identity if student is not None else model_identity(source, adapter)[1]
+    sink = JsonlSink(output)
+    reused = _reusable(_finished_rows(output), identity, params) if output.exists() else {}
+    reused.update(_reusable(sink.done.values(), identity, params))
+    wanted = [(p.id, k) for p in prompts for k in range(params.samples)]
+    missing = [key for key in wanted if key not in reused]
+    sink.write(row for key, row in reused.items() if str(row["id"]) not in sink.done)
+    if missing:
+        if reused:
+            print(f"distill: resuming, {len(wanted) - len(missing)} of {len(wanted)} answers already done",
+                  file=sys.stderr)
+        student = student or Student.load(source, adapter=adapter)
+        print(f"distill: student {student.identity.key} on {student.device}", file=sys.stderr)
+        try:
+            for batch in student.iter_answers(prompts, params, batch_size=batch_size,
+                                              skip=frozenset(reused), progress=progress):
+                sink.write(_with_round(a.to_row(), round_) for a in batch)
+        finally:
+            sink.close()
+    by_key = {(r["prompt_id"], r["sample"]): r for r in sink.done.values()
+              if r.get("model", {}).get("key") == identity.key}
+    rows = [by_key[key] for key in wanted]
+    sink.commit([str(r["id"]) for r in rows])
+    return rows
+
+
+def _with_round(row: dict[str, Any], round_: int | None) -> dict[str, Any]:
+    return row if round_ is None else {**row, "round": round_}

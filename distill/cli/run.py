@@ -1,0 +1,190 @@
+"""`distill run PROMPTS.jsonl --name NAME` and `distill critique ANSWERS.jsonl --name NAME`.
+
+`run` is a whole round: the student answers, the teacher critiques and revises through a chain
+of principles, the filters keep only verified improvements, and the dataset files are written
+under `runs/NAME/`. `critique` starts from an existing answers file. Both resume when re-run
+with the same arguments, and print a summary table at the end.
+
+With `--batch` the teacher requests go to the provider's batch API (see `distill.batch`); with
+`--no-wait` as well, the command exits with status 75 once its batches are submitted, and the
+same command run again later continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from distill import filters
+from distill.cli.answer import add_generation_args, generation_params
+from distill.errors import BatchesPending
+from distill.records import read_answers, read_prompts
+
+EPILOG = ("Artefacts in runs/NAME/: answers.jsonl, critiques.jsonl, revisions.jsonl, rejected.jsonl (with reasons), "
+          "sft.jsonl (prompt/completion chat format), prefs.jsonl (prompt, chosen = revision, rejected = original) "
+          "and manifest.json. The teacher comes from DISTILL_TEACHER (default local:default, the embedded model); "
+          "set DISTILL_OFFLINE=1 or --offline to replay from the cache with zero teacher calls.")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser("run", help="run a distillation round: answer, critique and revise, filter, dataset",
+                         description="Run one round on PROMPTS: the student answers, the teacher critiques and "
+                                     "revises, the filters keep verified improvements. Re-run to resume.",
+                         epilog=EPILOG)
+    run.add_argument("prompts", type=Path, help="JSONL prompts file")
+    _common(run)
+    add_generation_args(run)
+    _rounds(run)
+    run.set_defaults(func=run_command)
+
+    critique = sub.add_parser("critique", help="critique and revise an existing answers file",
+                              description="Critique, revise and filter ANSWERS (as written by `distill answer`).",
+                              epilog=EPILOG)
+    critique.add_argument("answers", type=Path, help="JSONL answers file from `distill answer`")
+    _common(critique)
+    critique.set_defaults(func=critique_command)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", required=True, help="run name: artefacts go to RUNS_DIR/NAME/")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live (default ./runs)")
+    t = p.add_argument_group("teacher")
+    t.add_argument("--teacher", default=None, help="backend:model, overriding DISTILL_TEACHER (e.g. openai:gpt-4o-mini)")
+    t.add_argument("--offline", action="store_true", default=None,
+                   help="never call the teacher: replay from the cache; a miss is an error (also DISTILL_OFFLINE=1)")
+    t.add_argument("--chain", default="default", help="chain of principles from principles.toml (default 'default')")
+    t.add_argument("--stages", default=None, help="comma-separated principles, overriding --chain")
+    t.add_argument("--prompts-dir", default=None, help="templates and principles folder (default $DISTILL_PROMPTS or ./prompts)")
+    t.add_argument("--teacher-max-tokens", type=int, default=1024, help="the teacher's reply limit (default 1024)")
+    t.add_argument("--concurrency", type=int, default=None, help="rows in flight at once (default: teacher concurrency)")
+    t.add_argument("--batch", action="store_true", default=None,
+                   help="send teacher requests that are not cached as provider batches (OpenAI Batch, Anthropic "
+                        "Message Batches): about half the price, answered within 24 h (also DISTILL_TEACHER_BATCH=1)")
+    t.add_argument("--no-wait", action="store_true",
+                   help="with --batch: exit with status 75 once the batches are submitted; run the same command "
+                        "again later to continue (`distill batch status NAME` shows progress)")
+    f = p.add_argument_group("filters")
+    f.add_argument("--filters", default=",".join(filters.DEFAULT_ORDER),
+                   help=f"comma-separated filters in order (default {','.join(filters.DEFAULT_ORDER)})")
+    f.add_argument("--keep-acceptable", action="store_true",
+                   help="keep answers the teacher accepts as positive examples instead of dropping them")
+    f.add_argument("--max-length-ratio", type=float, default=3.0, help="drop revisions longer than this x original")
+    f.add_argument("--unchanged-threshold", type=float, default=0.95, help="drop revisions this similar to the original")
+    f.add_argument("--dedup-threshold", type=float, default=0.9,
+                   help="drop near-duplicate prompts at this 3-gram Jaccard (0 turns it off)")
+    f.add_argument("--skip-consistent", type=float, default=None,
+                   help="with --samples > 1: skip prompts whose samples agree at least this often (e.g. 0.8)")
+
+
+def _rounds(p: argparse.ArgumentParser) -> None:
+    from distill.cli.evaluate import add_policy_args
+
+    r = p.add_argument_group("rounds (answer, critique, train, evaluate, promote; repeat)")
+    r.add_argument("--rounds", type=int, default=None,
+                   help="run up to N rounds: each trains an adapter on the survivors and promotes it only if the "
+                        "gate says it beats the current student on --heldout; stops at the first refusal")
+    r.add_argument("--heldout", type=Path, default=None,
+                   help="held-out prompts for the gate (never trained on); required with --rounds")
+    r.add_argument("--train-option", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a training option (TrainConfig field), e.g. --train-option epochs=2; repeatable")
+    r.add_argument("--no-judge", action="store_true", help="evaluate without the pairwise judge (no teacher calls)")
+    r.add_argument("--eval-max-new-tokens", type=int, default=128, help="answer length for the evaluation")
+    add_policy_args(p)
+
+
+def _train_options(pairs: list[str]) -> dict:  # type: ignore[type-arg]
+    import json
+
+    from distill.errors import ConfigError
+
+    options = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--train-option {pair!r}: expected FIELD=VALUE, e.g. epochs=2")
+        try:
+            options[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[name.strip()] = value
+    return options
+
+
+def _config(args: argparse.Namespace, generation=None):  # type: ignore[no-untyped-def]
+    from distill.pipeline import RunConfig
+
+    return RunConfig(
+        name=args.name, runs_dir=args.runs_dir, student=getattr(args, "student", None),
+        adapter=getattr(args, "adapter", None),
+        **({"generation": generation, "batch_size": args.batch_size} if generation else {}),
+        skip_consistent=args.skip_consistent, chain=args.chain,
+        stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()) if args.stages else (),
+        prompts_dir=args.prompts_dir, filters=tuple(s.strip() for s in args.filters.split(",") if s.strip()),
+        keep_acceptable=args.keep_acceptable, max_length_ratio=args.max_length_ratio,
+        unchanged_threshold=args.unchanged_threshold,
+        dedup_threshold=args.dedup_threshold or None, teacher_max_tokens=args.teacher_max_tokens,
+        concurrency=args.concurrency, offline=args.offline, teacher=args.teacher,
+        batch=args.batch, batch_wait=not args.no_wait,
+    )
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from distill.pipeline import run_round
+
+    prompts = read_prompts(args.prompts)  # validate before any model loads
+    config = _config(args, generation_params(args))
+    if args.rounds is not None:
+        return _run_rounds(args, config, prompts)
+    try:
+        summary = run_round(config, prompts)
+    except BatchesPending as pending:
+        return _pending(pending)
+    _print(summary, config.run_dir)
+    return 0
+
+
+def _run_rounds(args: argparse.Namespace, config, prompts) -> int:  # type: ignore[no-untyped-def]
+    from distill.cli.evaluate import policy_of
+    from distill.errors import ConfigError
+    from distill.report import load, summary_table
+    from distill.rounds import RoundsConfig, run_rounds
+
+    if args.rounds < 1:
+        raise ConfigError(f"--rounds must be at least 1, got {args.rounds}")
+    if args.heldout is None:
+        raise ConfigError("--rounds needs --heldout FILE: held-out prompts the gate evaluates on (never trained on)")
+    read_prompts(args.heldout)  # validate before any model loads
+    rounds = RoundsConfig(run=config, rounds=args.rounds, heldout=args.heldout,
+                          train_options=_train_options(args.train_option), policy=policy_of(args),
+                          eval_max_new_tokens=args.eval_max_new_tokens, judge=not args.no_judge)
+    try:
+        run_rounds(rounds, prompts)
+    except BatchesPending as pending:
+        return _pending(pending)
+    print(summary_table(load(config.run_dir)))
+    print(f"\nreport: {config.run_dir / 'report.md'}", file=sys.stderr)
+    return 0
+
+
+def critique_command(args: argparse.Namespace) -> int:
+    from distill.pipeline import critique_answers
+
+    answers = read_answers(args.answers)
+    config = _config(args)
+    try:
+        summary = critique_answers(config, answers)
+    except BatchesPending as pending:
+        return _pending(pending)
+    _print(summary, config.run_dir)
+    return 0
+
+
+def _pending(pending: BatchesPending) -> int:
+    """--no-wait: the batches are submitted (or still running); not an error, but not done either."""
+    print(f"distill: {pending}", file=sys.stderr)
+    return pending.exit_code
+
+
+def _print(summary, run_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    print(summary.table())
+    print(f"\nartefacts in {run_dir}/ (manifest.json has the full accounting)", file=sys.stderr)

@@ -1,0 +1,146 @@
+"""The critique-and-revise stage: each answer goes through a chain of principles.
+
+For every answer, each stage (one principle) asks the teacher for a critique, the concrete
+issues, a verdict and a revision of the current text; a stage that says "needs_revision" hands
+its revision to the next stage. Every stage writes a row to `critiques.jsonl`; every answer
+ends as one row in `revisions.jsonl`, with status "ok" or "failed" and the reason.
+
+Rows are independent: a teacher error or an unparseable reply fails that row only. An exhausted
+quota stops the whole batch at once (retrying cannot help). Rows are processed concurrently
+(`concurrency` at a time; the teacher layer paces the calls), written as they finish, and a
+re-run skips the rows already done; failed rows are tried again, and calls that succeeded before
+a crash are cache hits. In batch mode (`distill.batch`) a row whose request went into a provider
+batch is deferred: nothing is written or billed for it, and `revise_all` hands it back to run
+again once the batch has answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+from distill.accounting import Ledger
+from distill.cache import OfflineMiss
+from distill.errors import QuotaExhausted, TeacherError
+from distill.protocol import ProtocolFailure, Settings, ask, critique_request, parse_critique
+from distill.records import JsonlSink, content_hash
+from distill.teachers.base import Completion, Deferred, Teacher
+from distill.templates import Principle, PromptSet
+
+
+@dataclass
+class StageOutcome:
+    """The result of revising one answer: its revisions row and its per-stage critique rows."""
+
+    revision: dict[str, Any]
+    critiques: list[dict[str, Any]]
+
+
+def revision_id(answer_id: str, chain: tuple[Principle, ...], teacher_key: str) -> str:
+    return "r-" + content_hash({"answer": answer_id, "chain": [p.id for p in chain], "teacher": teacher_key})
+
+
+def teacher_key(teacher: Teacher) -> str:
+    identity = dict(teacher.identity())
+    return str(identity.get("key") or f"{identity.get('provider', teacher.backend)}:{teacher.model}")
+
+
+async def revise_one(answer: Mapping[str, Any], chain: tuple[Principle, ...], teacher: Teacher,
+                     prompts: PromptSet, settings: Settings, ledger: Ledger, round_: int = 1) -> StageOutcome:
+    """Run the chain on one answer; failures become a 'failed' row, except an exhausted quota."""
+    tkey = teacher_key(teacher)
+    rid = revision_id(answer["id"], chain, tkey)
+    messages = answer["messages"]
+    current, critiques, last_finish = answer["answer"], [], None
+    base = {"answer_id": answer["id"], "prompt_id": answer["prompt_id"], "round": round_}
+    spent: list[Completion] = []  # billed when the row ends, so a deferred row (batch mode) bills nothing
+    try:
+        for index, principle in enumerate(chain):
+            text_in = current
+            request = critique_request(prompts, messages, text_in, principle, settings, prompt_id=answer["prompt_id"])
+            parsed, completions = await ask(teacher, prompts, request, lambda t, a=text_in: parse_critique(t, a))
+            spent += completions
+            critiques.append({
+                "id": "c-" + content_hash({"revision": rid, "stage": index}), **base, "revision_id": rid,
+                "stage": index, "principle": principle.name, "principle_id": principle.id,
+                "template_ids": list(request.template_ids), "input": text_in, "critique": parsed.critique,
+                "issues": list(parsed.issues), "verdict": parsed.verdict, "revision": parsed.revision,
+                "repaired": len(completions) > 1, "finish_reason": completions[-1].finish_reason,
+                "teacher": tkey, "cached": all(c.cached for c in completions),
+                "usage": {"input": sum(c.usage.input_tokens for c in completions),
+                          "output": sum(c.usage.output_tokens for c in completions)},
+            })
+            if parsed.verdict == "needs_revision":
+                current, last_finish = parsed.revision, completions[-1].finish_reason
+    except Deferred:  # waiting on a provider batch: the row runs again from the start once it has answered
+        spent.clear()
+        raise
+    except QuotaExhausted:
+        raise
+    except ProtocolFailure as exc:
+        spent += exc.completions
+        return StageOutcome(_failed(rid, base, answer, "unparseable_reply", str(exc), len(critiques), tkey), critiques)
+    except (TeacherError, OfflineMiss) as exc:  # this row only; any other cache error stops the batch
+        reason = "offline_miss" if isinstance(exc, OfflineMiss) else f"teacher_{exc.reason}"
+        return StageOutcome(_failed(rid, base, answer, reason, str(exc), len(critiques), tkey), critiques)
+    finally:
+        for c in spent:
+            ledger.add(c)
+    verdict = "needs_revision" if any(c["verdict"] == "needs_revision" for c in critiques) else "acceptable"
+    return StageOutcome({
+        "id": rid, **base, "status": "ok", "messages": messages, "original": answer["answer"],
+        "revision": current, "verdict": verdict, "finish_reason": last_finish,
+        "stages": [c["id"] for c in critiques], "principles": [p.name for p in chain], "teacher": tkey,
+        "template_ids": sorted({t for c in critiques for t in c["template_ids"]}),
+        **({"reference": answer["reference"]} if answer.get("reference") is not None else {}),
+    }, critiques)
+
+
+def _failed(rid: str, base: dict[str, Any], answer: Mapping[str, Any], reason: str, detail: str,
+            stage: int, tkey: str) -> dict[str, Any]:
+    return {"id": rid, **base, "status": "failed", "reason": reason, "detail": detail, "failed_stage": stage,
+            "messages": answer["messages"], "original": answer["answer"], "teacher": tkey,
+            **({"reference": answer["reference"]} if answer.get("reference") is not None else {})}
+
+
+async def revise_all(answers: Iterable[Mapping[str, Any]], chain: tuple[Principle, ...], teacher: Teacher,
+                     prompts: PromptSet, settings: Settings, *, revisions: JsonlSink, critiques: JsonlSink,
+                     ledger: Ledger, concurrency: int = 16, round_: int = 1,
+                     on_row: Callable[[dict[str, Any]], None] = lambda row: None) -> list[Mapping[str, Any]]:
+    """Revise every answer not already done, `concurrency` at a time, writing rows as they finish.
+    Returns the answers left waiting on a provider batch (batch mode; nothing is written for them)."""
+    tkey = teacher_key(teacher)
+    done = {rid for rid, row in revisions.done.items() if row.get("status") == "ok"}
+    todo = [a for a in answers if revision_id(a["id"], chain, tkey) not in done]
+    queue: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
+    for a in todo:
+        queue.put_nowait(a)
+    deferred: list[Mapping[str, Any]] = []
+
+    async def worker() -> None:
+        while True:
+            try:
+                answer = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            try:
+                outcome = await revise_one(answer, chain, teacher, prompts, settings, ledger, round_)
+            except Deferred:
+                deferred.append(answer)
+                continue
+            critiques.write(outcome.critiques)
+            revisions.write([outcome.revision])
+            ledger.rows += 1
+            if outcome.revision["status"] == "failed":
+                ledger.fail(outcome.revision["reason"])
+            on_row(outcome.revision)
+
+    workers = [asyncio.create_task(worker()) for _ in range(max(1, min(concurrency, len(todo))))]
+    try:
+        await asyncio.gather(*workers)
+    finally:
+        for w in workers:
+            w.cancel()
+    order = {id(a): i for i, a in enumerate(todo)}
+    return sorted(deferred, key=lambda a: order[id(a)])

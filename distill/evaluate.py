@@ -1,0 +1,194 @@
+"""Evaluation: does the new student beat the current one on held-out prompts, without forgetting?
+
+Both models answer the held-out prompts (never used in training), greedily. Then, each as a mean
+of paired per-prompt differences (new minus current) with a 95% bootstrap interval:
+
+- `checks`: objective reference checks (expected answers, numeric answers, checkable constraints
+  such as "answer in lowercase"); the metric the seeds say cannot be gamed.
+- `judge`: a pairwise judge asked in both orders (position swap); per prompt +1 when the new
+  answer wins, -1 when it loses, 0 for a tie, averaged over the two orders. A warning is raised
+  when the judge is the same model as the teacher that wrote the training data.
+- `fidelity`: per-token NLL of held-out teacher revisions, current minus new (positive: the new
+  model is closer to the teacher).
+- `forgetting`: the relative rise in per-token NLL on a replay/general set, and the mean
+  per-token KL(current || new) on the current model's own held-out answers.
+
+The gate (`distill.gate`) turns these into a promote-or-refuse decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from distill.checks import run_checks
+from distill.gate import Interval, bootstrap_ci
+from distill.protocol import ProtocolFailure, Settings, ask, judge_request, parse_judgement
+from distill.records import Prompt
+from distill.student import GenerationParams, Student
+from distill.teachers.base import Teacher
+from distill.templates import PromptSet
+
+
+@dataclass
+class Evaluation:
+    """Metrics plus per-prompt rows; `metrics[name]["delta"]` is an Interval."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metrics": _plain(self.metrics), "warnings": self.warnings}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Interval):
+        return {"mean": value.mean, "low": value.low, "high": value.high, "n": value.n, "confidence": value.confidence}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def interval_from_dict(data: Mapping[str, Any]) -> Interval:
+    return Interval(data["mean"], data["low"], data["high"], data["n"], data.get("confidence", 0.95))
+
+
+def answers_of(student: Student, prompts: Sequence[Prompt], max_new_tokens: int) -> list[str]:
+    return [a.text for a in student.answer(prompts, GenerationParams(max_new_tokens=max_new_tokens), batch_size=16)]
+
+
+def checks_metric(prompts: Sequence[Prompt], current: Sequence[str], new: Sequence[str]) -> dict[str, Any] | None:
+    pairs = [(int(run_checks(p.checks, c).passed), int(run_checks(p.checks, n).passed))
+             for p, c, n in zip(prompts, current, new) if p.checks]
+    if not pairs:
+        return None
+    return {"current_pass_rate": sum(c for c, _ in pairs) / len(pairs),
+            "new_pass_rate": sum(n for _, n in pairs) / len(pairs),
+            "delta": bootstrap_ci([n - c for c, n in pairs])}
+
+
+async def judge_scores(teacher: Teacher, prompt_set: PromptSet, prompts: Sequence[Prompt], current: Sequence[str],
+                       new: Sequence[str], concurrency: int = 8) -> list[float | None]:
+    """Per prompt in [-1, 1] (new vs current, averaged over both orders); None if the judge failed."""
+    semaphore = asyncio.Semaphore(concurrency)
+    settings = Settings(max_tokens=256)
+
+    async def order(p: Prompt, a: str, b: str) -> str:
+        async with semaphore:
+            request = judge_request(prompt_set, p.messages, a, b, settings, prompt_id=p.id)
+            judgement, _ = await ask(teacher, prompt_set, request, parse_judgement)
+            return judgement.winner
+
+    async def score(p: Prompt, c: str, n: str) -> float | None:
+        try:
+            first, second = await asyncio.gather(order(p, n, c), order(p, c, n))
+        except ProtocolFailure:
+            return None
+        points = {"A": 1.0, "B": -1.0, "tie": 0.0}
+        return (points[first] - points[second]) / 2
+
+    return list(await asyncio.gather(*(score(p, c, n) for p, c, n in zip(prompts, current, new))))
+
+
+async def _judge(teacher: Teacher, prompt_set: PromptSet, prompts: Sequence[Prompt], current: Sequence[str],
+                 new: Sequence[str], close: bool) -> list[float | None]:
+    try:
+        return await judge_scores(teacher, prompt_set, prompts, current, new)
+    finally:
+        if close:
+            await teacher.aclose()
+
+
+def judge_metric(scores: Sequence[float | None]) -> dict[str, Any] | None:
+    valid = [s for s in scores if s is not None]
+    if not valid:
+        return None
+    return {"wins": sum(s > 0 for s in valid), "ties": sum(s == 0 for s in valid),
+            "losses": sum(s < 0 for s in valid), "failed": len(scores) - len(valid),
+            "win_rate": (sum(s > 0 for s in valid) + 0.5 * sum(s == 0 for s in valid)) / len(valid),
+            "delta": bootstrap_ci(valid)}
+
+
+def per_example_nll(student: Student, examples: Sequence[Any]) -> list[float]:
+    """Per-token NLL of each example's completion (rendered exactly as in training)."""
+    from distill.train import completion_nll
+
+    return [completion_nll(student, [e], batch_size=1) for e in examples]
+
+
+def fidelity_metric(current: Student, new: Student, revisions: Sequence[Any]) -> dict[str, Any] | None:
+    if not revisions:
+        return None
+    cur, nxt = per_example_nll(current, revisions), per_example_nll(new, revisions)
+    return {"current_nll": sum(cur) / len(cur), "new_nll": sum(nxt) / len(nxt),
+            "delta": bootstrap_ci([c - n for c, n in zip(cur, nxt)])}
+
+
+def mean_kl(current: Student, new: Student, examples: Sequence[Any]) -> float | None:
+    """Mean per-token KL(current || new) over the completion positions of `examples`."""
+    import torch
+    import torch.nn.functional as F
+
+    from distill.train import IGNORE, collate, encode
+
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for e in examples:
+            batch = collate([encode(e, current)], current.tokenizer.pad_token_id)
+            picked = batch["labels"][:, 1:] != IGNORE
+            logp = [F.log_softmax(s.model(input_ids=batch["input_ids"].to(s.device)).logits[:, :-1][picked.to(s.device)]
+                                  .float().cpu(), dim=-1) for s in (current, new)]
+            total += float((logp[0].exp() * (logp[0] - logp[1])).sum())
+            count += int(picked.sum())
+    return total / count if count else None
+
+
+def forgetting_metric(current: Student, new: Student, replay: Sequence[Any],
+                      own_answers: Sequence[Any]) -> dict[str, Any]:
+    from distill.train import completion_nll
+
+    out: dict[str, Any] = {}
+    if replay:
+        cur, nxt = completion_nll(current, replay), completion_nll(new, replay)
+        out.update(current_nll=cur, new_nll=nxt, nll_increase=nxt / cur - 1 if cur > 0 else 0.0)
+    if own_answers:
+        out["kl"] = mean_kl(current, new, own_answers)
+    return out
+
+
+def evaluate(current: Student, new: Student, prompts: Sequence[Prompt], *, teacher: Teacher | None = None,
+             prompt_set: PromptSet | None = None, revisions: Sequence[Any] = (), replay: Sequence[Any] = (),
+             max_new_tokens: int = 128, teacher_identity: Mapping[str, Any] | None = None,
+             close_teacher: bool = False) -> Evaluation:
+    """Compare `new` against `current` on held-out `prompts` (see the module docstring).
+    `close_teacher` closes the judge when done (on the event loop its connections live on)."""
+    from distill.train import Example
+
+    result = Evaluation()
+    cur_answers = answers_of(current, prompts, max_new_tokens)
+    new_answers = answers_of(new, prompts, max_new_tokens)
+    checks = checks_metric(prompts, cur_answers, new_answers)
+    if checks:
+        result.metrics["checks"] = checks
+    scores: list[float | None] = [None] * len(prompts)
+    if teacher is not None and prompt_set is not None:
+        scores = asyncio.run(_judge(teacher, prompt_set, prompts, cur_answers, new_answers, close_teacher))
+        judged = judge_metric(scores)
+        if judged:
+            result.metrics["judge"] = judged
+        if teacher_identity is not None and dict(teacher.identity()) == dict(teacher_identity):
+            result.warnings.append("the judge is the same model as the teacher that wrote the training data: "
+                                   "its preferences are what the student was trained to please")
+    fidelity = fidelity_metric(current, new, revisions)
+    if fidelity:
+        result.metrics["fidelity"] = fidelity
+    own = [Example(id=p.id, prompt=tuple(p.messages), completion=a) for p, a in zip(prompts, cur_answers)]
+    result.metrics["forgetting"] = forgetting_metric(current, new, replay, own)
+    for p, c, n, s in zip(prompts, cur_answers, new_answers, scores):
+        row: dict[str, Any] = {"prompt_id": p.id, "prompt": p.text, "current": c, "new": n, "judge": s}
+        if p.checks:
+            row["current_passed"], row["new_passed"] = run_checks(p.checks, c).passed, run_checks(p.checks, n).passed
+        result.rows.append(row)
+    return result

@@ -1,0 +1,85 @@
+"""The evaluation gate: promote a new adapter only on evidence, never on a grader's whim.
+
+Each metric is a mean of paired per-prompt differences (new minus current) with a 95% percentile
+bootstrap interval. The gate promotes when the primary metric's lower bound is above the margin
+(default 0: the improvement is unlikely to be noise) and forgetting stays within its limits: the
+relative rise in NLL on the replay/general set, and the mean per-token KL from the base model.
+Otherwise it refuses and says which condition failed, with the numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean with its bootstrap confidence interval over `n` paired observations."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    confidence: float = 0.95
+
+    def text(self, digits: int = 3) -> str:
+        return f"{self.mean:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}] (n={self.n})"
+
+
+def bootstrap_ci(values: Sequence[float], *, confidence: float = 0.95, resamples: int = 10_000,
+                 seed: int = 0) -> Interval:
+    """Percentile bootstrap interval of the mean of `values` (deterministic for a seed)."""
+    data = np.asarray(values, dtype=np.float64)
+    if data.size == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), 0, confidence)
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return Interval(float(data.mean()), float(low), float(high), int(data.size), confidence)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What it takes to be promoted."""
+
+    primary: str = "checks"  # "checks" (objective reference checks), "judge" or "fidelity"
+    margin: float = 0.0  # the primary metric's lower bound must exceed this
+    max_nll_increase: float = 0.05  # relative rise in replay-set NLL allowed (5%)
+    max_kl: float | None = None  # mean per-token KL(base || new) allowed on held-out prompts
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decide(metrics: Mapping[str, Any], policy: Policy) -> Decision:
+    """Apply the policy to evaluation metrics (as written by `distill.evaluate`)."""
+    reasons: list[str] = []
+    primary = metrics.get(policy.primary)
+    if not primary or not isinstance(primary.get("delta"), Interval):
+        return Decision(False, [f"primary metric {policy.primary!r} was not measured; nothing is promoted without it"])
+    delta: Interval = primary["delta"]
+    if not delta.low > policy.margin:
+        reasons.append(f"{policy.primary}: lower bound {delta.low:+.3f} of {delta.text()} is not above the "
+                       f"margin {policy.margin:+.3f}")
+    forgetting = metrics.get("forgetting") or {}
+    rise = forgetting.get("nll_increase")
+    if rise is not None and rise > policy.max_nll_increase:
+        reasons.append(f"forgetting: replay NLL rose {rise:.1%}, over the limit {policy.max_nll_increase:.1%}")
+    kl = forgetting.get("kl")
+    if policy.max_kl is not None and kl is not None and kl > policy.max_kl:
+        reasons.append(f"forgetting: mean KL from base {kl:.4f} is over the limit {policy.max_kl:.4f}")
+    if not reasons:
+        reasons.append(f"{policy.primary} improved by {delta.text()}" +
+                       (f"; replay NLL {rise:+.1%}" if rise is not None else ""))
+        return Decision(True, reasons)
+    return Decision(False, reasons)

@@ -1,0 +1,419 @@
+"""One distillation round, stage by stage, with every artefact under `runs/NAME/`.
+
+    prompts --dedup--> answers.jsonl --critique/revise--> critiques.jsonl + revisions.jsonl
+            --filter--> sft.jsonl + prefs.jsonl + rejected.jsonl, and manifest.json
+
+Each stage reads the previous stage's file and writes its own, so a killed run resumes where it
+stopped: answers and revisions are appended as they are produced and reused on re-run, teacher
+calls that already succeeded are served by the cache, and the filter stage re-derives its
+output from the revisions (its judge calls are cached too). Every dropped row is written to
+`rejected.jsonl` with the stage and filter that dropped it and why; every failed row with its
+reason. `manifest.json` records the configuration, template ids, model identities, counts per
+stage, token usage, estimated cost, cache hit rate and timings.
+
+In batch mode (`--batch`, see `distill.batch`) the critique and filter stages run in passes: rows
+whose requests went into provider batches are deferred, `settle` submits and waits for those
+batches, and the next pass picks the rows up again from the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from distill import consistency, filters
+from distill.accounting import Ledger
+from distill.answer import answer_to_file
+from distill.batch import batch_summary, open_batches, settle, summary_line
+from distill.critique import teacher_key as teacher_label
+from distill.cache import OfflineMiss
+from distill.errors import QuotaExhausted, TeacherError
+from distill.protocol import ProtocolFailure, Settings
+from distill.records import JsonlSink, Prompt, content_hash, write_jsonl
+from distill.similarity import near_duplicates
+from distill.student import GenerationParams
+from distill.teachers.base import Deferred, Teacher
+from distill.templates import PromptSet, load_prompt_set
+
+
+@dataclass
+class RunConfig:
+    """Everything that shapes a round. Each field is a `distill run` flag of the same name."""
+
+    name: str
+    runs_dir: Path = Path("runs")
+    student: str | None = None  # model dir or hub id; None: $DISTILL_STUDENT or the embedded default
+    adapter: str | None = None  # LoRA adapter applied to the student (later rounds)
+    generation: GenerationParams = field(default_factory=lambda: GenerationParams(max_new_tokens=256))
+    batch_size: int = 32  # student prompts generated together
+    skip_consistent: float | None = None  # with samples > 1: skip prompts whose agreement >= this
+    chain: str = "default"  # a chain from principles.toml
+    stages: tuple[str, ...] = ()  # or an explicit list of principles (overrides chain)
+    prompts_dir: str | None = None  # templates and principles; None: $DISTILL_PROMPTS or ./prompts
+    filters: tuple[str, ...] = filters.DEFAULT_ORDER
+    keep_acceptable: bool = False  # keep answers the teacher accepts as positive SFT examples
+    max_length_ratio: float = 3.0  # drop revisions longer than this times the original
+    unchanged_threshold: float = 0.95  # drop revisions at least this similar to the original
+    dedup_threshold: float | None = 0.9  # drop prompts whose 3-gram Jaccard to an earlier one is >= this
+    teacher_max_tokens: int = 1024  # the teacher's reply limit per call
+    concurrency: int | None = None  # rows in flight at once (default: the teacher's concurrency)
+    offline: bool | None = None  # None: $DISTILL_OFFLINE
+    teacher: str | None = None  # backend:model, overriding DISTILL_TEACHER and the config file
+    round: int = 1
+    batch: bool | None = None  # uncached teacher requests as provider batches; None: DISTILL_TEACHER_BATCH
+    batch_wait: bool = True  # False (--no-wait): exit once the batches are submitted; re-run to continue
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runs_dir / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["runs_dir"] = str(self.runs_dir)
+        return data
+
+
+@dataclass
+class Summary:
+    """Counts and ledgers of one round; printed as a table and written into the manifest."""
+
+    counts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ledgers: dict[str, Ledger] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)
+    batches: dict[str, Any] | None = None  # batch mode: every provider batch of the run (distill.batch)
+
+    def table(self) -> str:
+        lines = [("| stage | in | out | dropped/failed | teacher calls | cached | batch | tokens | cost "
+                  "| at live prices | at batch prices | seconds |"),
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for stage, c in self.counts.items():
+            ledger = self.ledgers.get(stage)
+            calls = f"{ledger.calls} | {ledger.cache_hits} | {ledger.batch_calls} | " \
+                    f"{ledger.input_tokens + ledger.output_tokens} | {ledger.cost_text()} | " \
+                    f"{ledger.price_text(batch=False)} | {ledger.price_text(batch=True)}" if ledger else \
+                "- | - | - | - | - | - | -"
+            lines.append(f"| {stage} | {c['in']} | {c['out']} | {c['in'] - c['out']} | {calls} | {c['seconds']:.1f} |")
+        if self.rejected:
+            lines.append("")
+            lines.append("dropped or failed, by reason: " +
+                         ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items(), key=lambda kv: -kv[1])))
+        if self.batches:
+            lines.append(summary_line(self.batches))
+        return "\n".join(lines)
+
+
+def _log(message: str) -> None:
+    print(f"distill: {message}", file=sys.stderr, flush=True)
+
+
+def _reject_row(stage: str, filter_name: str, detail: str, **ids: Any) -> dict[str, Any]:
+    row = {"stage": stage, "filter": filter_name, "reason": detail, **ids}
+    row["id"] = "x-" + content_hash({k: v for k, v in row.items() if k != "reason"})
+    return row
+
+
+# ---------------------------------------------------------------- stages
+
+def dedup_stage(prompts: Sequence[Prompt], threshold: float | None) -> tuple[list[Prompt], list[dict]]:
+    if threshold is None:
+        return list(prompts), []
+    dups = near_duplicates([p.text for p in prompts], threshold)
+    rejected = [_reject_row("prompts", "near_duplicate", f"near-duplicate of prompt {prompts[j].id!r}",
+                            prompt_id=prompts[i].id) for i, j in sorted(dups.items())]
+    return [p for i, p in enumerate(prompts) if i not in dups], rejected
+
+
+def select_stage(answers: Sequence[Mapping[str, Any]], skip_consistent: float | None,
+                 samples: int) -> tuple[list[dict], list[dict]]:
+    """One answer per prompt to critique; with samples, the majority's and its agreement."""
+    if samples == 1:
+        return [dict(a) for a in answers], []
+    chosen, skipped = [], []
+    for pid, (row, found) in consistency.choose(answers).items():
+        row = {**row, "agreement": found.fraction, "samples": found.samples}
+        if skip_consistent is not None and found.fraction >= skip_consistent:
+            skipped.append(_reject_row("select", "consistent", f"the student agrees with itself in "
+                                       f"{found.fraction:.0%} of {found.samples} samples", prompt_id=pid,
+                                       answer_id=row["id"]))
+        else:
+            chosen.append(row)
+    return chosen, skipped
+
+
+async def filter_stage(revisions: Sequence[Mapping[str, Any]], ctx: filters.FilterContext,
+                       names: Sequence[str], concurrency: int) -> tuple[list, list, list]:
+    """Apply the filters to every revision; returns (sft rows, prefs rows, rejected rows)."""
+    chain = filters.resolve(tuple(names))
+    results: list[tuple[Mapping[str, Any], filters.Candidate, filters.Drop | None]] = []
+    pending: list[Mapping[str, Any]] = []  # batch mode: waiting on a provider batch, judged again after it
+    semaphore = asyncio.Semaphore(max(1, concurrency))
+    ledger = ctx.ledger or Ledger("filter")
+    bar = _bar("filter", len(revisions))
+
+    async def one(rev: Mapping[str, Any]) -> None:
+        if rev.get("status") != "ok":
+            results.append((rev, filters.Candidate(rev, "", rev.get("original", "")),
+                            filters.Drop("failed", f"{rev.get('reason')}: {rev.get('detail', '')}"[:500])))
+        else:
+            candidate = filters.Candidate(revision=rev, text=rev["revision"], original=rev["original"])
+            async with semaphore:
+                try:
+                    dropped = await filters.apply(candidate, chain, ctx)
+                except Deferred:
+                    pending.append(rev)
+                    return
+                except QuotaExhausted:
+                    raise
+                except (TeacherError, OfflineMiss, ProtocolFailure) as exc:  # e.g. the judge's call failed
+                    dropped = filters.Drop("filter_failed", f"{type(exc).__name__}: {exc}"[:500])
+                    ledger.fail(type(exc).__name__)
+            results.append((rev, candidate, dropped))
+            ledger.rows += 1
+        bar.update(1)
+        bar.set_postfix_str(ledger.line(), refresh=False)
+
+    try:
+        todo = list(revisions)
+        while todo:
+            await asyncio.gather(*(one(r) for r in todo))
+            todo, pending[:] = list(pending), []
+            if todo:
+                await settle(ctx.teacher)
+    finally:
+        bar.close()
+    order = {r["id"]: i for i, r in enumerate(revisions)}
+    results.sort(key=lambda item: order[item[0]["id"]])
+    sft, prefs, rejected = [], [], []
+    for rev, cand, dropped in results:
+        ids = {"prompt_id": rev["prompt_id"], "answer_id": rev["answer_id"], "revision_id": rev["id"]}
+        if dropped is not None:
+            stage = "critique" if dropped.filter == "failed" else "filter"
+            rejected.append(_reject_row(stage, dropped.filter, dropped.detail, **ids, round=rev.get("round")))
+            continue
+        meta = {**ids, "round": rev.get("round"), "teacher": rev.get("teacher"), "template_ids": rev.get("template_ids"),
+                "source": "acceptable" if cand.positive else "revision", **cand.notes}
+        prompt_msgs = [dict(m) for m in rev["messages"]]
+        sft.append({"id": "s-" + content_hash([rev["id"], cand.text]), "prompt": prompt_msgs,
+                    "completion": [{"role": "assistant", "content": cand.text}], "meta": meta})
+        if not cand.positive:
+            prefs.append({"id": "d-" + content_hash([rev["id"], cand.text]), "prompt": prompt_msgs,
+                          "chosen": [{"role": "assistant", "content": cand.text}],
+                          "rejected": [{"role": "assistant", "content": cand.original}], "meta": meta})
+    return sft, prefs, rejected
+
+
+# ---------------------------------------------------------------- the round
+
+def open_round_teacher(offline: bool | None, teacher: str | None = None, *, batch: bool | None = None,
+                       run_dir: Path | None = None, wait: bool = True) -> tuple[Teacher, Any]:
+    """The configured teacher behind the cache, and its settings; a missing key fails here, before any work.
+    In batch mode (`batch`, else DISTILL_TEACHER_BATCH) misses go to provider batches recorded in `run_dir`;
+    a caller that gives no `run_dir` (its stage does not run in passes) gets a live teacher."""
+    from distill.batch import BatchMode
+    from distill.cache import offline_from_env, open_teacher
+    from distill.teachers import registry
+    from distill.teachers.settings import resolve_settings
+
+    settings = resolve_settings(overrides={"teacher": teacher, "batch": batch})
+    offline = offline_from_env() if offline is None else offline
+    if not offline:
+        registry.require_key(settings)
+    if settings.uses_default:
+        _log("no teacher configured (DISTILL_TEACHER unset): using local:default, the embedded model critiquing itself")
+    mode = BatchMode(run_dir, wait=wait) if settings.batch and not offline and run_dir is not None else None
+    if mode is not None:
+        _log(f"batch mode: teacher requests not in the cache go to {settings.backend}'s batch API "
+             f"(recorded in {mode.run_dir / 'batches.json'})")
+    elif run_dir is not None and not offline and (running := open_batches(run_dir)):
+        _log(f"warning: {running} provider batch(es) of this run are still running; requests they hold are sent "
+             f"live now and paid twice. To use them instead: `distill batch collect {run_dir.name} --wait`, or --batch")
+    return open_teacher(settings, offline=offline, batch=mode), settings
+
+
+def cost_function(settings: Any, *, batch: bool = False):  # type: ignore[no-untyped-def]
+    """The teacher's live (or batch) price for a call's usage."""
+    from distill.accounting import no_prices
+    from distill.teachers.pricing import PriceTable
+
+    if settings is None:
+        return no_prices
+
+    table = PriceTable.load(settings.prices_file)
+    return lambda model, usage: table.cost(settings.backend, settings.model, usage, batch=batch)
+
+
+def run_round(config: RunConfig, prompts: Sequence[Prompt], teacher: Teacher | None = None) -> Summary:
+    """Answer, critique, revise and filter `prompts`; writes every artefact under `config.run_dir`.
+
+    The teacher is the configured one behind the cache unless one is given (any `Teacher`)."""
+    prompt_set, chain = _templates(config)
+    teacher, settings = (teacher, None) if teacher else open_round_teacher(
+        config.offline, config.teacher, batch=config.batch, run_dir=config.run_dir, wait=config.batch_wait)
+    summary, started = Summary(), time.monotonic()
+    kept, rejected = dedup_stage(prompts, config.dedup_threshold)
+    summary.counts["prompts"] = {"in": len(prompts), "out": len(kept), "seconds": time.monotonic() - started}
+    t0 = time.monotonic()
+    answers = answer_to_file(kept, config.run_dir / "answers.jsonl", config.generation, source=config.student,
+                             adapter=config.adapter, batch_size=config.batch_size, round_=config.round)
+    summary.counts["answer"] = {"in": len(kept), "out": len(answers), "seconds": time.monotonic() - t0}
+    return _critique_and_filter(config, answers, prompt_set, chain, teacher, settings, summary, rejected, started)
+
+
+def critique_answers(config: RunConfig, answers: Sequence[Mapping[str, Any]], teacher: Teacher | None = None) -> Summary:
+    """Critique, revise and filter existing answers (from `distill answer`) into `config.run_dir`."""
+    prompt_set, chain = _templates(config)
+    teacher, settings = (teacher, None) if teacher else open_round_teacher(
+        config.offline, config.teacher, batch=config.batch, run_dir=config.run_dir, wait=config.batch_wait)
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(config.run_dir / "answers.jsonl", answers)
+    summary = Summary()
+    summary.counts["answer"] = {"in": len(answers), "out": len(answers), "seconds": 0.0}
+    return _critique_and_filter(config, answers, prompt_set, chain, teacher, settings, summary, [], time.monotonic())
+
+
+def _templates(config: RunConfig) -> tuple[PromptSet, Any]:
+    prompt_set = load_prompt_set(config.prompts_dir)
+    chain = prompt_set.stages(list(config.stages)) if config.stages else prompt_set.chain(config.chain)
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    return prompt_set, chain
+
+
+def _critique_and_filter(config: RunConfig, answers: Sequence[Mapping[str, Any]], prompt_set: PromptSet, chain: Any,
+                         teacher: Teacher, settings: Any, summary: Summary, rejected: list[dict],
+                         started: float) -> Summary:
+    samples = max((int(a.get("sample", 0)) for a in answers), default=0) + 1
+    chosen, skipped = select_stage(answers, config.skip_consistent, samples)
+    rejected = rejected + skipped
+    if samples > 1:
+        summary.counts["select"] = {"in": len(chosen) + len(skipped), "out": len(chosen), "seconds": 0.0}
+    revisions, critique_ledger, (sft, prefs, dropped, filter_ledger) = asyncio.run(
+        _teacher_stages(config, chosen, chain, prompt_set, teacher, settings))
+    summary.ledgers.update(critique=critique_ledger, filter=filter_ledger)
+    ok = sum(r.get("status") == "ok" for r in revisions)
+    summary.counts["critique"] = {"in": len(chosen), "out": ok, "seconds": critique_ledger.seconds}
+    summary.counts["filter"] = {"in": ok, "out": len(sft), "seconds": filter_ledger.seconds}
+    rejected += dropped
+    for row in rejected:
+        summary.rejected[row["filter"]] = summary.rejected.get(row["filter"], 0) + 1
+    run_dir = config.run_dir
+    write_jsonl(run_dir / "sft.jsonl", sft)
+    write_jsonl(run_dir / "prefs.jsonl", prefs)
+    write_jsonl(run_dir / "rejected.jsonl", rejected)
+    summary.batches = batch_summary(run_dir, settings)
+    write_manifest(run_dir, config, prompt_set, chain, answers, teacher, settings, summary,
+                   time.monotonic() - started, len(prefs))
+    return summary
+
+
+async def _teacher_stages(config: RunConfig, chosen: list[dict], chain: Any, prompt_set: PromptSet,
+                          teacher: Teacher, settings: Any) -> tuple[list[dict], Ledger, tuple]:
+    """The critique and filter stages, sharing one teacher (and its cache) on one event loop."""
+    cost, batch_cost = cost_function(settings), cost_function(settings, batch=True)
+    concurrency = config.concurrency or (settings.concurrency if settings is not None else 16)
+    try:
+        ledger = Ledger("critique", cost_fn=cost, batch_cost_fn=batch_cost)
+        revisions = await critique_stage(config, chosen, chain, prompt_set, teacher, ledger, concurrency)
+        raise_offline_misses(teacher)
+        fledger = Ledger("filter", cost_fn=cost, batch_cost_fn=batch_cost)
+        ctx = filters.FilterContext(teacher=teacher, prompts=prompt_set, keep_acceptable=config.keep_acceptable,
+                                    max_length_ratio=config.max_length_ratio,
+                                    unchanged_threshold=config.unchanged_threshold,
+                                    settings=Settings(max_tokens=min(config.teacher_max_tokens, 512)), ledger=fledger)
+        sft, prefs, rejected = await filter_stage(revisions, ctx, config.filters, concurrency)
+        fledger.done()
+        raise_offline_misses(teacher)
+    finally:
+        if settings is not None:  # we opened it, so we close it
+            await teacher.aclose()
+    return revisions, ledger, (sft, prefs, rejected, fledger)
+
+
+async def critique_stage(config: RunConfig, chosen: list[dict], chain: Any, prompt_set: PromptSet,
+                         teacher: Teacher, ledger: Ledger, concurrency: int) -> list[dict]:
+    """Revise every chosen answer into revisions.jsonl (+ critiques.jsonl); returns the rows in order."""
+    from distill.critique import revise_all, revision_id, teacher_key
+
+    run_dir = config.run_dir
+    revisions_sink, critiques_sink = JsonlSink(run_dir / "revisions.jsonl"), JsonlSink(run_dir / "critiques.jsonl")
+    _reuse_finished(revisions_sink)
+    _reuse_finished(critiques_sink)
+    tkey = teacher_key(teacher)
+    wanted = [revision_id(a["id"], chain, tkey) for a in chosen]
+    bar = _bar("critique", len(chosen))
+    bar.update(sum(1 for rid in wanted if revisions_sink.done.get(rid, {}).get("status") == "ok"))
+
+    def progress(row: dict) -> None:
+        bar.update(1)
+        bar.set_postfix_str(ledger.line(), refresh=False)
+
+    try:
+        pending: list[Mapping[str, Any]] = chosen
+        while pending:  # more than one pass only in batch mode, while rows wait on provider batches
+            pending = await revise_all(pending, chain, teacher, prompt_set,
+                                       Settings(max_tokens=config.teacher_max_tokens), revisions=revisions_sink,
+                                       critiques=critiques_sink, ledger=ledger, concurrency=concurrency,
+                                       round_=config.round, on_row=progress)
+            if pending:
+                await settle(teacher)
+    finally:
+        revisions_sink.close()
+        critiques_sink.close()
+        bar.close()
+        ledger.done()
+    revisions = [revisions_sink.done[rid] for rid in wanted]
+    revisions_sink.commit(wanted)
+    stage_ids = [cid for r in revisions for cid in r.get("stages", [])]
+    critiques_sink.commit([c for c in stage_ids if c in critiques_sink.done])
+    return revisions
+
+
+def _reuse_finished(sink: JsonlSink) -> None:
+    """Seed a sink with the rows of its finished file from an earlier run (re-runs are free)."""
+    if sink.path.exists():
+        rows = [json.loads(line) for line in sink.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        fresh = [r for r in rows if str(r["id"]) not in sink.done]
+        if fresh:
+            sink.write(fresh)
+
+
+def raise_offline_misses(teacher: Teacher) -> None:
+    """After a stage: one error counting every offline miss of the run, with the first prompt ids."""
+    from distill.cache import CachedTeacher
+    from distill.errors import CacheError
+
+    if isinstance(teacher, CachedTeacher) and teacher.misses.count:
+        raise CacheError(teacher.misses.summary())
+
+
+def _bar(stage: str, total: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="row", desc=stage, dynamic_ncols=True)
+
+
+def write_manifest(run_dir: Path, config: RunConfig, prompt_set: PromptSet, chain: Any, answers: Sequence[dict],
+                   teacher: Teacher, settings: Any, summary: Summary, seconds: float, prefs: int) -> None:
+    student = answers[0].get("model") if answers else None
+    manifest = {
+        "name": config.name,
+        "round": config.round,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": config.to_dict(),
+        "templates": prompt_set.ids(),
+        "chain": [p.name for p in chain],
+        "models": {"student": student, "teacher": dict(teacher.identity()),
+                   "teacher_name": settings.name if settings is not None else teacher_label(teacher)},
+        "counts": {stage: {k: v for k, v in c.items() if k != "seconds"} for stage, c in summary.counts.items()},
+        "rejected_by_filter": summary.rejected,
+        "dataset": {"sft": summary.counts["filter"]["out"], "prefs": prefs},
+        "teacher_usage": {stage: ledger.to_dict() for stage, ledger in summary.ledgers.items()},
+        "batches": summary.batches,
+        "timings_s": {**{stage: round(c["seconds"], 3) for stage, c in summary.counts.items()},
+                      "total": round(seconds, 3)},
+    }
+    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")

@@ -1,0 +1,142 @@
+"""The report of a multi-round run: `runs/NAME/report.md` with PNG plots, and a terminal table.
+
+Built from `rounds.json` and each round's artefacts, so it can be regenerated at any time
+(`distill report NAME`). Plots: the training loss of each round; each gate metric per round with
+its 95% interval; and where rows were dropped, by filter, per round.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from distill.errors import InputError
+
+METRICS = (("checks", "objective checks: pass-rate change"), ("judge", "pairwise judge: score (new - current)"),
+           ("fidelity", "fidelity: NLL drop on held-out revisions"))
+
+
+def load(root: Path) -> dict[str, Any]:
+    path = root / "rounds.json"
+    if not path.exists():
+        raise InputError(f"{path}: no such file; `distill report` reads a run made with `distill run --rounds N`")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _interval(metric: dict[str, Any] | None) -> str:
+    if not metric or "delta" not in metric:
+        return "-"
+    d = metric["delta"]
+    return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
+def summary_rows(state: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for r in state.get("rounds", []):
+        metrics = r.get("metrics", {})
+        forgetting = metrics.get("forgetting", {})
+        counts = r.get("counts", {})
+        training = r.get("training", {})
+        rows.append([
+            str(r["round"]),
+            str(counts.get("filter", {}).get("out", 0)),
+            str(r.get("train_examples", 0)),
+            f"{training.get('final_loss'):.3f}" if training.get("final_loss") is not None else "-",
+            _interval(metrics.get("checks")), _interval(metrics.get("judge")), _interval(metrics.get("fidelity")),
+            f"{forgetting['nll_increase']:+.1%}" if forgetting.get("nll_increase") is not None else "-",
+            f"{forgetting['kl']:.4f}" if forgetting.get("kl") is not None else "-",
+            "promoted" if r["decision"]["promote"] else "refused",
+        ])
+    return rows
+
+
+HEADER = ["round", "survivors", "train examples", "final loss", "checks delta [95% CI]", "judge delta [95% CI]",
+          "fidelity delta [95% CI]", "replay NLL", "KL", "decision"]
+
+
+def summary_table(state: dict[str, Any]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(state)]
+    last = state.get("rounds", [])[-1:] or []
+    for r in last:
+        lines.append("")
+        lines.append(f"round {r['round']} {'promoted' if r['decision']['promote'] else 'refused'}: "
+                     + "; ".join(r["decision"]["reasons"]))
+    lines.append(f"best adapter: {state.get('best_adapter') or 'none (the base student)'}")
+    return "\n".join(lines)
+
+
+def _plots(root: Path, state: dict[str, Any]) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    rounds = state.get("rounds", [])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for r in rounds:
+        loss_path = root / f"round-{r['round']}" / "adapter" / "loss.jsonl"
+        if loss_path.exists():
+            rows = [json.loads(line) for line in loss_path.read_text().splitlines() if line.strip()]
+            ax.plot([x["step"] for x in rows], [x["loss"] for x in rows], label=f"round {r['round']}")
+    ax.set(xlabel="step", ylabel="completion loss (nats/token)", title="Training loss")
+    if ax.lines:
+        ax.legend()
+    made.append(_save(fig, root / "loss.png", "Training loss per round"))
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.2))
+    for ax, (name, title) in zip(axes, METRICS):
+        xs, means, errs = [], [], [[], []]
+        for r in rounds:
+            d = r.get("metrics", {}).get(name, {}).get("delta")
+            if d:
+                xs.append(r["round"]); means.append(d["mean"])
+                errs[0].append(d["mean"] - d["low"]); errs[1].append(d["high"] - d["mean"])
+        if xs:
+            ax.errorbar(xs, means, yerr=errs, fmt="o", capsize=4)
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set(title=title, xlabel="round", xticks=[r["round"] for r in rounds], xlim=(0.5, len(rounds) + 0.5))
+        ax.title.set_fontsize(9)
+    made.append(_save(fig, root / "metrics.png", "Gate metrics per round (95% bootstrap intervals)"))
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    reasons = sorted({k for r in rounds for k in r.get("rejected", {})})
+    bottom = [0] * len(rounds)
+    for reason in reasons:
+        heights = [r.get("rejected", {}).get(reason, 0) for r in rounds]
+        ax.bar([r["round"] for r in rounds], heights, bottom=bottom, label=reason)
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    ax.set(xlabel="round", ylabel="rows", title="Where rows were dropped, and why", xticks=[r["round"] for r in rounds])
+    if reasons:
+        ax.legend(fontsize=7)
+    made.append(_save(fig, root / "drops.png", "Dropped rows by filter"))
+    return made
+
+
+def _save(fig: Any, path: Path, caption: str) -> tuple[str, str]:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path.name, caption
+
+
+def write_report(root: Path) -> Path:
+    """Write report.md and its plots under `root`; returns the report's path."""
+    state = load(root)
+    plots = _plots(root, state)
+    lines = [f"# Distillation report: {state.get('name', root.name)}", "",
+             f"Held-out prompts: `{state.get('heldout')}`. Gate: {state.get('policy')}.", "",
+             summary_table(state), ""]
+    for r in state.get("rounds", []):
+        for w in r.get("warnings", []):
+            lines.append(f"- warning (round {r['round']}): {w}")
+    lines.append("")
+    for name, caption in plots:
+        lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
+    path = root / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

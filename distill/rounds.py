@@ -1,0 +1,167 @@
+"""Multi-round distillation with an evaluation gate: `distill run --rounds N`.
+
+Each round the current student (base + the promoted adapter, none at first) answers the training
+prompts, the teacher critiques and revises, the survivors of every round so far train a fresh
+adapter on the base model (with the base student's own answers as replay), and the new adapter
+is evaluated against the current student on held-out prompts never used in training. It is
+promoted only if the gate says so (`distill.gate`); otherwise the run stops, keeps the best
+adapter, and says why. Everything lands under `runs/NAME/`:
+
+    heldout/          a round on the held-out prompts with the base student: its teacher
+                      revisions measure fidelity, its answers forgetting (never trained on)
+    round-K/          the round's artefacts (answers ... manifest.json), adapter/, eval.json,
+                      eval_rows.jsonl
+    rounds.json       per round: counts, training summary, metrics, decision; resumable state
+    report.md + *.png the report (`distill report NAME`)
+
+A re-run continues from the first round not recorded as finished in rounds.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from distill.gate import Policy, decide
+from distill.pipeline import RunConfig, open_round_teacher, run_round
+from distill.records import Prompt, read_prompts, write_jsonl
+
+STATE = "rounds.json"
+
+
+@dataclass
+class RoundsConfig:
+    """A multi-round run: the round settings, the held-out prompts, training and the gate."""
+
+    run: RunConfig
+    rounds: int
+    heldout: Path
+    train_options: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
+    policy: Policy = field(default_factory=Policy)
+    eval_max_new_tokens: int = 128
+    judge: bool = True
+
+
+def _log(message: str) -> None:
+    print(f"distill: {message}", file=sys.stderr, flush=True)
+
+
+def load_state(root: Path) -> dict[str, Any]:
+    path = root / STATE
+    if not path.exists():
+        return {"rounds": []}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def save_state(root: Path, state: dict[str, Any]) -> None:
+    tmp = root / f".{STATE}.tmp"
+    tmp.write_text(json.dumps(state, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(root / STATE)
+
+
+def _examples(path: Path) -> list[Any]:
+    from distill.train import read_examples
+
+    return read_examples(path) if path.exists() and path.stat().st_size else []
+
+
+def _replay_from_answers(path: Path) -> list[Any]:
+    """The base student's own (complete) answers, as replay examples."""
+    from distill.train import Example
+
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [Example(id=r["id"], prompt=tuple(r["messages"]), completion=r["answer"], source="replay")
+            for r in rows if r.get("finish_reason") == "stop" and r["answer"].strip()]
+
+
+def run_rounds(config: RoundsConfig, prompts: Sequence[Prompt]) -> dict[str, Any]:
+    """Run up to `config.rounds` rounds; returns the state written to rounds.json."""
+    from distill.train import TrainConfig, train
+
+    root = config.run.run_dir
+    root.mkdir(parents=True, exist_ok=True)
+    heldout = read_prompts(config.heldout)
+    overlap = {p.text.strip().casefold() for p in prompts} & {p.text.strip().casefold() for p in heldout}
+    if overlap:
+        from distill.errors import InputError
+
+        raise InputError(f"{config.heldout}: {len(overlap)} held-out prompt(s) also appear in the training prompts "
+                         f"(e.g. {sorted(overlap)[0]!r}); held-out prompts must never be trained on")
+    train_config = TrainConfig.from_mapping(config.train_options, source="--train-option")
+    state = load_state(root)
+    state.update(name=config.run.name, heldout=str(config.heldout), policy=config.policy.__dict__)
+
+    _log("held-out reference round: the base student answers the held-out prompts, the teacher revises")
+    held_cfg = replace(config.run, name=f"{config.run.name}/heldout", adapter=None, round=0)
+    run_round(held_cfg, heldout)
+    revisions = _examples(held_cfg.run_dir / "sft.jsonl")
+    forgetting_set = _replay_from_answers(held_cfg.run_dir / "answers.jsonl")
+
+    finished = [r for r in state["rounds"] if r.get("finished")]
+    current = next((r["adapter"] for r in reversed(finished) if r["decision"]["promote"]), None)
+    if finished and not finished[-1]["decision"]["promote"]:
+        _log(f"round {finished[-1]['round']} was refused earlier; nothing more to do")
+        return state
+    replay: list[Any] = []
+    for number in range(len(finished) + 1, config.rounds + 1):
+        round_cfg = replace(config.run, name=f"{config.run.name}/round-{number}", adapter=current, round=number)
+        _log(f"round {number}: student {'base' if current is None else 'base + ' + current}")
+        summary = run_round(round_cfg, prompts)
+        if number == 1:
+            replay = _replay_from_answers(round_cfg.run_dir / "answers.jsonl")
+        fresh = _examples(round_cfg.run_dir / "sft.jsonl")
+        data = [e for k in range(1, number) for e in _examples(root / f"round-{k}" / "sft.jsonl")] + fresh
+        record: dict[str, Any] = {"round": number, "adapter": None, "counts": summary.counts,
+                                  "rejected": summary.rejected, "train_examples": len(data)}
+        if not fresh:
+            record.update(finished=True, decision={"promote": False, "reasons": [
+                f"no new training example survived the filters in round {number}; nothing new to learn"]})
+            state["rounds"] = [*finished, record]
+            save_state(root, state)
+            break
+        adapter = round_cfg.run_dir / "adapter"
+        if not (adapter / "training.json").exists():
+            train(data, adapter, train_config, student=config.run.student, replay=replay, restart=adapter.exists())
+        record["adapter"] = str(adapter)
+        record["training"] = json.loads((adapter / "training.json").read_text(encoding="utf-8"))
+        evaluation = _evaluate(config, current, adapter, heldout, revisions, forgetting_set, round_cfg.run_dir)
+        decision = decide(evaluation.metrics, config.policy)
+        record.update(finished=True, metrics=evaluation.to_dict()["metrics"], warnings=evaluation.warnings,
+                      decision=decision.to_dict())
+        finished = [*finished, record]
+        state["rounds"] = finished
+        save_state(root, state)
+        verdict = "promoted" if decision.promote else "refused"
+        _log(f"round {number}: {verdict}: {'; '.join(decision.reasons)}")
+        if not decision.promote:
+            break
+        current = str(adapter)
+    state["best_adapter"] = current
+    save_state(root, state)
+    from distill.report import write_report
+
+    write_report(root)
+    return state
+
+
+def _evaluate(config: RoundsConfig, current: str | None, adapter: Path, heldout: Sequence[Prompt],
+              revisions: Sequence[Any], forgetting_set: Sequence[Any], round_dir: Path) -> Any:
+    from distill.evaluate import evaluate
+    from distill.student import Student
+    from distill.templates import load_prompt_set
+
+    cur = Student.load(config.run.student, adapter=current)
+    new = Student.load(config.run.student, adapter=adapter)
+    teacher = identity = None
+    if config.judge:
+        teacher, _ = open_round_teacher(config.run.offline, config.run.teacher)
+        identity = teacher.identity()
+    result = evaluate(cur, new, heldout, teacher=teacher, prompt_set=load_prompt_set(config.run.prompts_dir),
+                      revisions=revisions, replay=forgetting_set, max_new_tokens=config.eval_max_new_tokens,
+                      teacher_identity=identity, close_teacher=True)
+    (round_dir / "eval.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    write_jsonl(round_dir / "eval_rows.jsonl", result.rows)
+    return result

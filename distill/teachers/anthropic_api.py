@@ -1,0 +1,178 @@
+"""The `anthropic` backend: the Messages API through the official `anthropic` SDK (AsyncAnthropic).
+
+Like the `openai` backend, the SDK does transport, auth and error mapping, with its own retries
+off, the aiohttp transport, and every attempt paced and retried by distill (`anthropic-ratelimit-*`
+headers are read through `with_raw_response`). Differences the backend absorbs:
+
+- system messages go to the request's own `system` field; the rest stay in order;
+- a requested JSON schema becomes one forced tool (`tool_choice: {"type": "tool"}`) whose input
+  schema is the requested one, and the tool call's input is the reply text. A schema whose top
+  level is not an object is wrapped as `{"value": ...}` (tools take objects) and unwrapped after;
+- the Messages API of SDK 2.x has no sampling parameters, so `temperature`, `top_p` and `seed`
+  are not sent (they still keep requests apart in the cache key);
+- an overloaded API answers 529, which the retry loop retries like a 5xx.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Mapping
+
+from distill.teachers.base import Completion, Request, Usage
+from distill.teachers.pacing import Pacer, estimate_tokens
+from distill.teachers.pricing import PriceTable
+from distill.teachers.registry import BackendSpec
+from distill.teachers.retry import RetryLoop, failure_from_status, transport_failure
+from distill.teachers.settings import TeacherSettings
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+PLACEHOLDER_KEY = "no-key"
+WRAPPED = "value"  # property name for a non-object schema wrapped into an object
+FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+          "refusal": "refusal", "pause_turn": "stop"}
+
+
+class AnthropicTeacher:
+    """A Teacher over an AsyncAnthropic client (built by `create`, or passed in by a caller)."""
+
+    backend = "anthropic"
+
+    def __init__(self, settings: TeacherSettings, client: Any):
+        self.model = settings.model
+        self.settings = settings
+        self.client = client
+        self.pacer = Pacer(concurrency=settings.concurrency, rpm=settings.rpm, tpm=settings.tpm)
+        self.retry = RetryLoop(settings.name, max_retries=settings.max_retries)
+        self.prices = PriceTable.load(settings.prices_file)
+        self._redact = settings.api_key.redact if settings.api_key is not None else str
+
+    def identity(self) -> Mapping[str, Any]:
+        return identity(self.settings)
+
+    async def complete(self, request: Request) -> Completion:
+        started = time.monotonic()
+        kwargs, wrapped = self._arguments(request)
+        estimate = estimate_tokens(request)
+        body, retries = await self.retry.run(lambda: self._attempt(kwargs, estimate),
+                                             what=f"request {request.prompt_id or ''}".strip())
+        return self._completion(body, request, wrapped, retries, time.monotonic() - started)
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+    def _arguments(self, request: Request) -> tuple[dict[str, Any], bool]:
+        return message_arguments(self.model, request)
+
+    async def _attempt(self, kwargs: dict[str, Any], estimate: int) -> dict[str, Any]:
+        import anthropic
+
+        async with self.pacer.slot(estimate) as slot:
+            self.retry.check()  # a quota ran out while this attempt waited: do not call
+            try:
+                raw = await self.client.messages.with_raw_response.create(**kwargs)
+                slot.observe(raw.headers)
+                body = (await raw.parse()).to_dict()
+                usage = body.get("usage") or {}
+                slot.settle(int(usage.get("input_tokens") or 0) + int(usage.get("output_tokens") or 0) or estimate)
+                if not isinstance(body.get("content"), list):
+                    raise ValueError("no content in the response")
+                return body
+            except anthropic.APIStatusError as exc:
+                raise failure_from_status(exc.status_code, exc.response.headers, exc.body, exc.message,
+                                          self._redact) from None
+            except anthropic.APITimeoutError as exc:  # aiohttp's transport reports a dropped connection as one too
+                raise transport_failure("timeout", exc, self._redact) from None
+            except anthropic.APIConnectionError as exc:
+                raise transport_failure("connection", exc, self._redact) from None
+            except (anthropic.APIResponseValidationError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise transport_failure("malformed_response", exc, self._redact) from None
+
+    def _completion(self, body: dict[str, Any], request: Request, wrapped: bool, retries: int,
+                    latency: float) -> Completion:
+        return message_completion(body, request, wrapped, self.model, self.prices, retries=retries, latency=latency)
+
+
+def message_arguments(model: str, request: Request) -> tuple[dict[str, Any], bool]:
+    """The Messages API parameters for `request`, and whether a non-object schema was wrapped:
+    what a live call sends and what a batch entry (`distill.teachers.batches`) carries."""
+    system = "\n\n".join(m["content"] for m in request.messages if m["role"] == "system")
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "max_tokens": request.max_tokens,
+        "messages": [{"role": m["role"], "content": m["content"]}
+                     for m in request.messages if m["role"] != "system"],
+    }
+    if system:
+        kwargs["system"] = system
+    if request.stop:
+        kwargs["stop_sequences"] = list(request.stop)
+    wrapped = False
+    if request.response_schema is not None:
+        schema = dict(request.response_schema)
+        if schema.get("type") != "object":
+            schema, wrapped = {"type": "object", "properties": {WRAPPED: schema}, "required": [WRAPPED]}, True
+        kwargs["tools"] = [{"name": request.schema_name, "input_schema": schema,
+                            "description": "Give the reply as this tool's input."}]
+        kwargs["tool_choice"] = {"type": "tool", "name": request.schema_name}
+    elif request.tools:
+        kwargs["tools"] = [dict(t) for t in request.tools]
+    return kwargs, wrapped
+
+
+def message_completion(body: Mapping[str, Any], request: Request, wrapped: bool, model: str, prices: PriceTable,
+                       *, retries: int = 0, latency: float = 0.0, batch: bool = False) -> Completion:
+    """A Messages API response body as a Completion (live, or one succeeded row of a batch)."""
+    blocks = body["content"]
+    finish = FINISH.get(str(body.get("stop_reason")), str(body.get("stop_reason") or "stop"))
+    forced = next((b for b in blocks if b.get("type") == "tool_use" and request.response_schema is not None
+                   and b.get("name") == request.schema_name), None)
+    if forced is not None:
+        value = forced.get("input")
+        if wrapped and isinstance(value, dict):
+            value = value.get(WRAPPED)
+        text = json.dumps(value, ensure_ascii=False)
+        finish = "stop" if finish == "tool_calls" else finish
+    else:
+        text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+    u = body.get("usage") or {}
+    usage = Usage(int(u.get("input_tokens") or 0) + int(u.get("cache_creation_input_tokens") or 0)
+                  + int(u.get("cache_read_input_tokens") or 0), int(u.get("output_tokens") or 0))
+    reported = str(body.get("model") or model)
+    return Completion(text=text, finish_reason=finish, usage=usage, raw=dict(body), model=reported, latency_s=latency,
+                      retries=retries, batch=batch, cost=prices.cost("anthropic", reported, usage, batch=batch))
+
+
+# ---------------------------------------------------------------- the registered backend
+
+def identity(settings: TeacherSettings) -> dict[str, Any]:
+    return {"backend": "anthropic", "model": settings.model, "base_url": settings.base_url or DEFAULT_BASE_URL}
+
+
+def needs_key(settings: TeacherSettings) -> bool:
+    return settings.base_url is None or "api.anthropic.com" in settings.base_url
+
+
+def make_client(settings: TeacherSettings) -> Any:
+    """AsyncAnthropic with SDK retries off, our timeout, and the aiohttp transport."""
+    import anthropic
+
+    key = settings.api_key.reveal() if settings.api_key is not None else PLACEHOLDER_KEY
+    return anthropic.AsyncAnthropic(api_key=key, base_url=settings.base_url or DEFAULT_BASE_URL,
+                                    timeout=settings.timeout, max_retries=0,
+                                    http_client=anthropic.DefaultAioHttpClient(timeout=settings.timeout))
+
+
+def create(settings: TeacherSettings) -> AnthropicTeacher:
+    return AnthropicTeacher(settings, make_client(settings))
+
+
+BACKEND = BackendSpec(
+    name="anthropic",
+    summary="Anthropic Messages API (system prompt in its own field; JSON schema through a forced tool)",
+    make=create,
+    identify=identity,
+    key_env=("ANTHROPIC_API_KEY",),
+    base_url_env=("ANTHROPIC_BASE_URL",),
+    key_required=needs_key,
+)

@@ -1,0 +1,191 @@
+"""The `openai` backend: chat completions through the official `openai` SDK (AsyncOpenAI).
+
+Serves OpenAI itself and any OpenAI-compatible server by base URL (vLLM, llama.cpp server,
+Ollama, TGI). The SDK does transport, auth and error mapping; distill does the rest:
+
+- its retries are off (`max_retries=0`): `distill.teachers.retry` is the one retry loop;
+- every attempt passes the pacer (`distill.teachers.pacing`), which reads the `x-ratelimit-*`
+  headers through `with_raw_response`;
+- the transport is the SDK's aiohttp client (`DefaultAioHttpClient`), which costs less CPU per
+  request than the default httpx transport at high concurrency (see bench/teacher.py);
+- a requested JSON schema goes out as `response_format: {"type": "json_schema", ...}`, strict when
+  the schema allows it (closed objects, all properties required);
+- the official endpoint gets `max_completion_tokens`, other servers the older `max_tokens` that
+  every compatible server understands.
+
+Errors the SDK raises become `ProviderFailure`s with the key redacted from their text.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Mapping
+
+from distill.teachers.base import Completion, Request, Usage
+from distill.teachers.pacing import Pacer, estimate_tokens
+from distill.teachers.pricing import PriceTable
+from distill.teachers.registry import BackendSpec
+from distill.teachers.retry import RetryLoop, failure_from_status, transport_failure
+from distill.teachers.settings import TeacherSettings
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+PLACEHOLDER_KEY = "no-key"  # local OpenAI-compatible servers ignore the key, the SDK wants one
+
+
+class OpenAITeacher:
+    """A Teacher over an AsyncOpenAI client (built by `create`, or passed in by a caller)."""
+
+    backend = "openai"
+
+    def __init__(self, settings: TeacherSettings, client: Any):
+        self.model = settings.model
+        self.settings = settings
+        self.client = client
+        self.official = is_official(settings.base_url)
+        self.pacer = Pacer(concurrency=settings.concurrency, rpm=settings.rpm, tpm=settings.tpm)
+        self.retry = RetryLoop(settings.name, max_retries=settings.max_retries)
+        self.prices = PriceTable.load(settings.prices_file)
+        self._redact = settings.api_key.redact if settings.api_key is not None else str
+
+    def identity(self) -> Mapping[str, Any]:
+        return identity(self.settings)
+
+    async def complete(self, request: Request) -> Completion:
+        started = time.monotonic()
+        kwargs = self._arguments(request)
+        estimate = estimate_tokens(request)
+        body, retries = await self.retry.run(lambda: self._attempt(kwargs, estimate),
+                                             what=f"request {request.prompt_id or ''}".strip())
+        return self._completion(body, retries, time.monotonic() - started)
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+    def _arguments(self, request: Request) -> dict[str, Any]:
+        return chat_arguments(self.model, request, official=self.official)
+
+    async def _attempt(self, kwargs: dict[str, Any], estimate: int) -> dict[str, Any]:
+        import openai
+
+        async with self.pacer.slot(estimate) as slot:
+            self.retry.check()  # a quota ran out while this attempt waited: do not call
+            try:
+                raw = await self.client.chat.completions.with_raw_response.create(**kwargs)
+                slot.observe(raw.headers)
+                body = raw.parse().to_dict()
+                usage = body.get("usage") or {}
+                slot.settle(int(usage.get("total_tokens") or estimate))
+                if not body.get("choices"):
+                    raise ValueError("no choices in the response")
+                return body
+            except openai.APIStatusError as exc:
+                raise failure_from_status(exc.status_code, exc.response.headers, exc.body, exc.message,
+                                          self._redact) from None
+            except openai.APITimeoutError as exc:  # aiohttp's transport reports a dropped connection as one too
+                raise transport_failure("timeout", exc, self._redact) from None
+            except openai.APIConnectionError as exc:
+                raise transport_failure("connection", exc, self._redact) from None
+            except (openai.APIResponseValidationError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise transport_failure("malformed_response", exc, self._redact) from None
+
+    def _completion(self, body: dict[str, Any], retries: int, latency: float) -> Completion:
+        return chat_completion(body, self.model, self.prices, retries=retries, latency=latency)
+
+
+def chat_arguments(model: str, request: Request, *, official: bool) -> dict[str, Any]:
+    """The chat-completions body for `request`: what a live call sends and what a batch line
+    (`distill.teachers.batches`) carries, so both get the same answer and the same cache key."""
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "messages": [dict(m) for m in request.messages],
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        ("max_completion_tokens" if official else "max_tokens"): request.max_tokens,
+    }
+    if request.stop:
+        kwargs["stop"] = list(request.stop)
+    if request.seed is not None:
+        kwargs["seed"] = request.seed
+    if request.tools:
+        kwargs["tools"] = [dict(t) for t in request.tools]
+    if request.response_schema is not None:
+        schema = dict(request.response_schema)
+        spec: dict[str, Any] = {"name": request.schema_name, "schema": schema}
+        if strict_compatible(schema):
+            spec["strict"] = True
+        kwargs["response_format"] = {"type": "json_schema", "json_schema": spec}
+    return kwargs
+
+
+def chat_completion(body: Mapping[str, Any], model: str, prices: PriceTable, *, retries: int = 0,
+                    latency: float = 0.0, batch: bool = False) -> Completion:
+    """A chat-completion response body as a Completion (live, or one line of a batch's output)."""
+    choice = body["choices"][0]
+    message = choice.get("message") or {}
+    text = message.get("content")
+    finish = choice.get("finish_reason") or "stop"
+    if text is None and message.get("tool_calls"):
+        text = json.dumps([c.get("function") for c in message["tool_calls"]], ensure_ascii=False)
+    if text is None and message.get("refusal"):
+        text, finish = message["refusal"], "refusal"
+    usage_body = body.get("usage") or {}
+    usage = Usage(int(usage_body.get("prompt_tokens") or 0), int(usage_body.get("completion_tokens") or 0))
+    reported = str(body.get("model") or model)
+    return Completion(text=text or "", finish_reason=finish, usage=usage, raw=dict(body), model=reported,
+                      latency_s=latency, retries=retries, batch=batch,
+                      cost=prices.cost("openai", reported, usage, batch=batch) if reported else None)
+
+
+def strict_compatible(schema: Any) -> bool:
+    """True when every object in the schema is closed and requires all its properties, which is
+    what OpenAI's strict structured outputs demand."""
+    if isinstance(schema, list):
+        return all(strict_compatible(s) for s in schema)
+    if not isinstance(schema, dict):
+        return True
+    if schema.get("type") == "object" or "properties" in schema:
+        props = schema.get("properties", {})
+        if schema.get("additionalProperties") is not False or set(schema.get("required", ())) != set(props):
+            return False
+    return all(strict_compatible(v) for k, v in schema.items() if k not in ("enum", "const"))
+
+
+# ---------------------------------------------------------------- the registered backend
+
+def identity(settings: TeacherSettings) -> dict[str, Any]:
+    return {"backend": "openai", "model": settings.model, "base_url": settings.base_url or DEFAULT_BASE_URL}
+
+
+def is_official(base_url: str | None) -> bool:
+    """True for OpenAI's own endpoint (which wants `max_completion_tokens` and a key)."""
+    return base_url is None or "api.openai.com" in base_url
+
+
+def needs_key(settings: TeacherSettings) -> bool:
+    return is_official(settings.base_url)
+
+
+def make_client(settings: TeacherSettings) -> Any:
+    """AsyncOpenAI with SDK retries off, our timeout, and the aiohttp transport."""
+    import openai
+
+    key = settings.api_key.reveal() if settings.api_key is not None else PLACEHOLDER_KEY
+    return openai.AsyncOpenAI(api_key=key, base_url=settings.base_url or DEFAULT_BASE_URL,
+                              timeout=settings.timeout, max_retries=0,
+                              http_client=openai.DefaultAioHttpClient(timeout=settings.timeout))
+
+
+def create(settings: TeacherSettings) -> OpenAITeacher:
+    return OpenAITeacher(settings, make_client(settings))
+
+
+BACKEND = BackendSpec(
+    name="openai",
+    summary="OpenAI chat completions, or any OpenAI-compatible server by base URL (vLLM, llama.cpp, Ollama, TGI)",
+    make=create,
+    identify=identity,
+    key_env=("OPENAI_API_KEY",),
+    base_url_env=("OPENAI_BASE_URL",),
+    key_required=needs_key,
+)

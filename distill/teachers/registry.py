@@ -1,0 +1,137 @@
+"""The backend registry: every teacher backend, built-in or third-party, is an entry point.
+
+Backends register in the entry-point group `distill.teachers`. distill's own `openai`,
+`anthropic` and `local` are declared there in pyproject.toml exactly as a plugin declares its
+own, so there is one path for all of them:
+
+    [project.entry-points."distill.teachers"]
+    mybackend = "my_package.teacher:BACKEND"
+
+The entry point names an object with the `Backend` shape; `BackendSpec` is a ready-made one.
+Loading an entry point imports only the module that defines it; backends import their SDKs
+inside `create`, so listing backends or resolving settings stays cheap.
+
+`create_backend(settings)` is the one place a teacher (and with it a network client) is built;
+`backend_identity(settings)` names the provider and model without building anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Callable, Protocol, runtime_checkable
+
+from distill.errors import ConfigError
+from distill.teachers.base import Teacher
+from distill.teachers.settings import TeacherSettings
+
+GROUP = "distill.teachers"
+BUILTIN = ("anthropic", "local", "openai")
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What an entry point in `distill.teachers` must name."""
+
+    name: str
+    summary: str
+    key_env: tuple[str, ...]  # the SDK's own key variables, read after DISTILL_TEACHER_API_KEY
+    base_url_env: tuple[str, ...]  # the SDK's own base-URL variables, after DISTILL_TEACHER_BASE_URL
+
+    def needs_key(self, settings: TeacherSettings) -> bool: ...
+
+    def identity(self, settings: TeacherSettings) -> dict[str, Any]: ...
+
+    def create(self, settings: TeacherSettings) -> Teacher: ...
+
+
+def _never(settings: TeacherSettings) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A `Backend` built from plain functions; what the built-ins and most plugins use."""
+
+    name: str
+    summary: str
+    make: Callable[[TeacherSettings], Teacher]
+    identify: Callable[[TeacherSettings], dict[str, Any]]
+    key_env: tuple[str, ...] = ()
+    base_url_env: tuple[str, ...] = ()
+    key_required: Callable[[TeacherSettings], bool] = _never
+
+    def needs_key(self, settings: TeacherSettings) -> bool:
+        return self.key_required(settings)
+
+    def identity(self, settings: TeacherSettings) -> dict[str, Any]:
+        return self.identify(settings)
+
+    def create(self, settings: TeacherSettings) -> Teacher:
+        return self.make(settings)
+
+
+@dataclass(frozen=True)
+class Installed:
+    """One entry point of the group, loaded or not."""
+
+    name: str
+    target: str  # "module:attribute"
+    distribution: str  # the package that declared it
+
+    @property
+    def builtin(self) -> bool:
+        return self.distribution == "distill" and self.name in BUILTIN
+
+
+def installed() -> list[Installed]:
+    """Every backend declared in the entry-point group, sorted by name; nothing is imported."""
+    found = []
+    for ep in metadata.entry_points(group=GROUP):
+        dist = getattr(ep, "dist", None)
+        found.append(Installed(ep.name, ep.value, dist.metadata["Name"] if dist is not None else "?"))
+    return sorted(found, key=lambda item: item.name)
+
+
+def load_backend(name: str, *, where: str = "DISTILL_TEACHER") -> Backend:
+    """Import and return the backend registered as `name`; ConfigError if absent or broken."""
+    matches = [ep for ep in metadata.entry_points(group=GROUP) if ep.name == name]
+    if not matches:
+        known = ", ".join(item.name for item in installed())
+        if not known:
+            raise ConfigError(f"no teacher backends are registered in the entry-point group {GROUP!r}; "
+                              "distill is not installed as a package: run `pip install -e .`")
+        raise ConfigError(f"{where}: unknown teacher backend {name!r}; installed: {known} "
+                          "(a third-party backend registers in the entry-point group "
+                          f"{GROUP!r}; see `distill teachers`)")
+    ep = matches[0]
+    try:
+        backend = ep.load()
+    except Exception as exc:  # a broken plugin must not take distill down: say which one
+        raise ConfigError(f"teacher backend {name!r} ({ep.value}) failed to load: "
+                          f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(backend, Backend):
+        raise ConfigError(f"teacher backend {name!r} ({ep.value}) is not a Backend: it needs name, summary, "
+                          "key_env, base_url_env, needs_key(), identity() and create()")
+    return backend
+
+
+def require_key(settings: TeacherSettings, backend: Backend | None = None) -> None:
+    """ConfigError naming the variable to set when the backend needs a key and none is set."""
+    backend = backend or load_backend(settings.backend)
+    if settings.api_key is None and backend.needs_key(settings):
+        raise ConfigError(f"teacher {settings.name} needs an API key: {settings.key_hint()}")
+
+
+def backend_identity(settings: TeacherSettings) -> dict[str, Any]:
+    """Provider and resolved model identity (part of the cache key). Builds no client, loads no
+    model; for local models this is the model directory and a SHA-256 of its weights."""
+    return load_backend(settings.backend).identity(settings)
+
+
+def create_backend(settings: TeacherSettings) -> Teacher:
+    """Build the teacher `settings` describe, after checking it can run (key present)."""
+    backend = load_backend(settings.backend)
+    require_key(settings, backend)
+    return backend.create(settings)
+

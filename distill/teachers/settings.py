@@ -1,0 +1,374 @@
+"""Teacher settings: which backend and model, where, with which key, and how hard to push it.
+
+Everything is chosen by environment variables, with a config file and command-line flags on top:
+
+    DISTILL_TEACHER              backend:model, e.g. openai:gpt-4o-mini, anthropic:claude-sonnet-4-5,
+                                 local:default, local:/models/qwen           (default local:default)
+    DISTILL_TEACHER_BASE_URL     else the backend SDK's own OPENAI_BASE_URL / ANTHROPIC_BASE_URL
+    DISTILL_TEACHER_API_KEY      else the backend SDK's own OPENAI_API_KEY / ANTHROPIC_API_KEY
+    DISTILL_TEACHER_CONCURRENCY  requests in flight at once                  (default 16)
+    DISTILL_TEACHER_RPM          requests per minute; unset = learn it from rate-limit headers
+    DISTILL_TEACHER_TPM          tokens per minute;   unset = learn it from rate-limit headers
+    DISTILL_TEACHER_TIMEOUT      seconds per attempt                         (default 60)
+    DISTILL_TEACHER_MAX_RETRIES  retries after the first attempt             (default 6)
+    DISTILL_TEACHER_BATCH_SIZE   local backend: requests generated together  (default 8)
+    DISTILL_TEACHER_BATCH        1: send uncached requests as provider batches (half price, see
+                                 distill.batch)                               (default 0)
+    DISTILL_TEACHER_BATCH_POLL   seconds between the first batch status checks (default 30)
+    DISTILL_TEACHER_BATCH_MAX_REQUESTS  requests per provider batch, below the provider's own
+                                 limit (50,000 OpenAI, 100,000 Anthropic)     (default: that limit)
+    DISTILL_PRICES               a TOML or JSON price file extending the built-in table
+    DISTILL_CONFIG               the config file (default ./distill.toml when it exists)
+
+Precedence, highest first: flags > config file > environment > defaults. The config file and the
+flags are explicit, per-project or per-run choices that a person wrote down or typed; the
+environment is ambient (a shell profile exporting OPENAI_BASE_URL for another tool should not
+silently redirect a project that pinned its teacher in `distill.toml`). Within the environment,
+distill's own variables beat the SDKs' variables.
+
+The config file is TOML with a `[teacher]` table whose keys are the field names below (plus
+`teacher = "backend:model"`). It may not hold an API key, since such files get committed: it can
+name the variable holding one with `api_key_env = "MY_VLLM_KEY"`.
+
+Keys are wrapped in `Secret`, whose repr and str are masked and which refuses to be pickled, so a
+key cannot reach a log line, an error message or a file by accident. Each resolved value records
+its source (flag, config file, environment variable or default) for `distill config`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from distill.errors import ConfigError
+
+DEFAULT_TEACHER = "local:default"
+DEFAULT_CONFIG_FILE = "distill.toml"
+ENV_TEACHER = "DISTILL_TEACHER"
+ENV_BASE_URL = "DISTILL_TEACHER_BASE_URL"
+ENV_API_KEY = "DISTILL_TEACHER_API_KEY"
+ENV_CONFIG = "DISTILL_CONFIG"
+ENV_PRICES = "DISTILL_PRICES"
+
+
+class Secret:
+    """An API key. Masked wherever it is shown; `reveal()` is the one way to the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def masked(self) -> str:
+        """`***` plus the last four characters for long keys (enough to tell keys apart)."""
+        return f"***{self._value[-4:]}" if len(self._value) >= 16 else "***"
+
+    def redact(self, text: str) -> str:
+        """`text` with every occurrence of the key replaced by its masked form."""
+        return text.replace(self._value, self.masked()) if self._value else text
+
+    def __repr__(self) -> str:
+        return f"Secret({self.masked()!r})"
+
+    __str__ = masked
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __copy__(self) -> "Secret":
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "Secret":
+        return self
+
+    def __reduce__(self) -> Any:
+        raise TypeError("an API key (Secret) cannot be pickled or stored")
+
+
+@dataclass(frozen=True)
+class TeacherSettings:
+    """The resolved teacher configuration. `sources` maps each field to where its value came from."""
+
+    backend: str = "local"
+    """Backend name, as registered in the `distill.teachers` entry-point group."""
+    model: str = "default"
+    """Provider model name, or for `local` a model directory or `default` (the embedded student)."""
+    base_url: str | None = None
+    """API base URL; None means the provider's official endpoint."""
+    api_key: Secret | None = None
+    """The API key, masked everywhere it is shown."""
+    concurrency: int = 16
+    """Requests in flight at once."""
+    rpm: int | None = None
+    """Requests per minute to pace to; None = unpaced until rate-limit headers say otherwise."""
+    tpm: int | None = None
+    """Tokens per minute to pace to; None = unpaced until rate-limit headers say otherwise."""
+    timeout: float = 60.0
+    """Seconds one attempt may take before it counts as timed out (and is retried)."""
+    max_retries: int = 6
+    """Retries after the first attempt, for retryable failures only."""
+    batch_size: int = 8
+    """Local backend only: concurrent requests generated together in one batch."""
+    prices_file: str | None = None
+    """A TOML or JSON file of extra model prices (see `distill.teachers.pricing`)."""
+    batch: bool = False
+    """Send uncached requests as provider batches (OpenAI Batch, Anthropic Message Batches)."""
+    batch_poll: float = 30.0
+    """Seconds before the first status check of a submitted batch; later checks back off."""
+    batch_max_requests: int | None = None
+    """Requests per provider batch; None = the provider's own limit. Larger sets are split."""
+    key_env: tuple[str, ...] = ()
+    """The variables that could have held the key, in the order they are read (for error messages)."""
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    """Where each value came from: `flag --rpm`, `env DISTILL_TEACHER_RPM`, `distill.toml`, `default`."""
+
+    @property
+    def name(self) -> str:
+        """`backend:model`, the way DISTILL_TEACHER spells it."""
+        return f"{self.backend}:{self.model}"
+
+    @property
+    def uses_default(self) -> bool:
+        """True when nothing chose a teacher and the offline default local:default applies."""
+        return self.sources.get("backend") == "default"
+
+    def key_hint(self) -> str:
+        """`set DISTILL_TEACHER_API_KEY or OPENAI_API_KEY`: what to do about a missing key."""
+        return "set " + " or ".join(self.key_env or (ENV_API_KEY,))
+
+    def display(self) -> dict[str, Any]:
+        """Every field as plain data for printing: the key masked, sources left out."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name in ("sources", "key_env"):
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = value.masked() if isinstance(value, Secret) else value
+        return out
+
+
+# ---------------------------------------------------------------- parsing values
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError
+    return value
+
+
+def _flag(text: str) -> bool:
+    value = text.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError
+
+
+def _url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise ValueError
+    return text.rstrip("/")
+
+
+@dataclass(frozen=True)
+class _Knob:
+    """One tunable field: its variable, its parser and what a valid value looks like."""
+
+    env: str
+    parse: Callable[[str], Any]
+    expected: str
+
+
+KNOBS: dict[str, _Knob] = {
+    "concurrency": _Knob("DISTILL_TEACHER_CONCURRENCY", _positive_int, "a positive integer (requests in flight)"),
+    "rpm": _Knob("DISTILL_TEACHER_RPM", _positive_int, "a positive integer (requests per minute)"),
+    "tpm": _Knob("DISTILL_TEACHER_TPM", _positive_int, "a positive integer (tokens per minute)"),
+    "timeout": _Knob("DISTILL_TEACHER_TIMEOUT", _positive_float, "a positive number of seconds"),
+    "max_retries": _Knob("DISTILL_TEACHER_MAX_RETRIES", _non_negative_int, "an integer >= 0"),
+    "batch_size": _Knob("DISTILL_TEACHER_BATCH_SIZE", _positive_int, "a positive integer"),
+    "prices_file": _Knob(ENV_PRICES, str, "a path to a TOML or JSON price file"),
+    "batch": _Knob("DISTILL_TEACHER_BATCH", _flag, "1 or 0 (true/false, yes/no, on/off)"),
+    "batch_poll": _Knob("DISTILL_TEACHER_BATCH_POLL", _positive_float, "a positive number of seconds"),
+    "batch_max_requests": _Knob("DISTILL_TEACHER_BATCH_MAX_REQUESTS", _positive_int,
+                                "a positive integer (requests per provider batch)"),
+    "base_url": _Knob(ENV_BASE_URL, _url, "an http:// or https:// URL"),
+}
+
+
+def _parse(knob: _Knob, raw: Any, where: str) -> Any:
+    try:
+        return knob.parse(str(raw).strip())
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}={raw!r}: expected {knob.expected}") from None
+
+
+def parse_teacher(value: str, where: str = ENV_TEACHER) -> tuple[str, str]:
+    """`backend:model` -> (backend, model); a bare `local` means local:default."""
+    text = value.strip()
+    backend, sep, model = text.partition(":")
+    backend, model = backend.strip().lower(), model.strip()
+    if not sep and backend == "local":
+        return "local", "default"
+    if not backend or not model:
+        raise ConfigError(f"{where}={value!r}: expected BACKEND:MODEL, e.g. openai:gpt-4o-mini, "
+                          "anthropic:claude-sonnet-4-5, local:default or local:/path/to/model")
+    return backend, model
+
+
+# ---------------------------------------------------------------- the config file
+
+def config_path(env: Mapping[str, str], config_file: str | os.PathLike[str] | None) -> Path | None:
+    """The config file to read: the argument, else $DISTILL_CONFIG, else ./distill.toml if present."""
+    if config_file is not None:
+        return Path(config_file)
+    if env.get(ENV_CONFIG, "").strip():
+        return Path(env[ENV_CONFIG].strip()).expanduser()
+    default = Path.cwd() / DEFAULT_CONFIG_FILE
+    return default if default.is_file() else None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The whole TOML document; ConfigError naming the file and the problem."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (named by --config or {ENV_CONFIG})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def _teacher_table(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    table = read_config_file(path).get("teacher", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [teacher] must be a table")
+    if "api_key" in table:
+        raise ConfigError(f"{path}: [teacher] api_key: keys must not be stored in files; set {ENV_API_KEY} "
+                          "or name the variable that holds the key with api_key_env = \"VARIABLE\"")
+    allowed = set(KNOBS) | {"teacher", "api_key_env"}
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(f"{path}: [teacher] unknown key(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(sorted(allowed))}")
+    return table
+
+
+# ---------------------------------------------------------------- resolution
+
+def resolve_settings(env: Mapping[str, str] | None = None,
+                     config_file: str | os.PathLike[str] | None = None,
+                     overrides: Mapping[str, Any] | None = None) -> TeacherSettings:
+    """Resolve the teacher settings from flags (`overrides`), config file, environment and defaults.
+
+    `overrides` uses the field names (`teacher` for backend:model, `base_url`, `rpm`, ...); None
+    values are ignored, so argparse namespaces can be passed through as they are. The backend must
+    be installed (entry-point group `distill.teachers`); a missing key is not an error here
+    (`distill config` shows it) but `distill.teachers.registry.create_backend` refuses to start.
+    """
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    path = config_path(env, config_file)
+    table = _teacher_table(path)
+    file_label = str(path) if path is not None else ""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    backend, model, source = _resolve_teacher(env, flags, table, file_label)
+    values.update(backend=backend, model=model)
+    sources.update(backend=source, model=source)
+
+    from distill.teachers.registry import load_backend  # late: the registry imports this module
+
+    spec = load_backend(backend, where=source)
+    for name, knob in KNOBS.items():
+        if name == "base_url":
+            continue
+        value, source = _resolve_knob(name, knob, env, flags, table, file_label)
+        if source != "default":
+            values[name], sources[name] = value, source
+        else:
+            sources[name] = "default"
+    values["base_url"], sources["base_url"] = _resolve_base_url(env, flags, table, file_label,
+                                                                spec.base_url_env)
+    key_env = (ENV_API_KEY, *spec.key_env)
+    values["api_key"], sources["api_key"] = _resolve_key(env, flags, table, file_label, key_env)
+    return TeacherSettings(**values, key_env=key_env, sources=sources)
+
+
+def _resolve_teacher(env: Mapping[str, str], flags: Mapping[str, Any], table: Mapping[str, Any],
+                     file_label: str) -> tuple[str, str, str]:
+    if "teacher" in flags:
+        return (*parse_teacher(str(flags["teacher"]), "--teacher"), "flag --teacher")
+    if "teacher" in table:
+        return (*parse_teacher(str(table["teacher"]), f"{file_label} [teacher] teacher"), file_label)
+    if env.get(ENV_TEACHER, "").strip():
+        return (*parse_teacher(env[ENV_TEACHER]), f"env {ENV_TEACHER}")
+    return (*parse_teacher(DEFAULT_TEACHER), "default")
+
+
+def _resolve_knob(name: str, knob: _Knob, env: Mapping[str, str], flags: Mapping[str, Any],
+                  table: Mapping[str, Any], file_label: str) -> tuple[Any, str]:
+    flag = "--" + name.replace("_", "-")
+    if name in flags:
+        return _parse(knob, flags[name], flag), f"flag {flag}"
+    if name in table:
+        return _parse(knob, table[name], f"{file_label} [teacher] {name}"), file_label
+    if env.get(knob.env, "").strip():
+        return _parse(knob, env[knob.env], knob.env), f"env {knob.env}"
+    return None, "default"
+
+
+def _resolve_base_url(env: Mapping[str, str], flags: Mapping[str, Any], table: Mapping[str, Any],
+                      file_label: str, sdk_vars: tuple[str, ...]) -> tuple[str | None, str]:
+    knob = KNOBS["base_url"]
+    value, source = _resolve_knob("base_url", knob, env, flags, table, file_label)
+    if source != "default":
+        return value, source
+    for var in sdk_vars:
+        if env.get(var, "").strip():
+            return _parse(knob, env[var], var), f"env {var}"
+    return None, "default"
+
+
+def _resolve_key(env: Mapping[str, str], flags: Mapping[str, Any], table: Mapping[str, Any],
+                 file_label: str, key_env: tuple[str, ...]) -> tuple[Secret | None, str]:
+    if "api_key" in flags:
+        raw = flags["api_key"]
+        return (raw if isinstance(raw, Secret) else Secret(str(raw))), "argument"
+    if "api_key_env" in table:
+        var = str(table["api_key_env"])
+        if not env.get(var, "").strip():
+            raise ConfigError(f"{file_label}: [teacher] api_key_env names {var}, which is not set; "
+                              f"export {var} or remove api_key_env")
+        return Secret(env[var].strip()), f"env {var} (named by {file_label})"
+    for var in key_env:
+        if env.get(var, "").strip():
+            return Secret(env[var].strip()), f"env {var}"
+    return None, "unset"

@@ -1,0 +1,955 @@
+"""LoRA distillation: completion-only fine-tuning of the student on verified revisions, with replay.
+
+`train()` fits a PEFT LoRA adapter on prompt-completion chat examples (the pipeline's `sft.jsonl`)
+and writes one directory: the adapter in the layout PEFT and vLLM load (`adapter_config.json` +
+`adapter_model.safetensors`), `training.json` (the config, what the data held and what was dropped,
+the base model's identity, the throughput) and `loss.jsonl` (one row per optimizer step).
+
+Why it is built this way:
+
+- Rendering. The prompt is rendered exactly as `Student.render` renders it at inference (the model's
+  own chat template, ending with the assistant opener) and tokenized alone; the completion is the
+  text the same template puts after it, tokenized alone and cut after the end-of-turn token. So the
+  student is trained on the very token sequence it produces when it answers. Loss is on the
+  completion only. Labels are built from positions, never by matching the pad token id, so the
+  end-of-turn `<|im_end|>` stays in the labels although this tokenizer's pad token is that token.
+- Over-length examples are dropped and counted (`training.json`), never truncated into rows whose
+  completion is cut off or wholly masked.
+- Replay. The seeds warn that training only on self-generated corrections garbles the rest of the
+  model, so every epoch mixes in a fresh sample of replay examples (the student's own answers on
+  general prompts, or a chat file the user gives): `replay_fraction` of each epoch. An optional
+  KL-to-base penalty (`kl_weight`) keeps the completion distributions near the base model's, the
+  base being the same network with the adapter switched off (no second copy in memory).
+- A hand loop on accelerate + PEFT instead of TRL's SFTTrainer, for a measured reason (see
+  `bench/train.py`): on CPU, SFTTrainer's fused output head scores every position of every row,
+  prompt and padding included, recomputes the 49k-wide vocabulary projection in the backward pass
+  and computes entropy and accuracy over the whole vocabulary for its logs; its defaults add bf16
+  and gradient checkpointing, which CPUs without bf16 units run many times slower. This loop runs
+  the backbone once and projects onto the vocabulary only at completion positions, on batches
+  grouped by length, which is what reaches the throughput target. PEFT still builds and saves the
+  adapter, and accelerate still does devices, precision and multi-process (DDP) training, so
+  `accelerate launch --num_processes N -m distill train ...` trains on N GPUs (or CPU processes).
+- Checkpoints (adapter, optimizer, scheduler, step) are written every `save_every` steps and on
+  Ctrl-C; running the same command again resumes from the last one. Data order is a pure function
+  of (seed, epoch), so a resumed run sees exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from distill.errors import ConfigError, InputError, ModelError
+from distill.records import (MAX_REPORTED_ERRORS, Prompt, _parse_messages, content_hash, parse_prompt, read_rows,
+                             write_jsonl)
+from distill.student import GenerationParams, Student, weights_sha256
+
+IGNORE = -100  # label of a position that carries no loss (prompt tokens and padding)
+CHECKPOINTS = "checkpoints"
+LOSS_LOG = "loss.jsonl"
+TRAINING_FILE = "training.json"
+REPLAY_FILE = "replay.jsonl"
+STATE_FILE = "state.pt"
+
+
+# ---------------------------------------------------------------- configuration
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of a training run, with defaults that fit LoRA on a small chat model.
+
+    Learning rate: a sweep over 1e-4, 2e-4, 5e-4 and 1e-3 on the learning task of
+    tests/test_train_learning.py (64 revisions that end with "Final answer: X", 25% replay,
+    3 epochs, SmolLM2-135M) chose 5e-4. See the note at `learning_rate` for the numbers.
+    """
+
+    # LoRA
+    rank: int = 16
+    """LoRA rank r: the adapter adds r x (in + out) parameters to each target layer."""
+    alpha: float = 32.0
+    """LoRA scaling numerator; the update is scaled by alpha / rank (2 by default)."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input. 0: replay and few epochs regularise, and dropout costs a copy
+    of every layer's input on CPU."""
+    target_modules: tuple[str, ...] | None = None
+    """Names of the layers to adapt; None = every linear layer except the output head (for Llama:
+    q/k/v/o_proj, gate/up/down_proj), named as in the base model, as vLLM's LoRA serving expects."""
+
+    # optimisation
+    learning_rate: float = 5e-4
+    """Peak AdamW learning rate. Sweep (1e-4..1e-3, see the class docstring): 1e-4 and 2e-4 did not
+    teach the rule within 3 epochs; 5e-4 taught it with the replay NLL within budget; 1e-3 learned
+    as fast but raised the replay NLL the most. 5e-4 is the fastest rate that stays safe."""
+    epochs: int = 3
+    """Passes over the training examples (each with a fresh replay sample)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (the schedule is sized for it); None = all epochs."""
+    batch_size: int = 8
+    """Examples per micro-batch per process. Batches are grouped by length to waste little padding."""
+    grad_accum: int = 1
+    """Batches per optimizer step (per process)."""
+    micro_batch_tokens: int = 2048
+    """Most padded tokens in one forward pass; a batch with more is cut into several passes (same
+    step, bounded memory). Activations take about 1.8 MB per token on SmolLM2-135M in float32."""
+    warmup_ratio: float = 0.1
+    """Fraction of the steps over which the learning rate rises linearly from 0."""
+    scheduler: str = "cosine"
+    """Learning-rate decay after warm-up: cosine, linear or constant."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on the adapter weights."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping; 0 turns it off."""
+    max_length: int = 1024
+    """Longest example in tokens (prompt + completion); longer ones are dropped and counted."""
+
+    # against forgetting
+    replay_fraction: float = 0.25
+    """Fraction of each epoch's examples drawn from the replay set (when there is one)."""
+    kl_weight: float = 0.0
+    """Weight of KL(adapter || base) at completion positions; 0 = off. Costs one more forward pass."""
+
+    # machinery
+    seed: int = 0
+    """Seeds the adapter's initialisation, the data order and the replay samples."""
+    precision: str = "auto"
+    """auto (float32 on CPU, bfloat16 on a GPU that has it), float32 or bfloat16."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third slower. Off: a 135M
+    model does not need it, and on CPU it only costs time."""
+    save_every: int = 50
+    """Write a resumable checkpoint every this many steps (and on Ctrl-C)."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep while training; all are removed at the end."""
+
+    def __post_init__(self) -> None:
+        positive = ("rank", "epochs", "batch_size", "grad_accum", "micro_batch_tokens", "max_length", "save_every",
+                    "keep_checkpoints")
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"training option {name}: expected a positive integer, got {getattr(self, name)!r}")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
+            raise ConfigError(f"training option max_steps: expected a positive integer or null, got {self.max_steps!r}")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"training option learning_rate: expected a value in (0, 1), got {self.learning_rate!r}")
+        if self.alpha <= 0:
+            raise ConfigError(f"training option alpha: expected a positive number, got {self.alpha!r}")
+        for name, low, high in (("dropout", 0, 1), ("warmup_ratio", 0, 1), ("replay_fraction", 0, 0.95)):
+            if not low <= getattr(self, name) <= high:
+                raise ConfigError(f"training option {name}: expected a value in [{low}, {high}], "
+                                  f"got {getattr(self, name)!r}")
+        if self.kl_weight < 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ConfigError("training options kl_weight, weight_decay and max_grad_norm must be >= 0, got "
+                              f"{self.kl_weight!r}, {self.weight_decay!r}, {self.max_grad_norm!r}")
+        if self.scheduler not in ("cosine", "linear", "constant"):
+            raise ConfigError(f"training option scheduler: expected cosine, linear or constant, got {self.scheduler!r}")
+        if self.precision not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"training option precision: expected auto, float32 or bfloat16, got {self.precision!r}")
+        if self.target_modules is not None:
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> "TrainConfig":
+        """Build from a JSON object; an unknown key is a ConfigError naming it and `source`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown training option(s) {', '.join(map(repr, unknown))}; "
+                              f"known options: {', '.join(sorted(known))}")
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def run_key(self) -> dict[str, Any]:
+        """The options that change what is trained (not how often it is saved): must match to resume."""
+        return {k: v for k, v in self.to_dict().items()
+                if k not in ("save_every", "keep_checkpoints", "micro_batch_tokens", "gradient_checkpointing")}
+
+
+# ---------------------------------------------------------------- examples
+
+@dataclass(frozen=True)
+class Example:
+    """One training example: a chat prompt (ending in a user turn) and the assistant's completion."""
+
+    id: str
+    prompt: tuple[Mapping[str, str], ...]
+    completion: str
+    source: str = "train"  # "train" or "replay"
+
+    def to_row(self) -> dict[str, Any]:
+        return {"id": self.id, "prompt": [dict(m) for m in self.prompt],
+                "completion": [{"role": "assistant", "content": self.completion}]}
+
+
+def parse_example(obj: Any, source: str = "train") -> Example:
+    """Validate one decoded row in TRL's conversational formats; ValueError naming the field.
+
+    Accepted: {"prompt": [chat ending in a user turn] or "text", "completion": [{"role": "assistant",
+    "content": ...}] or "text"} (prompt-completion), or {"messages": [chat ending in the assistant's
+    turn]}. An optional "id" (else a stable hash of the content) and "meta" are kept or ignored.
+    """
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    if ("messages" in obj) == ("completion" in obj):
+        raise ValueError("give either 'prompt' and 'completion' (prompt-completion) or 'messages' "
+                         "(a chat ending in the assistant's turn)")
+    if "messages" in obj:
+        prompt, completion = _split_messages(obj["messages"])
+    else:
+        if "prompt" not in obj:
+            raise ValueError("field 'prompt': missing (the chat the completion answers)")
+        prompt, completion = _parse_prompt_field(obj["prompt"]), _parse_completion(obj["completion"])
+    raw_id = obj.get("id")
+    if raw_id is None:
+        eid = "x-" + content_hash({"prompt": [dict(m) for m in prompt], "completion": completion})
+    elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) and str(raw_id).strip():
+        eid = str(raw_id)
+    else:
+        raise ValueError(f"field 'id': expected a non-empty string or integer, got {raw_id!r}")
+    return Example(id=eid, prompt=prompt, completion=completion, source=source)
+
+
+def _parse_prompt_field(value: Any) -> tuple[Mapping[str, str], ...]:
+    if isinstance(value, str):
+        value = [{"role": "user", "content": value}]
+    try:
+        return _parse_messages(value)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("field 'messages", "field 'prompt")) from None
+
+
+def _parse_completion(value: Any) -> str:
+    if isinstance(value, str):
+        value = [{"role": "assistant", "content": value}]
+    if not isinstance(value, list) or len(value) != 1 or not isinstance(value[0], dict):
+        raise ValueError("field 'completion': expected one assistant message, [{\"role\": \"assistant\", "
+                         "\"content\": \"...\"}] (multi-turn completions are not supported)")
+    role, content = value[0].get("role"), value[0].get("content")
+    if role != "assistant":
+        raise ValueError(f"field 'completion[0].role': expected 'assistant', got {role!r}")
+    if not isinstance(content, str) or not content.strip():
+        raise ValueError("field 'completion[0].content': expected a non-empty string")
+    return content
+
+
+def _split_messages(value: Any) -> tuple[tuple[Mapping[str, str], ...], str]:
+    if not isinstance(value, list) or len(value) < 2:
+        raise ValueError("field 'messages': expected a chat of at least a user turn and the assistant's reply")
+    last = value[-1]
+    if not isinstance(last, dict) or last.get("role") != "assistant":
+        raise ValueError("field 'messages': the last message must be the assistant's reply (role 'assistant'); "
+                         "a chat ending in a user turn is a prompt, not a training example")
+    content = last.get("content")
+    if not isinstance(content, str) or not content.strip():
+        raise ValueError(f"field 'messages[{len(value) - 1}].content': expected a non-empty string")
+    return _parse_messages(value[:-1]), content
+
+
+EXAMPLE_ROW = (', e.g. {"prompt": [{"role": "user", "content": "Hi"}], '
+               '"completion": [{"role": "assistant", "content": "Hello!"}]}')
+
+
+def read_examples(path: str | os.PathLike[str], source: str = "train") -> list[Example]:
+    """Read and validate a whole dataset file; every bad line is reported as FILE:LINE in one InputError."""
+    return read_rows(path, lambda obj: parse_example(obj, source), example=EXAMPLE_ROW)
+
+
+def read_replay(path: str | os.PathLike[str]) -> tuple[list[Example], list[Prompt]]:
+    """A replay file: chat examples (used as they are) and/or prompts (the student will answer them)."""
+    rows = read_rows(path, lambda obj: parse_prompt(obj) if _is_prompt_row(obj) else parse_example(obj, "replay"),
+                     example=EXAMPLE_ROW)
+    return [r for r in rows if isinstance(r, Example)], [r for r in rows if isinstance(r, Prompt)]
+
+
+def _is_prompt_row(obj: Any) -> bool:
+    """A row with nothing to imitate yet: no completion, and no chat ending in the assistant's turn."""
+    if not isinstance(obj, dict) or "completion" in obj:
+        return False
+    messages = obj.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+        return messages[-1].get("role") != "assistant"
+    return "prompt" in obj
+
+
+def answer_replay(student: Student, prompts: Sequence[Prompt], max_new_tokens: int = 256) -> list[Example]:
+    """The student's own greedy answers to general prompts, as replay examples.
+
+    Answers cut off by `max_new_tokens` are left out: training on them would teach the model to end
+    its turn mid-sentence.
+    """
+    answers = student.answer(prompts, GenerationParams(max_new_tokens=max_new_tokens), batch_size=16)
+    return [Example(id=a.prompt.id, prompt=tuple(a.prompt.messages), completion=a.text, source="replay")
+            for a in answers if a.finish_reason == "stop" and a.text.strip()]
+
+
+# ---------------------------------------------------------------- tokens
+
+@dataclass(frozen=True)
+class Encoded:
+    """An example as token ids, with labels IGNORE on the prompt."""
+
+    id: str
+    input_ids: tuple[int, ...]
+    labels: tuple[int, ...]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def completion_tokens(self) -> int:
+        """Positions that carry loss: each completion token is predicted from the one before it."""
+        return sum(label != IGNORE for label in self.labels[1:])
+
+
+def encode(example: Example, student: Student) -> Encoded:
+    """Render with the student's own chat template, exactly as at inference; loss on the completion.
+
+    The prompt is `student.render()` (what generation starts from) tokenized alone. The completion is
+    the template's text after it, tokenized alone, up to and including the first end-of-turn token:
+    the tokens the student emits before it stops. Nothing after that token is trained.
+    """
+    tokenizer = student.tokenizer
+    prompt_text = student.render(example.prompt)
+    full_text = tokenizer.apply_chat_template(
+        [dict(m) for m in example.prompt] + [{"role": "assistant", "content": example.completion}], tokenize=False)
+    if not full_text.startswith(prompt_text):
+        raise ModelError(f"{student.identity.path}: the chat template renders the assistant's turn differently from "
+                         "its generation prompt, so the completion cannot be separated from the prompt "
+                         f"(example {example.id!r})")
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
+    stop = next((i for i, t in enumerate(completion_ids) if t in student.eos_ids), None)
+    if stop is None:  # a template without an end-of-turn token: end with EOS so the model learns to stop
+        completion_ids = completion_ids + [tokenizer.eos_token_id]
+    else:
+        completion_ids = completion_ids[:stop + 1]
+    return Encoded(id=example.id, input_ids=tuple(prompt_ids + completion_ids),
+                   labels=tuple([IGNORE] * len(prompt_ids) + completion_ids), source=example.source)
+
+
+def encode_all(examples: Sequence[Example], student: Student, max_length: int) -> tuple[list[Encoded], list[str]]:
+    """Encode every example; those longer than `max_length` tokens are dropped: (kept, dropped ids)."""
+    kept, dropped = [], []
+    for example in examples:
+        encoded = encode(example, student)
+        (kept.append(encoded) if len(encoded) <= max_length else dropped.append(example.id))
+    return kept, dropped
+
+
+def completion_nll(student: Student, examples: Sequence[Example], batch_size: int = 8) -> float:
+    """Mean negative log-likelihood per completion token of `examples` under `student` (no training).
+
+    The examples are rendered and labelled exactly as for training, so this is the training loss on
+    held-out data: the measure of forgetting on a replay set, and of fit on a training set.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    encoded = [encode(e, student) for e in examples]
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(encoded), batch_size):
+            tensors = {k: v.to(student.device) for k, v in collate(encoded[start:start + batch_size],
+                                                                   student.tokenizer.pad_token_id).items()}
+            logits = student.model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
+            targets = tensors["labels"][:, 1:]
+            picked = targets != IGNORE
+            total += float(F.cross_entropy(logits[:, :-1][picked].float(), targets[picked], reduction="sum"))
+            count += int(picked.sum())
+    return total / max(count, 1)
+
+
+# ---------------------------------------------------------------- data order
+
+def replay_count(n_train: int, n_replay: int, fraction: float) -> int:
+    """Replay examples per epoch so that they make up `fraction` of it (capped by the replay set)."""
+    if not n_replay or fraction <= 0:
+        return 0
+    return min(n_replay, round(n_train * fraction / (1 - fraction)))
+
+
+def epoch_batches(train: Sequence[Encoded], replay: Sequence[Encoded], config: TrainConfig,
+                  epoch: int) -> list[list[Encoded]]:
+    """The micro-batches of one epoch: a pure function of (data, config, epoch), so resuming replays it.
+
+    The epoch is the training examples plus a fresh replay sample, shuffled, then cut into
+    windows of 16 batches whose examples are sorted by length (little padding), in shuffled order.
+    """
+    rng = random.Random(f"{config.seed}:{epoch}")
+    items = list(train) + rng.sample(list(replay), replay_count(len(train), len(replay), config.replay_fraction))
+    rng.shuffle(items)
+    size = config.batch_size
+    window = size * 16
+    batches: list[list[Encoded]] = []
+    for start in range(0, len(items), window):
+        chunk = sorted(items[start:start + window], key=len, reverse=True)
+        batches.extend(chunk[i:i + size] for i in range(0, len(chunk), size))
+    rng.shuffle(batches)
+    return batches
+
+
+def rank_batches(batches: list[list[Encoded]], rank: int, world: int) -> list[list[Encoded]]:
+    """This process's share of an epoch; the list is wrapped around so every process gets as many."""
+    per_rank = math.ceil(len(batches) / world)
+    padded = [batches[i % len(batches)] for i in range(per_rank * world)]
+    return padded[rank::world]
+
+
+def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
+    """Right-padded tensors; padding is masked out of attention and labels by position, not by id."""
+    import torch
+
+    width = max(len(e) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, e in enumerate(batch):
+        ids[row, :len(e)] = torch.tensor(e.input_ids)
+        labels[row, :len(e)] = torch.tensor(e.labels)
+        mask[row, :len(e)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# ---------------------------------------------------------------- the model and its loss
+
+def linear_layer_names(model: Any) -> tuple[str, ...]:
+    """Leaf names of every linear layer except the output head, as named in the base model."""
+    import torch
+
+    head = model.get_output_embeddings()
+    return tuple(sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear) and module is not head}))
+
+
+def add_lora(model: Any, config: TrainConfig, targets: Sequence[str]) -> Any:
+    """Wrap the base model with a fresh LoRA adapter (seeded), every other weight frozen."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(config.seed)
+    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=list(targets),
+                      bias="none", task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as exc:  # PEFT: a target module that the model does not have
+        raise ConfigError(f"training option target_modules {list(targets)}: {exc}") from None
+
+
+def completion_loss_module(peft_model: Any, kl_weight: float) -> Any:
+    """An nn.Module whose forward returns the completion-only loss of a batch (what DDP wraps).
+
+    The backbone runs once; the vocabulary projection runs only at positions whose next token is
+    a completion label, which on CPU saves most of the output head's cost (prompt tokens are
+    about half of every example).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    class _CompletionLoss(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = peft_model
+
+        def _logits(self, input_ids: Any, attention_mask: Any, picked: Any) -> Any:
+            base = self.model.get_base_model()
+            hidden = base.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return base.get_output_embeddings()(hidden[:, :-1][picked]).float()
+
+        def forward(self, input_ids: Any, attention_mask: Any, labels: Any) -> dict[str, Any]:
+            targets = labels[:, 1:]
+            picked = targets != IGNORE
+            logits = self._logits(input_ids, attention_mask, picked)
+            nll = F.cross_entropy(logits, targets[picked], reduction="sum")
+            out = {"nll": nll, "tokens": picked.sum(), "loss": nll}
+            if kl_weight > 0:
+                with torch.no_grad(), self.model.disable_adapter():
+                    base_logp = F.log_softmax(self._logits(input_ids, attention_mask, picked), dim=-1)
+                logp = F.log_softmax(logits, dim=-1)
+                kl = (logp.exp() * (logp - base_logp)).sum()
+                out["kl"] = kl
+                out["loss"] = nll + kl_weight * kl
+            return out
+
+    return _CompletionLoss()
+
+
+def adapter_state_sha256(peft_model: Any) -> str:
+    """A hash of the adapter's weights as this process holds them (ranks must agree)."""
+    from peft import get_peft_model_state_dict
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(get_peft_model_state_dict(peft_model).items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a checkpoint is complete once its state file exists)."""
+    root = output_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.name.startswith("step-") and (p / STATE_FILE).is_file()),
+                  key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(output_dir: Path, step: int, peft_model: Any, optimizer: Any, scheduler: Any,
+                    fingerprint: str, keep: int) -> Path:
+    """Write adapter + optimizer + scheduler state for `step`, atomically; prune old checkpoints."""
+    import torch
+
+    root = output_dir / CHECKPOINTS
+    final = root / f"step-{step:06d}"
+    tmp = root / f".step-{step:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    peft_model.save_pretrained(tmp)
+    torch.save({"step": step, "fingerprint": fingerprint, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}, tmp / STATE_FILE)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, peft_model: Any, optimizer: Any, scheduler: Any) -> int:
+    """Restore adapter, optimizer and scheduler from a checkpoint; returns its step."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    weights = load_file(path / "adapter_model.safetensors", device=str(next(peft_model.parameters()).device))
+    set_peft_model_state_dict(peft_model, weights)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def resume_point(output_dir: Path, fingerprint: str) -> Path | None:
+    """The newest checkpoint of this very run, None if none; ConfigError if it belongs to another run."""
+    found = checkpoints(output_dir)
+    if not found:
+        return None
+    import torch
+
+    state = torch.load(found[-1] / STATE_FILE, map_location="cpu", weights_only=False)
+    if state.get("fingerprint") != fingerprint:
+        raise ConfigError(f"{found[-1]}: this checkpoint is from a run with other data, base model or options; "
+                          "re-run with the same ones to resume, or pass --restart (restart=True) to start over")
+    return found[-1]
+
+
+# ---------------------------------------------------------------- the run
+
+@dataclass
+class TrainResult:
+    """What a finished run wrote and measured."""
+
+    output_dir: Path
+    steps: int
+    resumed_from: int
+    final_loss: float | None
+    examples: int
+    replay_examples: int
+    dropped: list[str] = field(default_factory=list)
+    tokens_per_s: float = 0.0
+    summary: dict[str, Any] = field(default_factory=dict)
+    model: Any = field(default=None, repr=False)  # the trained PeftModel, still in memory
+
+
+@dataclass
+class _Plan:
+    """Steps per epoch and in total, for this process's share of the data."""
+
+    steps_per_epoch: int
+    total_steps: int
+
+
+@dataclass
+class _Data:
+    """A run's examples as tokens, and what was dropped as over-length on the way."""
+
+    train: list[Encoded]
+    replay: list[Encoded]
+    dropped: list[str]
+    replay_dropped: list[str]
+
+
+@dataclass
+class _Session:
+    """What a run holds while it trains."""
+
+    config: TrainConfig
+    output_dir: Path
+    accelerator: Any
+    model: Any  # the PeftModel
+    targets: tuple[str, ...]
+    optimizer: Any
+    scheduler: Any
+    loss_module: Any  # what DDP wraps
+    plan: _Plan
+    fingerprint: str
+    pad_id: int
+
+    def checkpoint(self, step: int) -> None:
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.output_dir, step, self.model, self.optimizer, self.scheduler, self.fingerprint,
+                            self.config.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+
+
+@dataclass
+class _Totals:
+    """What the loop measured."""
+
+    last_row: dict[str, Any] | None
+    tokens: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.last_row = row
+        self.tokens += row["tokens"]
+        self.cpu_seconds += row["cpu_seconds"]
+
+
+def train(data: Sequence[Example], output_dir: str | os.PathLike[str], config: TrainConfig | None = None, *,
+          student: str | os.PathLike[str] | None = None, replay: Sequence[Example] = (),
+          replay_prompts: Sequence[Prompt] = (), data_info: Mapping[str, Any] | None = None,
+          restart: bool = False, on_step: Callable[[dict[str, Any]], None] | None = None,
+          progress: bool = False) -> TrainResult:
+    """Train a LoRA adapter on `data` (+ replay) into `output_dir`; resumes from its checkpoints.
+
+    `student` is the base model (directory or hub id; default `$DISTILL_STUDENT`, else the embedded
+    SmolLM2). `replay_prompts` are answered by the base student first (kept in
+    `output_dir/replay.jsonl`). `data_info` is recorded in training.json. `on_step` sees each
+    loss-log row as it is written. Ctrl-C saves a checkpoint before it stops the run.
+    """
+    config = config or TrainConfig()
+    output_dir = Path(output_dir)
+    _check_can_start(data, output_dir, restart)
+    accelerator, precision = _make_accelerator(config)
+    if restart and accelerator.is_main_process:
+        _clear_run(output_dir)
+    accelerator.wait_for_everyone()
+    base = Student.load(student, device=str(accelerator.device), dtype=precision)
+    replay = list(replay) + _replay_answers(base, replay_prompts, output_dir, accelerator)
+    encoded = _encode_data(base, data, replay, config)
+    session = _start_session(base, encoded, config, output_dir, accelerator)
+    checkpoint = resume_point(output_dir, session.fingerprint)
+    start = load_checkpoint(checkpoint, session.model, session.optimizer, session.scheduler) if checkpoint else 0
+    totals = _loop(session, encoded, start, on_step, progress)
+    summary = _summary(session, base, encoded, totals, start, data_info, precision)
+    if accelerator.is_main_process:
+        _save_adapter(session.model, output_dir, summary)
+    accelerator.wait_for_everyone()
+    return TrainResult(output_dir=output_dir, steps=session.plan.total_steps, resumed_from=start,
+                       final_loss=summary["final_loss"], examples=len(encoded.train),
+                       replay_examples=len(encoded.replay), dropped=encoded.dropped,
+                       tokens_per_s=summary["throughput"]["tokens_per_s"], summary=summary, model=session.model.eval())
+
+
+def _check_can_start(data: Sequence[Example], output_dir: Path, restart: bool) -> None:
+    if not data:
+        raise InputError("no training examples: the dataset is empty")
+    if not restart and (output_dir / TRAINING_FILE).is_file():
+        raise ConfigError(f"{output_dir}: already holds a finished adapter ({TRAINING_FILE}); pass --restart "
+                          "(restart=True) to train it again from scratch, or choose another output directory")
+
+
+def _make_accelerator(config: TrainConfig) -> tuple[Any, str]:
+    """The accelerate Accelerator (devices, precision, processes) and the precision it runs in."""
+    import torch
+    from accelerate import Accelerator
+
+    precision = config.precision
+    if precision == "auto":
+        precision = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    # cpu=True where there is no GPU: accelerate then runs several processes with DDP on gloo
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              mixed_precision="bf16" if precision == "bfloat16" else "no")
+    return accelerator, precision
+
+
+def _encode_data(base: Student, data: Sequence[Example], replay: Sequence[Example], config: TrainConfig) -> _Data:
+    limit = min(config.max_length, base.context_window)
+    train_set, dropped = encode_all(data, base, limit)
+    replay_set, replay_dropped = encode_all(replay, base, limit)
+    if not train_set:
+        raise InputError(f"all {len(data)} training examples are longer than max_length={config.max_length} tokens; "
+                         "raise --max-length or shorten them")
+    return _Data(train=train_set, replay=replay_set, dropped=dropped, replay_dropped=replay_dropped)
+
+
+def _start_session(base: Student, data: _Data, config: TrainConfig, output_dir: Path, accelerator: Any) -> _Session:
+    """LoRA on the base model, optimizer, schedule, and the loss module prepared for the processes."""
+    import torch
+
+    plan = _plan(data, config, accelerator.num_processes)
+    targets = tuple(config.target_modules or linear_layer_names(base.model))
+    model = add_lora(base.model, config, targets)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    fingerprint = content_hash({"config": config.run_key(), "base": base.identity.weights_sha256,
+                                "processes": accelerator.num_processes,
+                                "train": [(e.id, e.input_ids, e.labels) for e in data.train],
+                                "replay": [(e.id, e.input_ids, e.labels) for e in data.replay]}, length=32)
+    return _Session(config=config, output_dir=output_dir, accelerator=accelerator, model=model, targets=targets,
+                    optimizer=optimizer, scheduler=_scheduler(optimizer, config, plan.total_steps),
+                    loss_module=accelerator.prepare(completion_loss_module(model, config.kl_weight)), plan=plan,
+                    fingerprint=fingerprint, pad_id=base.tokenizer.pad_token_id)
+
+
+def _plan(data: _Data, config: TrainConfig, world: int) -> _Plan:
+    n = len(data.train) + replay_count(len(data.train), len(data.replay), config.replay_fraction)
+    batches_per_process = math.ceil(math.ceil(n / config.batch_size) / world)
+    per_epoch = math.ceil(batches_per_process / config.grad_accum)
+    return _Plan(steps_per_epoch=per_epoch,
+                 total_steps=per_epoch * config.epochs if config.max_steps is None else config.max_steps)
+
+
+def _loop(session: _Session, data: _Data, start: int, on_step: Callable[[dict[str, Any]], None] | None,
+          progress: bool) -> _Totals:
+    """Train from step `start` to the end, logging every step and checkpointing every `save_every`."""
+    accelerator, plan = session.accelerator, session.plan
+    log = _LossLog(session.output_dir / LOSS_LOG, keep_through=start, enabled=accelerator.is_main_process)
+    bar = _progress_bar(plan.total_steps, start, enabled=progress and accelerator.is_main_process)
+    totals = _Totals(last_row=log.last)
+    started, step = time.monotonic(), start
+    try:
+        for step, epoch, batches in _steps(data, session.config, plan, accelerator.process_index,
+                                           accelerator.num_processes, start):
+            done_in_epoch = (step - 1) % plan.steps_per_epoch + 1
+            row = {"step": step, "epoch": round(epoch + done_in_epoch / plan.steps_per_epoch, 4),
+                   **_train_step(session, batches)}
+            log.write(row)
+            totals.add(row)
+            bar.update(1)
+            bar.set_postfix_str(f"loss {row['loss']:.3f}, {row['tokens_per_s']:.0f} tok/s", refresh=False)
+            if on_step is not None:
+                on_step(row)
+            if step % session.config.save_every == 0 and step < plan.total_steps:
+                session.checkpoint(step)
+    except KeyboardInterrupt:  # keep what was done; with several processes, only the periodic checkpoints
+        if accelerator.num_processes == 1 and step > max(start, _last_checkpoint_step(session.output_dir)):
+            session.checkpoint(step)
+        raise
+    finally:
+        bar.close()
+        log.close()
+    totals.seconds = time.monotonic() - started
+    return totals
+
+
+def _steps(data: _Data, config: TrainConfig, plan: _Plan, rank: int, world: int,
+           start: int) -> Iterator[tuple[int, int, list[list[Encoded]]]]:
+    """(step, epoch, batches) for every step after `start`, in the order an unbroken run takes."""
+    step = 0
+    epoch = 0
+    while True:
+        mine = rank_batches(epoch_batches(data.train, data.replay, config, epoch), rank, world)
+        for first in range(0, len(mine), config.grad_accum):
+            step += 1
+            if step > plan.total_steps:
+                return
+            if step > start:
+                yield step, epoch, mine[first:first + config.grad_accum]
+        epoch += 1
+
+
+def _train_step(session: _Session, batches: list[list[Encoded]]) -> dict[str, Any]:
+    """One optimizer step over `batches` (gradient accumulation); returns the loss-log fields.
+
+    Each batch is cut into forward passes of at most `micro_batch_tokens` padded tokens, and the
+    loss is the mean over all completion tokens of the step, so how a batch is cut changes memory,
+    not the result.
+    """
+    import torch
+
+    config, accelerator, loss_module = session.config, session.accelerator, session.loss_module
+    started, cpu_started = time.perf_counter(), time.process_time()
+    pieces = [piece for batch in batches for piece in split_by_tokens(batch, config.micro_batch_tokens)]
+    completion_tokens = sum(e.completion_tokens for piece in pieces for e in piece)
+    sums = torch.zeros(4, device=accelerator.device)  # nll, kl, completion tokens, all tokens
+    for i, piece in enumerate(pieces):
+        tensors = {k: v.to(accelerator.device) for k, v in collate(piece, session.pad_id).items()}
+        with nullcontext() if i == len(pieces) - 1 else accelerator.no_sync(loss_module):
+            out = loss_module(**tensors)
+            accelerator.backward(out["loss"] / max(completion_tokens, 1))
+        sums += torch.stack([out["nll"].detach(), out.get("kl", out["nll"].new_zeros(())).detach(),
+                             out["tokens"].to(sums.dtype), tensors["attention_mask"].sum().to(sums.dtype)])
+    grad_norm = None
+    if config.max_grad_norm > 0:
+        grad_norm = float(accelerator.clip_grad_norm_(loss_module.parameters(), config.max_grad_norm))
+    lr = session.scheduler.get_last_lr()[0]
+    session.optimizer.step()
+    session.scheduler.step()
+    session.optimizer.zero_grad(set_to_none=True)
+    nll, kl, completion, tokens = accelerator.reduce(sums, reduction="sum").tolist()
+    seconds = time.perf_counter() - started
+    row = {"loss": round(nll / max(completion, 1), 6), "lr": lr, "completion_tokens": int(completion),
+           "tokens": int(tokens), "seconds": round(seconds, 4),
+           "cpu_seconds": round(time.process_time() - cpu_started, 4),
+           "tokens_per_s": round(tokens / seconds, 2)}
+    if grad_norm is not None:
+        row["grad_norm"] = round(grad_norm, 6)
+    if config.kl_weight > 0:
+        row["kl"] = round(kl / max(completion, 1), 6)
+    return row
+
+
+def split_by_tokens(batch: Sequence[Encoded], budget: int) -> list[list[Encoded]]:
+    """Cut a batch into runs whose padded size (rows x longest row) stays within `budget` tokens."""
+    pieces: list[list[Encoded]] = []
+    current: list[Encoded] = []
+    for example in sorted(batch, key=len, reverse=True):
+        if current and (len(current) + 1) * len(current[0]) > budget:
+            pieces.append(current)
+            current = []
+        current.append(example)
+    return pieces + [current] if current else pieces
+
+
+def _scheduler(optimizer: Any, config: TrainConfig, total_steps: int) -> Any:
+    from transformers import get_scheduler
+
+    name = {"constant": "constant_with_warmup"}.get(config.scheduler, config.scheduler)
+    return get_scheduler(name, optimizer, num_warmup_steps=round(config.warmup_ratio * total_steps),
+                         num_training_steps=total_steps)
+
+
+def _replay_answers(student: Student, prompts: Sequence[Prompt], output_dir: Path, accelerator: Any) -> list[Example]:
+    """The base student's answers to the replay prompts, generated once and kept in replay.jsonl."""
+    if not prompts:
+        return []
+    cache = output_dir / REPLAY_FILE
+    if accelerator.is_main_process and not cache.is_file():
+        answered = answer_replay(student, prompts)
+        write_jsonl(cache, ({**e.to_row(), "meta": {"answered_by": student.identity.key}} for e in answered))
+    accelerator.wait_for_everyone()
+    return read_examples(cache, source="replay")
+
+
+def _clear_run(output_dir: Path) -> None:
+    """Remove what an earlier run wrote (and only that) before starting over."""
+    shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)
+    for name in (TRAINING_FILE, LOSS_LOG, REPLAY_FILE, "adapter_model.safetensors", "adapter_config.json"):
+        (output_dir / name).unlink(missing_ok=True)
+
+
+def _last_checkpoint_step(output_dir: Path) -> int:
+    found = checkpoints(output_dir)
+    return int(found[-1].name.split("-")[1]) if found else 0
+
+
+def _summary(session: _Session, base: Student, data: _Data, totals: _Totals, start: int,
+             data_info: Mapping[str, Any] | None, precision: str) -> dict[str, Any]:
+    """What training.json records: options, base model, data counts, throughput, library versions."""
+    import accelerate
+    import peft
+    import torch
+    import transformers
+    from accelerate.utils import gather_object
+
+    config = session.config
+    shas = gather_object([adapter_state_sha256(session.model)])  # every process's own copy
+    return {
+        "config": config.to_dict(),
+        "target_modules": list(session.targets),
+        "base_model": base.identity.to_dict(),
+        "data": {**dict(data_info or {}), "examples": len(data.train) + len(data.dropped), "trained": len(data.train),
+                 "dropped_over_length": len(data.dropped), "dropped_ids": data.dropped[:MAX_REPORTED_ERRORS],
+                 "completion_tokens": sum(e.completion_tokens for e in data.train)},
+        "replay": {"examples": len(data.replay) + len(data.replay_dropped), "available": len(data.replay),
+                   "dropped_over_length": len(data.replay_dropped),
+                   "per_epoch": replay_count(len(data.train), len(data.replay), config.replay_fraction)},
+        "steps": session.plan.total_steps, "steps_per_epoch": session.plan.steps_per_epoch,
+        "resumed_from_step": start, "final_loss": totals.last_row["loss"] if totals.last_row else None,
+        "throughput": {"tokens": totals.tokens, "seconds": round(totals.seconds, 2),
+                       "cpu_seconds": round(totals.cpu_seconds, 2),
+                       "tokens_per_s": round(totals.tokens / totals.seconds, 2) if totals.tokens else 0.0},
+        "processes": session.accelerator.num_processes, "precision": precision,
+        "rank_adapter_sha256": shas, "ranks_agree": len(set(shas)) == 1,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+                     "accelerate": accelerate.__version__},
+    }
+
+
+def _save_adapter(model: Any, output_dir: Path, summary: dict[str, Any]) -> None:
+    """Adapter files, then training.json (its presence marks a finished run), then drop the checkpoints."""
+    model.save_pretrained(output_dir)
+    summary["adapter_sha256"] = weights_sha256(output_dir)
+    tmp = output_dir / f".{TRAINING_FILE}.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, output_dir / TRAINING_FILE)
+    shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)
+
+
+class _LossLog:
+    """loss.jsonl, appended one row per step; on resume, rows after the checkpoint are dropped."""
+
+    def __init__(self, path: Path, keep_through: int, enabled: bool):
+        self.path, self.enabled, self.last = path, enabled, None
+        self._fh = None
+        if not enabled:
+            return
+        rows = []
+        if path.is_file():
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and _complete_json(line)]
+        rows = [r for r in rows if r.get("step", 0) <= keep_through]
+        write_jsonl(path, rows)
+        self.last = rows[-1] if rows else None
+        self._fh = path.open("a", encoding="utf-8")
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self._fh is not None:
+            self._fh.write(json.dumps(row) + "\n")
+            self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _complete_json(line: str) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except json.JSONDecodeError:
+        return False  # a row torn by a crash
+
+
+def read_loss_log(output_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of an adapter directory's loss.jsonl."""
+    path = Path(output_dir) / LOSS_LOG
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _progress_bar(total: int, initial: int, *, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", desc="train", disable=not enabled, dynamic_ncols=True)

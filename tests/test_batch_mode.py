@@ -1,0 +1,231 @@
+"""Batch mode behind the cache (`distill.batch`) against the loopback server: misses are deferred,
+submitted, collected into the cache exactly as live answers are, failures fail their request once
+and are retried by the next run, nothing is submitted twice, and a critique round in batch mode
+produces the same artefacts as a live one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from distill.batch import BatchBook, BatchMode, Part, cache_key_of
+from distill.cache import CachedTeacher, CacheStore, cache_path, canonical_request, open_teacher
+from distill.errors import BatchesPending, TeacherError
+from distill.pipeline import RunConfig, critique_answers
+from distill.teachers.base import Completion, Deferred, Request
+from distill.teachers.batches import batch_client
+from distill.teachers.registry import backend_identity
+from distill.teachers.settings import TeacherSettings, resolve_settings
+from test_round_e2e import teacher_script
+
+MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}
+ENTRY_FIELDS = ("key", "backend", "model", "request", "text", "finish_reason", "input_tokens", "output_tokens",
+                "response_model", "template_ids")
+
+
+def settings_for(backend: str, loopback: Any, tmp_path: Path, **env: str) -> TeacherSettings:
+    (tmp_path / "none.toml").write_text("")
+    url = loopback.openai_url if backend == "openai" else loopback.anthropic_url
+    return resolve_settings(env={"DISTILL_TEACHER": f"{backend}:{MODELS[backend]}", "DISTILL_TEACHER_BASE_URL": url,
+                                 "DISTILL_TEACHER_API_KEY": "sk-batch-test-0123456789", "DISTILL_TEACHER_BATCH": "1",
+                                 "DISTILL_TEACHER_BATCH_POLL": "0.001", "DISTILL_CONFIG": str(tmp_path / "none.toml"),
+                                 **env})
+
+
+def requests(n: int) -> list[Request]:
+    return [Request(messages=({"role": "system", "content": "Critique."}, {"role": "user", "content": f"question {i}"}),
+                    max_tokens=64, template_ids=("critique@1", f"principle@{i % 2}"), prompt_id=f"q{i}")
+            for i in range(n)]
+
+
+async def ask_all(teacher: Any, reqs: list[Request]) -> list[Completion | BaseException]:
+    return list(await asyncio.gather(*(teacher.complete(r) for r in reqs), return_exceptions=True))
+
+
+async def batch_pass(settings: TeacherSettings, cache_dir: Path, run_dir: Path, reqs: list[Request], *,
+                     wait: bool = True) -> tuple[list[Any], list[Any]]:
+    """One process's worth of batch mode: a pass, a flush, and a second pass."""
+    teacher = open_teacher(settings, offline=False, cache_dir=cache_dir, batch=BatchMode(run_dir, wait=wait))
+    assert isinstance(teacher, CachedTeacher)
+    async with teacher:
+        first = await ask_all(teacher, reqs)
+        if any(isinstance(r, Deferred) for r in first):
+            try:
+                await teacher.inner.flush()  # type: ignore[union-attr]
+            except BatchesPending as pending:
+                return first, [pending]
+        return first, await ask_all(teacher, reqs)
+
+
+def entries(cache_dir: Path) -> dict[str, dict[str, Any]]:
+    store = CacheStore(cache_path(cache_dir))
+    try:
+        return {e.key: {f: getattr(e, f) for f in ENTRY_FIELDS} for e in store.iter_entries()}
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("backend", ["openai", "anthropic"])
+def test_batch_answers_are_stored_exactly_as_live_answers_are(backend, loopback, tmp_path) -> None:
+    reqs = requests(6)
+    settings = settings_for(backend, loopback, tmp_path)
+    first, second = asyncio.run(batch_pass(settings, tmp_path / "batch-cache", tmp_path / "run", reqs))
+    assert all(isinstance(r, Deferred) for r in first) and loopback.count(backend) == 0  # no live call, ever
+    assert all(isinstance(c, Completion) and c.batch and not c.cached for c in second)
+    assert [c.text for c in second] == [f"echo: question {i}" for i in range(6)]
+    assert all(c.usage.input_tokens > 0 and c.cost is not None for c in second)
+
+    async def live() -> None:
+        teacher = open_teacher(settings, offline=False, cache_dir=tmp_path / "live-cache")
+        try:
+            await ask_all(teacher, reqs)
+        finally:
+            await teacher.aclose()
+
+    asyncio.run(live())
+    assert entries(tmp_path / "batch-cache") == entries(tmp_path / "live-cache")  # interchangeable
+
+
+def test_failed_rows_fail_their_request_once_and_the_next_run_retries_only_them(loopback, tmp_path) -> None:
+    scripted = {"question 1": "errored", "question 2": "expired", "question 3": "canceled"}
+    loopback.batch_script(lambda view: scripted.get(view.prompt))
+    settings, reqs = settings_for("openai", loopback, tmp_path), requests(5)
+    _, second = asyncio.run(batch_pass(settings, tmp_path / "cache", tmp_path / "run", reqs))
+    assert isinstance(second[0], Completion) and isinstance(second[4], Completion)
+    reasons = {i: (r.reason, str(r)) for i, r in enumerate(second) if isinstance(r, TeacherError)}
+    assert {i: r for i, (r, _) in reasons.items()} == {1: "batch_errored", 2: "batch_expired", 3: "batch_canceled"}
+    assert "'q2'" in reasons[2][1] and "batch_expired" in reasons[2][1]  # names the prompt and the provider's code
+    book = BatchBook(tmp_path / "run")
+    results = {r["prompt_id"]: r["outcome"] for r in book.results(book.parts()[0].part)}
+    assert results == {"q0": "succeeded", "q1": "errored", "q2": "expired", "q3": "canceled", "q4": "succeeded"}
+
+    loopback.batch_script(lambda view: None)  # the provider is fine again: the next run retries the failures
+    first, again = asyncio.run(batch_pass(settings, tmp_path / "cache", tmp_path / "run", reqs))
+    assert [type(r).__name__ for r in first] == ["Completion", "Deferred", "Deferred", "Deferred", "Completion"]
+    assert all(isinstance(c, Completion) for c in again)
+    sent = Counter(row.custom_id for row in loopback.batch_rows)
+    assert sorted(sent.values()) == [1, 1, 2, 2, 2]  # only the three failures went out a second time
+
+
+def test_requests_over_the_per_batch_limit_are_split(loopback, tmp_path) -> None:
+    settings = settings_for("anthropic", loopback, tmp_path, DISTILL_TEACHER_BATCH_MAX_REQUESTS="3")
+    _, second = asyncio.run(batch_pass(settings, tmp_path / "cache", tmp_path / "run", requests(7)))
+    assert all(isinstance(c, Completion) for c in second)
+    assert [b["requests"] for b in loopback.batches()] == [3, 3, 1]
+    assert [p.state for p in BatchBook(tmp_path / "run").parts()] == ["collected"] * 3
+
+
+def test_no_wait_exits_after_submitting_and_a_resume_submits_nothing_twice(loopback, tmp_path) -> None:
+    loopback.batch_polls = 3  # ends on the 3rd status check (the submitting run checks none)
+    settings, reqs, run = settings_for("openai", loopback, tmp_path), requests(4), tmp_path / "run"
+    _, [pending] = asyncio.run(batch_pass(settings, tmp_path / "cache", run, reqs, wait=False))
+    assert isinstance(pending, BatchesPending) and pending.exit_code == 75
+    [part] = BatchBook(run).parts()
+    assert part.state == "submitted" and part.batch_id == "batch_1"  # recorded before any waiting
+    for _ in range(2):  # resumed while the batch still runs: nothing new is submitted
+        _, [again] = asyncio.run(batch_pass(settings, tmp_path / "cache", run, reqs, wait=False))
+        assert isinstance(again, BatchesPending)
+    _, done = asyncio.run(batch_pass(settings, tmp_path / "cache", run, reqs, wait=False))  # 3rd check: it ended
+    assert all(isinstance(c, Completion) and c.batch for c in done)
+    creates = [s for s in loopback.requests if s.endpoint == "openai_batches" and "input_file_id" in s.body]
+    assert len(creates) == 1 and len(loopback.batches()) == 1 and len(loopback.batch_rows) == 4
+
+
+def test_a_batch_whose_id_was_never_recorded_is_found_not_submitted_again(loopback, tmp_path) -> None:
+    """A run killed between creating a batch and writing its id down: the next run finds it by
+    its part name (OpenAI metadata) instead of sending every request again."""
+    settings, reqs, run = settings_for("openai", loopback, tmp_path), requests(3), tmp_path / "run"
+    identity = backend_identity(settings)
+    keys = [cache_key_of(identity, r) for r in reqs]
+    book = BatchBook(run)
+    book.write_requests("b0001-crashed", [{"key": k, "custom_id": k, "prompt_id": r.prompt_id,
+                                           "template_ids": list(r.template_ids),
+                                           "request": canonical_request(identity, r)} for k, r in zip(keys, reqs)])
+    book.add(Part("b0001-crashed", "openai", settings.name, str(identity["base_url"]), 3, 0, host="another-host"))
+
+    async def create_it() -> None:
+        client = batch_client(settings)
+        try:
+            await client.submit([client.line(k, r) for k, r in zip(keys, reqs)], "b0001-crashed")
+        finally:
+            await client.aclose()
+
+    asyncio.run(create_it())  # ... and the process died here, before recording the batch id
+    _, second = asyncio.run(batch_pass(settings, tmp_path / "cache", run, reqs))
+    assert all(isinstance(c, Completion) for c in second)
+    assert len(loopback.batches()) == 1 and [p.batch_id for p in BatchBook(run).parts()] == ["batch_1"]
+
+
+# ---------------------------------------------------------------- a critique round in batch mode
+
+ANSWERS = [("sum", "What is 12 plus 30? End with the number.", "41", {"type": "numeric", "value": 42}),
+           ("colour", "Name a primary colour.", "Green", None),
+           ("fruits", "Answer in lowercase only: name two fruits.", "Apples", {"type": "lowercase"}),
+           ("capital", "What is the capital of France?", "Paris", "Paris")]
+
+
+def answer_rows() -> list[dict[str, Any]]:
+    return [{"id": f"a-{pid}", "prompt_id": pid, "sample": 0, "answer": a, "messages": [{"role": "user", "content": q}],
+             **({"reference": ref} if ref else {})} for pid, q, a, ref in ANSWERS]
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def teacher_env(loopback, tmp_path, monkeypatch):
+    loopback.script(teacher_script)
+    monkeypatch.setenv("DISTILL_TEACHER", "openai:gpt-4o-mini")
+    monkeypatch.setenv("DISTILL_TEACHER_BASE_URL", loopback.openai_url)
+    monkeypatch.setenv("DISTILL_TEACHER_API_KEY", "sk-loopback-test-key-000000000000")
+    monkeypatch.setenv("DISTILL_TEACHER_BATCH_POLL", "0.001")
+    monkeypatch.setenv("DISTILL_CONFIG", str(tmp_path / "none.toml"))
+    (tmp_path / "none.toml").write_text("")
+    return loopback
+
+
+def test_a_three_stage_round_in_batch_mode_matches_the_live_round(teacher_env, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "batch-cache"))
+    batch = RunConfig(name="batch", runs_dir=tmp_path / "runs", chain="default", batch=True)
+    summary = critique_answers(batch, answer_rows())
+    assert teacher_env.count("openai") == 0  # not one live call
+    parts = BatchBook(batch.run_dir).parts()
+    # 3 stages, 3 single-row repair passes (colour's replies need one each), 2 judge orders
+    assert [p.requests for p in parts] == [4, 4, 4, 1, 1, 1, 3, 3]
+    manifest = json.loads((batch.run_dir / "manifest.json").read_text())
+    usage = manifest["teacher_usage"]["critique"]
+    assert usage["batch_calls"] == usage["teacher_calls"] == 15 and usage["cache_hits"] == 0
+    assert usage["cost_usd"] == pytest.approx(usage["cost_at_batch_prices_usd"])
+    assert usage["cost_at_batch_prices_usd"] == pytest.approx(usage["cost_at_live_prices_usd"] / 2)
+    assert manifest["batches"]["outcomes"] == {"succeeded": 21}
+    assert "| critique | 4 | 4 | 0 | 15 | 0 | 15 |" in summary.table()
+
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "live-cache"))
+    live = RunConfig(name="live", runs_dir=tmp_path / "runs", chain="default")
+    critique_answers(live, answer_rows())
+    for name in ("critiques.jsonl", "revisions.jsonl", "sft.jsonl", "prefs.jsonl", "rejected.jsonl"):
+        assert read(batch.run_dir / name) == read(live.run_dir / name), name
+
+
+def test_failed_batch_rows_are_recorded_per_row_and_retried_live(teacher_env, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
+    teacher_env.batch_script(lambda view: "expired" if "primary colour" in view.messages[-1]["content"] else None)
+    cfg = RunConfig(name="r", runs_dir=tmp_path / "runs", chain="quick", batch=True, filters=("acceptable",))
+    critique_answers(cfg, answer_rows())
+    revisions = {r["prompt_id"]: r for r in read(cfg.run_dir / "revisions.jsonl")}
+    assert revisions["colour"]["status"] == "failed" and revisions["colour"]["reason"] == "teacher_batch_expired"
+    assert "batch_expired" in revisions["colour"]["detail"]
+    rejected = {r["prompt_id"]: r for r in read(cfg.run_dir / "rejected.jsonl")}
+    assert rejected["colour"]["filter"] == "failed" and "teacher_batch_expired" in rejected["colour"]["reason"]
+
+    live = RunConfig(name="r", runs_dir=tmp_path / "runs", chain="quick", batch=False, filters=("acceptable",))
+    critique_answers(live, answer_rows())  # the same run again, live: only the failed row is asked
+    asked = [s.body["messages"][1]["content"] for s in teacher_env.requests if s.endpoint == "openai"]
+    assert asked and all("primary colour" in text for text in asked)
+    assert read(cfg.run_dir / "revisions.jsonl")[1]["status"] == "ok"

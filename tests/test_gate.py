@@ -1,0 +1,146 @@
+"""The evaluation gate: bootstrap intervals, and promotion decided on evidence only.
+
+Integration tests use a tiny random Llama (initialised with large weights, so that its
+distributions are peaked like a trained model's): a "yes" adapter trained in seconds to answer
+"yes" is a constructed better student on prompts whose reference is "yes"; a LoRA with large
+random weights is a constructed worse one; and the base model's own answers are the replay set
+on which forgetting shows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distill.evaluate import evaluate
+from distill.gate import Interval, Policy, bootstrap_ci, decide
+from distill.records import parse_prompt
+from distill.student import Student
+from distill.templates import load_prompt_set
+from fakes import ScriptedTeacher, is_judge, judge_reply, quoted_answer
+
+
+def test_bootstrap_interval_on_known_cases() -> None:
+    constant = bootstrap_ci([0.5] * 30)
+    assert (constant.mean, constant.low, constant.high, constant.n) == (0.5, 0.5, 0.5, 30)
+    rng = np.random.default_rng(7)
+    values = rng.normal(0.2, 1.0, 900)
+    ci = bootstrap_ci(values, seed=3)
+    half = 1.96 * values.std(ddof=1) / np.sqrt(values.size)  # the normal-theory interval
+    assert abs(ci.low - (values.mean() - half)) < 0.01 and abs(ci.high - (values.mean() + half)) < 0.01
+    assert bootstrap_ci(values, seed=3) == ci  # deterministic for a seed
+    # a +1/-1 coin with 70% heads: mean 0.4, and the interval excludes zero at n=200
+    coin = [1.0] * 140 + [-1.0] * 60
+    ci = bootstrap_ci(coin)
+    assert ci.mean == pytest.approx(0.4) and 0.25 < ci.low < 0.3 and 0.5 < ci.high < 0.55
+
+
+def metrics(low: float, high: float, nll_increase: float | None = None, kl: float | None = None) -> dict:
+    return {"checks": {"delta": Interval((low + high) / 2, low, high, 20)},
+            "forgetting": {"nll_increase": nll_increase, "kl": kl}}
+
+
+def test_decide_promotes_only_on_evidence() -> None:
+    assert decide(metrics(0.05, 0.3, nll_increase=0.01), Policy()).promote
+    refused = decide(metrics(-0.05, 0.3), Policy())
+    assert not refused.promote and "lower bound -0.050" in refused.reasons[0]
+    assert not decide(metrics(0.05, 0.3), Policy(margin=0.1)).promote
+    forgot = decide(metrics(0.1, 0.3, nll_increase=0.08), Policy())
+    assert not forgot.promote and "replay NLL rose 8.0%" in forgot.reasons[0]
+    assert not decide(metrics(0.1, 0.3, kl=0.5), Policy(max_kl=0.1)).promote
+    missing = decide({"judge": {}}, Policy(primary="checks"))
+    assert not missing.promote and "not measured" in missing.reasons[0]
+
+
+# ---------------------------------------------------------------- with real (tiny) models
+
+HELD_OUT = [parse_prompt({"id": f"h{i}", "prompt": f"Held-out question {i}: is water wet?", "reference": "yes"})
+            for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def model_dir(smollm_tokenizer, tmp_path_factory) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tok = smollm_tokenizer
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         tie_word_embeddings=True, initializer_range=0.3)
+    directory = tmp_path_factory.mktemp("peaked-llama")
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def yes_adapter(model_dir: Path, tmp_path_factory) -> Path:
+    from distill.train import Example, TrainConfig, train
+
+    examples = [Example(id=f"e{i}", prompt=({"role": "user", "content": f"Question number {i}: is it true?"},),
+                        completion="yes") for i in range(32)]
+    out = tmp_path_factory.mktemp("yes") / "adapter"
+    train(examples, out, TrainConfig(learning_rate=1e-2, epochs=4, batch_size=8, seed=0), student=str(model_dir))
+    return out
+
+
+@pytest.fixture(scope="module")
+def noise_adapter(yes_adapter: Path, tmp_path_factory) -> Path:
+    """The yes adapter with its LoRA weights replaced by large noise: a constructed worse model."""
+    from safetensors.torch import load_file, save_file
+    import shutil
+    import torch
+
+    out = tmp_path_factory.mktemp("noise") / "adapter"
+    shutil.copytree(yes_adapter, out)
+    weights = out / "adapter_model.safetensors"
+    torch.manual_seed(1)
+    save_file({k: torch.randn_like(v) * 2.0 for k, v in load_file(weights).items()}, weights)
+    return out
+
+
+def prefers_yes(request) -> str:
+    assert is_judge(request)
+    a, b = quoted_answer(request, "A").lower(), quoted_answer(request, "B").lower()
+    return judge_reply("A" if "yes" in a and "yes" not in b else "B" if "yes" in b and "yes" not in a else "tie")
+
+
+def test_the_gate_promotes_a_better_adapter(model_dir: Path, yes_adapter: Path) -> None:
+    base, better = Student.load(model_dir), Student.load(model_dir, adapter=yes_adapter)
+    teacher = ScriptedTeacher(prefers_yes)
+    result = evaluate(base, better, HELD_OUT, teacher=teacher, prompt_set=load_prompt_set(), max_new_tokens=6,
+                      teacher_identity=teacher.identity())
+    checks = result.metrics["checks"]
+    assert checks["current_pass_rate"] == 0.0 and checks["new_pass_rate"] == 1.0 and checks["delta"].low > 0
+    assert result.metrics["judge"]["wins"] == 8 and result.metrics["judge"]["delta"].low > 0
+    assert len(teacher.requests) == 16  # both orders for every prompt
+    assert "same model as the teacher" in result.warnings[0]
+    assert result.metrics["forgetting"]["kl"] > 0
+    assert decide(result.metrics, Policy(primary="checks")).promote
+    assert decide(result.metrics, Policy(primary="judge")).promote
+
+
+def test_the_gate_refuses_a_worse_adapter(model_dir: Path, yes_adapter: Path, noise_adapter: Path) -> None:
+    current, worse = Student.load(model_dir, adapter=yes_adapter), Student.load(model_dir, adapter=noise_adapter)
+    result = evaluate(current, worse, HELD_OUT, max_new_tokens=6)
+    assert result.metrics["checks"]["delta"].mean < 0
+    decision = decide(result.metrics, Policy(primary="checks"))
+    assert not decision.promote and "checks: lower bound" in decision.reasons[0]
+
+
+def test_the_gate_refuses_an_adapter_that_forgets(model_dir: Path, yes_adapter: Path) -> None:
+    from distill.student import GenerationParams
+    from distill.train import Example
+
+    base, better = Student.load(model_dir), Student.load(model_dir, adapter=yes_adapter)
+    own = base.answer([f"Tell me about topic {i}." for i in range(6)], GenerationParams(max_new_tokens=12))
+    replay = [Example(id=a.prompt.id, prompt=tuple(a.prompt.messages), completion=a.text) for a in own]
+    result = evaluate(base, better, HELD_OUT, replay=replay, max_new_tokens=6)
+    assert result.metrics["checks"]["delta"].low > 0  # better on the target...
+    assert result.metrics["forgetting"]["nll_increase"] > 0.05
+    decision = decide(result.metrics, Policy(primary="checks", max_nll_increase=0.05))
+    assert not decision.promote and "forgetting: replay NLL rose" in decision.reasons[0]  # ...but it forgot

@@ -1,0 +1,98 @@
+"""`distill run --rounds`: answer, critique, train, evaluate, promote; a refusal stops the run.
+
+A tiny Llama (peaked initialisation) is the student; the teacher, scripted on the loopback
+server, rewrites every answer to "yes" and its judge prefers "yes". Held-out prompts check for
+"yes". Round 1 trains a "yes" adapter and is promoted; in round 2 the student already says
+"yes", nothing new survives the filters, so round 2 is refused, the run stops and keeps round 1's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from distill.cli import main
+from loopback_server import LoopbackRequest
+
+
+def between(text: str, marker: str) -> str:
+    return text.split(f"<<<{marker}\n", 1)[1].split(f"\n{marker}>>>", 1)[0]
+
+
+def yes_teacher(request: LoopbackRequest) -> str:
+    user = next(m["content"] for m in request.messages if m["role"] == "user")
+    if "winner" in json.dumps(request.schema or {}):
+        a, b = between(user, "A").lower(), between(user, "B").lower()
+        return json.dumps({"reason": "r", "winner": "A" if "yes" in a and "yes" not in b else
+                           "B" if "yes" in b and "yes" not in a else "tie"})
+    return json.dumps({"critique": "Say yes.", "issues": ["not yes"], "verdict": "needs_revision", "revision": "yes"})
+
+
+@pytest.fixture
+def peaked_model_dir(smollm_tokenizer, tmp_path) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tok = smollm_tokenizer
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         tie_word_embeddings=True, initializer_range=0.3)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_two_rounds_promote_then_refuse_and_report(loopback, peaked_model_dir, tmp_path, monkeypatch, capsys) -> None:
+    loopback.script(yes_teacher)
+    monkeypatch.setenv("DISTILL_TEACHER", "openai:yes-teacher")
+    monkeypatch.setenv("DISTILL_TEACHER_BASE_URL", loopback.openai_url)
+    monkeypatch.setenv("DISTILL_TEACHER_API_KEY", "sk-loopback-rounds-000000000000")
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
+    train = write(tmp_path / "train.jsonl", [{"id": f"t{i}", "prompt": f"Question number {i}: is it true?"}
+                                              for i in range(24)])
+    heldout = write(tmp_path / "heldout.jsonl", [{"id": f"h{i}", "prompt": f"Held-out question {i}: is water wet?",
+                                                  "reference": "yes"} for i in range(8)])
+    args = ["run", str(train), "--name", "multi", "--runs-dir", str(tmp_path / "runs"), "--student",
+            str(peaked_model_dir), "--max-new-tokens", "6", "--chain", "quick", "--rounds", "3",
+            "--heldout", str(heldout), "--eval-max-new-tokens", "6", "--max-nll-increase", "100",
+            "--train-option", "learning_rate=0.01", "--train-option", "epochs=4", "--dedup-threshold", "0"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    root = tmp_path / "runs" / "multi"
+    state = json.loads((root / "rounds.json").read_text())
+    assert [r["decision"]["promote"] for r in state["rounds"]] == [True, False]
+    first, second = state["rounds"]
+    assert first["metrics"]["checks"]["delta"]["low"] > 0 and first["metrics"]["checks"]["new_pass_rate"] == 1.0
+    assert "no new training example survived the filters in round 2" in second["decision"]["reasons"][0]
+    assert state["best_adapter"] == str(root / "round-1" / "adapter")
+    assert second["rejected"].get("unchanged", 0) + second["rejected"].get("judge", 0) == 24
+    assert any("same model as the teacher" in w for w in first["warnings"])
+    # every record carries its round number
+    assert {r["round"] for r in map(json.loads, (root / "round-2" / "answers.jsonl").read_text().splitlines())} == {2}
+    assert {r["round"] for r in map(json.loads, (root / "round-2" / "revisions.jsonl").read_text().splitlines())} == {2}
+    assert json.loads((root / "round-1" / "manifest.json").read_text())["round"] == 1
+    # the report: markdown with its plots, and the same table in the terminal
+    report = (root / "report.md").read_text()
+    for png in ("loss.png", "metrics.png", "drops.png"):
+        assert f"({png})" in report and (root / png).stat().st_size > 5000
+    assert "| 1 |" in out and "promoted" in out and "refused" in out
+    assert main(["report", "multi", "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert "best adapter: " + str(root / "round-1" / "adapter") in capsys.readouterr().out
+    # a re-run does nothing more: the run ended with a refusal
+    sent = loopback.count()
+    assert main(args) == 0 and loopback.count() == sent
+
+
+def test_rounds_need_heldout_prompts_disjoint_from_training(tmp_path, capsys) -> None:
+    train = write(tmp_path / "train.jsonl", [{"id": "a", "prompt": "Same question?"}])
+    assert main(["run", str(train), "--name", "x", "--rounds", "2"]) == 2
+    assert "--heldout" in capsys.readouterr().err
