@@ -8,7 +8,11 @@ promoted only if the gate says so (`distill.gate`); otherwise the run stops, kee
 adapter, and says why. Everything lands under `runs/NAME/`:
 
     heldout/          a round on the held-out prompts with the base student: its teacher
-                      revisions measure fidelity, its answers forgetting (never trained on)
+                      revisions measure fidelity (never trained on)
+    replay/           the base student's own answers to general prompts (`--replay`): three
+                      quarters are mixed into training against forgetting, the other quarter
+                      measures forgetting (without `--replay`, the base answers to the held-out
+                      prompts measure it and training has no replay)
     round-K/          the round's artefacts (answers ... manifest.json), adapter/, eval.json,
                       eval_rows.jsonl
     rounds.json       per round: counts, training summary, metrics, decision; resumable state
@@ -43,6 +47,7 @@ class RoundsConfig:
     policy: Policy = field(default_factory=Policy)
     eval_max_new_tokens: int = 128
     judge: bool = True
+    replay: Path | None = None  # general prompts (or chats) for replay and the forgetting measure
 
 
 def _log(message: str) -> None:
@@ -77,6 +82,24 @@ def _replay_from_answers(path: Path) -> list[Any]:
             for r in rows if r.get("finish_reason") == "stop" and r["answer"].strip()]
 
 
+def _replay_sets(config: RoundsConfig, held_cfg: RunConfig) -> tuple[list[Any], list[Any]]:
+    """(training replay, forgetting set): the base student's own answers to general prompts."""
+    from distill.answer import answer_to_file
+    from distill.student import GenerationParams
+    from distill.train import read_replay
+
+    if config.replay is None:
+        return [], _replay_from_answers(held_cfg.run_dir / "answers.jsonl")
+    chats, replay_prompts = read_replay(config.replay)
+    out = config.run.run_dir / "replay" / "answers.jsonl"
+    if replay_prompts:
+        answer_to_file(replay_prompts, out, GenerationParams(max_new_tokens=config.run.generation.max_new_tokens),
+                       source=config.run.student, batch_size=config.run.batch_size)
+    examples = list(chats) + (_replay_from_answers(out) if replay_prompts else [])
+    held = [e for i, e in enumerate(examples) if i % 4 == 3]
+    return [e for i, e in enumerate(examples) if i % 4 != 3], held
+
+
 def run_rounds(config: RoundsConfig, prompts: Sequence[Prompt]) -> dict[str, Any]:
     """Run up to `config.rounds` rounds; returns the state written to rounds.json."""
     from distill.train import TrainConfig, train
@@ -98,20 +121,17 @@ def run_rounds(config: RoundsConfig, prompts: Sequence[Prompt]) -> dict[str, Any
     held_cfg = replace(config.run, name=f"{config.run.name}/heldout", adapter=None, round=0)
     run_round(held_cfg, heldout)
     revisions = _examples(held_cfg.run_dir / "sft.jsonl")
-    forgetting_set = _replay_from_answers(held_cfg.run_dir / "answers.jsonl")
+    replay, forgetting_set = _replay_sets(config, held_cfg)
 
     finished = [r for r in state["rounds"] if r.get("finished")]
     current = next((r["adapter"] for r in reversed(finished) if r["decision"]["promote"]), None)
     if finished and not finished[-1]["decision"]["promote"]:
         _log(f"round {finished[-1]['round']} was refused earlier; nothing more to do")
         return state
-    replay: list[Any] = []
     for number in range(len(finished) + 1, config.rounds + 1):
         round_cfg = replace(config.run, name=f"{config.run.name}/round-{number}", adapter=current, round=number)
         _log(f"round {number}: student {'base' if current is None else 'base + ' + current}")
         summary = run_round(round_cfg, prompts)
-        if number == 1:
-            replay = _replay_from_answers(round_cfg.run_dir / "answers.jsonl")
         fresh = _examples(round_cfg.run_dir / "sft.jsonl")
         data = [e for k in range(1, number) for e in _examples(root / f"round-{k}" / "sft.jsonl")] + fresh
         record: dict[str, Any] = {"round": number, "adapter": None, "counts": summary.counts,

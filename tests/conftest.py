@@ -82,3 +82,34 @@ def loopback():
 
     with LoopbackServer() as server:
         yield server
+
+
+@pytest.fixture
+def loopback_teacher(loopback, tmp_path, monkeypatch):
+    """The loopback server configured as the teacher through the environment, as a user would:
+    `openai:gpt-4o-mini` at its base URL, a test key, a fresh cache, fast batch polling."""
+    monkeypatch.setenv("DISTILL_TEACHER", "openai:gpt-4o-mini")
+    monkeypatch.setenv("DISTILL_TEACHER_BASE_URL", loopback.openai_url)
+    monkeypatch.setenv("DISTILL_TEACHER_API_KEY", "sk-loopback-test-key-000000000000")
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("DISTILL_TEACHER_BATCH_POLL", "0.001")
+    return loopback
+
+
+@pytest.fixture(scope="session")
+def peaked_model_dir(smollm_tokenizer, tmp_path_factory) -> Path:
+    """A tiny random Llama initialised with large weights, so that its distributions are peaked like
+    a trained model's: adapters trained on it change its answers, and forgetting shows in its NLL."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tok = smollm_tokenizer
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         tie_word_embeddings=True, initializer_range=0.3)
+    directory = tmp_path_factory.mktemp("peaked-llama")
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory

@@ -15,15 +15,11 @@ from distill.cli import main
 from test_round_e2e import PROMPTS, read, teacher_script, write_prompts
 
 
+
 @pytest.fixture
-def batch_env(loopback, tmp_path, monkeypatch):
-    loopback.script(teacher_script)
-    monkeypatch.setenv("DISTILL_TEACHER", "openai:gpt-4o-mini")
-    monkeypatch.setenv("DISTILL_TEACHER_BASE_URL", loopback.openai_url)
-    monkeypatch.setenv("DISTILL_TEACHER_API_KEY", "sk-loopback-test-key-000000000000")
-    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("DISTILL_TEACHER_BATCH_POLL", "0.001")
-    return loopback
+def batch_env(loopback_teacher):
+    loopback_teacher.script(teacher_script)
+    return loopback_teacher
 
 
 def run_args(tmp_path: Path, tiny_model_dir: Path, name: str, *extra: str) -> list[str]:

@@ -179,15 +179,11 @@ def read(path: Path) -> list[dict]:
 
 
 @pytest.fixture
-def teacher_env(loopback, tmp_path, monkeypatch):
-    loopback.script(teacher_script)
-    monkeypatch.setenv("DISTILL_TEACHER", "openai:gpt-4o-mini")
-    monkeypatch.setenv("DISTILL_TEACHER_BASE_URL", loopback.openai_url)
-    monkeypatch.setenv("DISTILL_TEACHER_API_KEY", "sk-loopback-test-key-000000000000")
-    monkeypatch.setenv("DISTILL_TEACHER_BATCH_POLL", "0.001")
+def teacher_env(loopback_teacher, tmp_path, monkeypatch):
+    loopback_teacher.script(teacher_script)
     monkeypatch.setenv("DISTILL_CONFIG", str(tmp_path / "none.toml"))
     (tmp_path / "none.toml").write_text("")
-    return loopback
+    return loopback_teacher
 
 
 def test_a_three_stage_round_in_batch_mode_matches_the_live_round(teacher_env, tmp_path, monkeypatch) -> None:

@@ -60,31 +60,15 @@ HELD_OUT = [parse_prompt({"id": f"h{i}", "prompt": f"Held-out question {i}: is w
             for i in range(8)]
 
 
-@pytest.fixture(scope="module")
-def model_dir(smollm_tokenizer, tmp_path_factory) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    tok = smollm_tokenizer
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         tie_word_embeddings=True, initializer_range=0.3)
-    directory = tmp_path_factory.mktemp("peaked-llama")
-    LlamaForCausalLM(config).save_pretrained(directory)
-    tok.save_pretrained(directory)
-    return directory
-
 
 @pytest.fixture(scope="module")
-def yes_adapter(model_dir: Path, tmp_path_factory) -> Path:
+def yes_adapter(peaked_model_dir: Path, tmp_path_factory) -> Path:
     from distill.train import Example, TrainConfig, train
 
     examples = [Example(id=f"e{i}", prompt=({"role": "user", "content": f"Question number {i}: is it true?"},),
                         completion="yes") for i in range(32)]
     out = tmp_path_factory.mktemp("yes") / "adapter"
-    train(examples, out, TrainConfig(learning_rate=1e-2, epochs=4, batch_size=8, seed=0), student=str(model_dir))
+    train(examples, out, TrainConfig(learning_rate=1e-2, epochs=4, batch_size=8, seed=0), student=str(peaked_model_dir))
     return out
 
 
@@ -109,8 +93,8 @@ def prefers_yes(request) -> str:
     return judge_reply("A" if "yes" in a and "yes" not in b else "B" if "yes" in b and "yes" not in a else "tie")
 
 
-def test_the_gate_promotes_a_better_adapter(model_dir: Path, yes_adapter: Path) -> None:
-    base, better = Student.load(model_dir), Student.load(model_dir, adapter=yes_adapter)
+def test_the_gate_promotes_a_better_adapter(peaked_model_dir: Path, yes_adapter: Path) -> None:
+    base, better = Student.load(peaked_model_dir), Student.load(peaked_model_dir, adapter=yes_adapter)
     teacher = ScriptedTeacher(prefers_yes)
     result = evaluate(base, better, HELD_OUT, teacher=teacher, prompt_set=load_prompt_set(), max_new_tokens=6,
                       teacher_identity=teacher.identity())
@@ -124,19 +108,19 @@ def test_the_gate_promotes_a_better_adapter(model_dir: Path, yes_adapter: Path) 
     assert decide(result.metrics, Policy(primary="judge")).promote
 
 
-def test_the_gate_refuses_a_worse_adapter(model_dir: Path, yes_adapter: Path, noise_adapter: Path) -> None:
-    current, worse = Student.load(model_dir, adapter=yes_adapter), Student.load(model_dir, adapter=noise_adapter)
+def test_the_gate_refuses_a_worse_adapter(peaked_model_dir: Path, yes_adapter: Path, noise_adapter: Path) -> None:
+    current, worse = Student.load(peaked_model_dir, adapter=yes_adapter), Student.load(peaked_model_dir, adapter=noise_adapter)
     result = evaluate(current, worse, HELD_OUT, max_new_tokens=6)
     assert result.metrics["checks"]["delta"].mean < 0
     decision = decide(result.metrics, Policy(primary="checks"))
     assert not decision.promote and "checks: lower bound" in decision.reasons[0]
 
 
-def test_the_gate_refuses_an_adapter_that_forgets(model_dir: Path, yes_adapter: Path) -> None:
+def test_the_gate_refuses_an_adapter_that_forgets(peaked_model_dir: Path, yes_adapter: Path) -> None:
     from distill.student import GenerationParams
     from distill.train import Example
 
-    base, better = Student.load(model_dir), Student.load(model_dir, adapter=yes_adapter)
+    base, better = Student.load(peaked_model_dir), Student.load(peaked_model_dir, adapter=yes_adapter)
     own = base.answer([f"Tell me about topic {i}." for i in range(6)], GenerationParams(max_new_tokens=12))
     replay = [Example(id=a.prompt.id, prompt=tuple(a.prompt.messages), completion=a.text) for a in own]
     result = evaluate(base, better, HELD_OUT, replay=replay, max_new_tokens=6)

@@ -65,14 +65,11 @@ def write_prompts(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+
 @pytest.fixture
-def teacher_env(loopback, tmp_path, monkeypatch):
-    loopback.script(teacher_script)
-    monkeypatch.setenv("DISTILL_TEACHER", "openai:scripted-teacher")
-    monkeypatch.setenv("DISTILL_TEACHER_BASE_URL", loopback.openai_url)
-    monkeypatch.setenv("DISTILL_TEACHER_API_KEY", "sk-loopback-test-key-000000000000")
-    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
-    return loopback
+def teacher_env(loopback_teacher):
+    loopback_teacher.script(teacher_script)
+    return loopback_teacher
 
 
 def read(path: Path) -> list[dict]:
@@ -99,7 +96,7 @@ def test_a_real_round_then_an_offline_replay_with_zero_teacher_calls(teacher_env
     assert revisions["sea"]["reason"] == "unparseable_reply"
     assert [c["repaired"] for c in read(live / "critiques.jsonl") if c["prompt_id"] == "colour"] == [True]
     manifest = json.loads((live / "manifest.json").read_text())
-    assert manifest["models"]["teacher"]["model"] == "scripted-teacher"
+    assert manifest["models"]["teacher"]["model"] == "gpt-4o-mini"
     assert manifest["teacher_usage"]["critique"]["cache_hits"] == 0
     assert "| critique | 7 | 6 |" in table
     sent = teacher_env.count()

@@ -30,33 +30,15 @@ def yes_teacher(request: LoopbackRequest) -> str:
     return json.dumps({"critique": "Say yes.", "issues": ["not yes"], "verdict": "needs_revision", "revision": "yes"})
 
 
-@pytest.fixture
-def peaked_model_dir(smollm_tokenizer, tmp_path) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    tok = smollm_tokenizer
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         tie_word_embeddings=True, initializer_range=0.3)
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
-    tok.save_pretrained(tmp_path / "model")
-    return tmp_path / "model"
-
 
 def write(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 
 
-def test_two_rounds_promote_then_refuse_and_report(loopback, peaked_model_dir, tmp_path, monkeypatch, capsys) -> None:
+def test_two_rounds_promote_then_refuse_and_report(loopback_teacher, peaked_model_dir, tmp_path, capsys) -> None:
+    loopback = loopback_teacher
     loopback.script(yes_teacher)
-    monkeypatch.setenv("DISTILL_TEACHER", "openai:yes-teacher")
-    monkeypatch.setenv("DISTILL_TEACHER_BASE_URL", loopback.openai_url)
-    monkeypatch.setenv("DISTILL_TEACHER_API_KEY", "sk-loopback-rounds-000000000000")
-    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
     train = write(tmp_path / "train.jsonl", [{"id": f"t{i}", "prompt": f"Question number {i}: is it true?"}
                                               for i in range(24)])
     heldout = write(tmp_path / "heldout.jsonl", [{"id": f"h{i}", "prompt": f"Held-out question {i}: is water wet?",

@@ -24,8 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Teacher-student distillation: a small local student answers prompts, a teacher "
                     "critiques and rewrites the answers, LoRA distills the verified corrections, and an "
                     "evaluation gate decides whether the new adapter is promoted.",
-        epilog="Environment: DISTILL_STUDENT (student model directory), DISTILL_CACHE_DIR (cache location, "
-               "default ./cache). Run `distill COMMAND --help` for each command.",
+        epilog="Environment: DISTILL_STUDENT (student model directory; default the embedded SmolLM2-135M), "
+               "DISTILL_TEACHER (backend:model; default local:default), DISTILL_TEACHER_API_KEY / OPENAI_API_KEY / "
+               "ANTHROPIC_API_KEY, DISTILL_TEACHER_BASE_URL, DISTILL_OFFLINE=1 (replay from the cache only), "
+               "DISTILL_CACHE_DIR (default ./cache), DISTILL_PROMPTS (templates folder). `distill config` shows the "
+               "resolved teacher. Run `distill COMMAND --help` for each command.",
     )
     parser.add_argument("--version", action="version", version=f"distill {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

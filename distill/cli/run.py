@@ -86,6 +86,9 @@ def _rounds(p: argparse.ArgumentParser) -> None:
                         "gate says it beats the current student on --heldout; stops at the first refusal")
     r.add_argument("--heldout", type=Path, default=None,
                    help="held-out prompts for the gate (never trained on); required with --rounds")
+    r.add_argument("--replay", type=Path, default=None,
+                   help="general prompts (or chats) the base student answers: 3/4 are mixed into training against "
+                        "forgetting, 1/4 measure forgetting (default: the base answers to --heldout measure it)")
     r.add_argument("--train-option", action="append", default=[], metavar="FIELD=VALUE",
                    help="a training option (TrainConfig field), e.g. --train-option epochs=2; repeatable")
     r.add_argument("--no-judge", action="store_true", help="evaluate without the pairwise judge (no teacher calls)")
@@ -156,7 +159,8 @@ def _run_rounds(args: argparse.Namespace, config, prompts) -> int:  # type: igno
     read_prompts(args.heldout)  # validate before any model loads
     rounds = RoundsConfig(run=config, rounds=args.rounds, heldout=args.heldout,
                           train_options=_train_options(args.train_option), policy=policy_of(args),
-                          eval_max_new_tokens=args.eval_max_new_tokens, judge=not args.no_judge)
+                          eval_max_new_tokens=args.eval_max_new_tokens, judge=not args.no_judge,
+                          replay=args.replay)
     try:
         run_rounds(rounds, prompts)
     except BatchesPending as pending:
