@@ -1,17 +1,19 @@
 """Benchmark: `distill train`'s default config against TRL's SFTTrainer, on the same data and model.
 
-Three ways to fit the same LoRA (rank 16, alpha 32, all linear layers but the output head) to the
+Four ways to fit the same LoRA (rank 16, alpha 32, all linear layers but the output head) to the
 same prompt-completion chats (the student's own answers to prompts/examples, generated once and
 cached under the cache directory, or --data) on the same model (the embedded SmolLM2-135M-Instruct
-unless --student):
+unless --student), the same number of steps of batch 8:
 
-- `distill` : `distill.train.train()` with its default config (fp32 on CPU, batches grouped by
-  length, output head only at completion positions).
-- `trl-cpu` : TRL's SFTTrainer told what a CPU needs (bf16 and gradient checkpointing off, batches
-  grouped by length), the same batch size and learning rate.
-- `trl-ootb`: TRL's SFTTrainer out of the box (its defaults: bf16, gradient checkpointing, random
-  batches). On a CPU without bf16 units this is pathologically slow, so it is capped by
-  --ootb-steps / --ootb-seconds and reported as capped.
+- `distill`     : `distill.train.train()` with its default config (precision auto: bf16 mixed
+                  precision where bf16 is native, on GPUs and AVX512-BF16/AMX CPUs, else fp32;
+                  batches grouped by length; output head only at completion positions).
+- `distill-fp32`: the same with --precision float32 (what CPUs without bf16 units get).
+- `trl-matched` : TRL's SFTTrainer given distill's settings where it has them: the same precision,
+                  no gradient checkpointing, batches grouped by length, the same learning rate.
+- `trl-ootb`    : TRL's SFTTrainer out of the box (bf16, gradient checkpointing, random batches;
+                  only `use_cpu` set where there is no GPU, as TrainingArguments demands). Capped
+                  by --ootb-steps / --ootb-seconds, since CPUs without bf16 units crawl through it.
 
 Each measurement runs in a fresh subprocess, so its peak RSS is its own. tokens/s counts the
 non-padding tokens trained on (prompt + completion) over the training time, model loading and
@@ -20,8 +22,8 @@ the wall time: on a machine shared with other jobs it is the steadier figure (al
 cores, tokens/s is at most N times it). Prints the median of --runs runs and the ratio against
 `trl-ootb`.
 
-    python bench/train.py                 # 1 epoch of 72 examples, 3 runs (ootb: 1 run)
-    python bench/train.py --runs 1 --steps 4
+    python bench/train.py                 # 9 steps (one epoch of 72 examples), 3 runs each
+    python bench/train.py --runs 1 --modes distill,trl-ootb
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0}
+LABELS = {"distill": "distill train, default config", "distill-fp32": "distill train, --precision float32",
+          "trl-matched": "TRL SFTTrainer, distill's settings", "trl-ootb": "TRL SFTTrainer, out of the box"}
 
 
 def bench_data(path: Path | None, student_source: str | None) -> Path:
@@ -61,13 +65,14 @@ def bench_data(path: Path | None, student_source: str | None) -> Path:
     return cached
 
 
-def worker_distill(data: Path, steps: int, batch_size: int, lr: float, student_source: str | None) -> dict:
+def worker_distill(mode: str, data: Path, steps: int, batch_size: int, lr: float, student_source: str | None) -> dict:
     import tempfile
 
     from distill.train import TrainConfig, read_examples, train
 
     examples = read_examples(data)
-    config = TrainConfig(max_steps=steps, batch_size=batch_size, learning_rate=lr)
+    precision = "float32" if mode == "distill-fp32" else "auto"
+    config = TrainConfig(max_steps=steps, batch_size=batch_size, learning_rate=lr, precision=precision)
     with tempfile.TemporaryDirectory() as out:
         result = train(examples, out, config, student=student_source)
     t = result.summary["throughput"]
@@ -108,10 +113,13 @@ def worker_trl(mode: str, data: Path, steps: int, batch_size: int, lr: float, st
                 control.should_training_stop = True
 
     with tempfile.TemporaryDirectory() as out:
+        # use_cpu: without a GPU, TrainingArguments refuses to start otherwise (it is not a speed setting)
         options = dict(output_dir=out, max_steps=steps, per_device_train_batch_size=batch_size, report_to="none",
                        save_strategy="no", logging_steps=1, use_cpu=not torch.cuda.is_available())
-        if mode == "trl-cpu":
-            options.update(bf16=False, gradient_checkpointing=False, learning_rate=lr,
+        if mode == "trl-matched":  # what distill does, as far as SFTTrainer's options go
+            from distill.train import native_bf16
+
+            options.update(bf16=native_bf16(), gradient_checkpointing=False, learning_rate=lr,
                            train_sampling_strategy="group_by_length")
         clock = Clock()
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
@@ -144,18 +152,23 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="prompt-completion JSONL (default: generated once)")
     parser.add_argument("--steps", type=int, default=9, help="optimizer steps per run (default 9: one epoch of 72)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: distill's default)")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--ootb-runs", type=int, default=1, help="runs of the out-of-the-box TRL config (default 1)")
-    parser.add_argument("--ootb-steps", type=int, default=2, help="step cap of the out-of-the-box run (default 2)")
-    parser.add_argument("--ootb-seconds", type=float, default=300.0, help="time cap of the out-of-the-box run")
-    parser.add_argument("--modes", default="distill,trl-cpu,trl-ootb", help="comma-separated subset to run")
+    parser.add_argument("--ootb-runs", type=int, default=3, help="runs of the out-of-the-box TRL config (default 3)")
+    parser.add_argument("--ootb-steps", type=int, default=None, help="step cap of the out-of-the-box run (default --steps)")
+    parser.add_argument("--ootb-seconds", type=float, default=600.0,
+                        help="time cap of the out-of-the-box run: on CPUs without bf16 units it crawls (default 600)")
+    parser.add_argument("--modes", default="distill,distill-fp32,trl-matched,trl-ootb", help="comma-separated subset to run")
     parser.add_argument("--student", default=None)
-    parser.add_argument("--worker", choices=["distill", "trl-cpu", "trl-ootb"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=list(LABELS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         run_worker(args)
         return
+    if args.lr is None:
+        from distill.train import TrainConfig
+
+        args.lr = TrainConfig().learning_rate
     data = bench_data(args.data, args.student)
     modes = args.modes.split(",")
     results: dict[str, list[dict]] = {m: [] for m in modes}
@@ -163,7 +176,7 @@ def main() -> None:
         for mode in modes:
             if mode == "trl-ootb" and run >= args.ootb_runs or mode != "trl-ootb" and run >= args.runs:
                 continue
-            r = measure(mode, args, data, args.ootb_steps if mode == "trl-ootb" else args.steps)
+            r = measure(mode, args, data, args.ootb_steps or args.steps if mode == "trl-ootb" else args.steps)
             r["peak_rss_mb"] = r.get("peak_rss_mb", 0)
             results[mode].append(r)
             print(f"run {run + 1} {mode:9s} {r['tokens'] / r['seconds']:7.1f} tok/s, "
@@ -176,8 +189,8 @@ def main() -> None:
 def run_worker(args: argparse.Namespace) -> None:
     import torch
 
-    if args.worker == "distill":
-        r = worker_distill(args.data, args.steps, args.batch_size, args.lr, args.student)
+    if args.worker.startswith("distill"):
+        r = worker_distill(args.worker, args.data, args.steps, args.batch_size, args.lr, args.student)
     else:
         r = worker_trl(args.worker, args.data, args.steps, args.batch_size, args.lr, args.student, args.ootb_seconds)
     r["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -187,8 +200,6 @@ def run_worker(args: argparse.Namespace) -> None:
 
 
 def print_table(results: dict[str, list[dict]], args: argparse.Namespace, data: Path) -> None:
-    labels = {"distill": "distill train, default config", "trl-cpu": "TRL SFTTrainer, CPU settings",
-              "trl-ootb": "TRL SFTTrainer, out of the box"}
     rows = {}
     for mode, runs in results.items():
         if runs:
@@ -208,7 +219,7 @@ def print_table(results: dict[str, list[dict]], args: argparse.Namespace, data: 
         ratio = f"{r['tok_s'] / base:.1f}x" if base else "-"
         steps = f"{r['steps']:.0f}" + (" (capped)" if r["capped"] else "")
         gpu = f" {r['gpu']:.0f} |" if any(x["gpu"] for x in rows.values()) else ""
-        print(f"| {labels[mode]} | {r['runs']} | {steps} | {r['tok_s']:.1f} | {ratio} | {r['tok_cpu_s']:.1f} "
+        print(f"| {LABELS[mode]} | {r['runs']} | {steps} | {r['tok_s']:.1f} | {ratio} | {r['tok_cpu_s']:.1f} "
               f"| {r['peak']:.0f} |{gpu}")
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from distill.records import Prompt
 from distill.student import GenerationParams, Student
-from distill.train import Example, TrainConfig, completion_nll, train
+from distill.train import Example, TrainConfig, completion_nll, read_loss_log, train
 
 pytestmark = pytest.mark.slow
 
@@ -110,25 +110,35 @@ def run_learning(student: Student, embedded_dir: Path, out: Path, config: TrainC
     sets = build_sets(student)
     generated = time.monotonic()
     nll_before = completion_nll(student, sets["replay_heldout"])
+    fit_before = completion_nll(student, sets["train"])
     result = train(sets["train"], out, config, student=embedded_dir, replay=sets["replay_train"])
     trained = time.monotonic()
     tuned = Student.load(embedded_dir, adapter=out)
     answers = tuned.answer(sets["heldout"], GenerationParams(max_new_tokens=40), batch_size=len(sets["heldout"]))
     nll_after = completion_nll(tuned, sets["replay_heldout"])
+    fit_after = completion_nll(tuned, sets["train"])
     return {"before_rate": sets["before_rate"], "after_rate": sum(follows_rule(a.text) for a in answers) / len(answers),
             "nll_before": nll_before, "nll_after": nll_after, "nll_rise": nll_after / nll_before - 1,
             "replay_train": len(sets["replay_train"]), "replay_heldout": len(sets["replay_heldout"]),
-            "final_loss": result.final_loss, "steps": result.steps, "tokens_per_s": result.tokens_per_s,
+            "train_nll_before": fit_before, "train_nll_after": fit_after, "steps": result.steps,
+            "tokens_per_s": result.tokens_per_s, "loss_log": [row["loss"] for row in read_loss_log(out)],
             "seconds": {"generate": generated - started, "train": trained - generated,
                         "evaluate": time.monotonic() - trained},
             "samples": [a.text for a in answers[:3]]}
 
 
+# The shortest setting that passed on every training seed tried (0, 1, 2: 100% each, ~37 s of
+# training on 2 free cores); one epoch at 1e-3 reached only 75% on seed 1. The defaults (2e-4,
+# 3 epochs) also reach 100% but take ~55 s; see TrainConfig's docstring for the sweep.
+LEARNING = TrainConfig(learning_rate=5e-4, epochs=2)
+
+
 def test_lora_teaches_the_final_answer_rule_without_forgetting(student: Student, embedded_dir: Path,
                                                                tmp_path: Path) -> None:
-    m = run_learning(student, embedded_dir, tmp_path / "adapter", TrainConfig())
+    m = run_learning(student, embedded_dir, tmp_path / "adapter", LEARNING)
     print(m)
-    assert m["replay_heldout"] >= 8 and m["replay_train"] >= 16
+    assert m["replay_train"] >= 24 and m["replay_heldout"] == 12
     assert m["before_rate"] <= 0.05
     assert m["after_rate"] >= 0.6, m["samples"]
     assert m["nll_rise"] <= 0.05, (m["nll_before"], m["nll_after"])
+    assert m["train_nll_after"] < 0.5 * m["train_nll_before"]  # the loss fell on the training revisions

@@ -5,7 +5,8 @@ and takes `runs/NAME/replay.jsonl` as the replay set when there is one) or a JSO
 `FILE-adapter/` beside it unless --output). Every file is validated whole before any model
 loads. Options come from the defaults of `distill.train.TrainConfig`, then --config FILE.json,
 then the flags. Re-running the same command resumes from the last checkpoint; under
-`accelerate launch --num_processes N -m distill train ...` it trains on N processes.
+`accelerate launch --multi_gpu --num_processes N -m distill train ...` it trains on N processes
+(N GPUs, or N CPU processes on gloo where there is no GPU).
 """
 
 from __future__ import annotations
