@@ -13,7 +13,8 @@ unless --student), the same number of steps of batch 8:
                   no gradient checkpointing, batches grouped by length, the same learning rate.
 - `trl-ootb`    : TRL's SFTTrainer out of the box (bf16, gradient checkpointing, random batches;
                   only `use_cpu` set where there is no GPU, as TrainingArguments demands). Capped
-                  by --ootb-steps / --ootb-seconds, since CPUs without bf16 units crawl through it.
+                  by --ootb-steps / --ootb-seconds: it crawls where bf16 is emulated or the cores
+                  are shared with other jobs.
 
 Each measurement runs in a fresh subprocess, so its peak RSS is its own. tokens/s counts the
 non-padding tokens trained on (prompt + completion) over the training time, model loading and
@@ -155,10 +156,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: distill's default)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--ootb-runs", type=int, default=3, help="runs of the out-of-the-box TRL config (default 3)")
-    parser.add_argument("--ootb-steps", type=int, default=None, help="step cap of the out-of-the-box run (default --steps)")
+    parser.add_argument("--ootb-steps", type=int, default=None,
+                        help="step cap of the out-of-the-box run (default --steps)")
     parser.add_argument("--ootb-seconds", type=float, default=600.0,
-                        help="time cap of the out-of-the-box run: on CPUs without bf16 units it crawls (default 600)")
-    parser.add_argument("--modes", default="distill,distill-fp32,trl-matched,trl-ootb", help="comma-separated subset to run")
+                        help="time cap of the out-of-the-box run (default 600): it crawls where bf16 is emulated "
+                             "or the cores are shared")
+    parser.add_argument("--modes", default="distill,distill-fp32,trl-matched,trl-ootb",
+                        help="comma-separated subset of: " + ", ".join(LABELS))
     parser.add_argument("--student", default=None)
     parser.add_argument("--worker", choices=list(LABELS), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -194,8 +194,23 @@ def model_identity(source: str | os.PathLike[str] | None = None,
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ModelError(f"{adapter_dir}: not a LoRA adapter directory (no adapter_config.json); "
                          "give the adapter/ folder written by `distill train`")
+    _check_trained_on(adapter_dir, identity)
     return directory, ModelIdentity(name=name, path=str(directory), weights_sha256=identity.weights_sha256,
                                     adapter=str(adapter_dir), adapter_sha256=weights_sha256(adapter_dir))
+
+
+def _check_trained_on(adapter_dir: Path, base: ModelIdentity) -> None:
+    """Refuse an adapter from `distill train` on other weights than its base (training.json records
+    the base's hash): on weights of the same shape it would load without error and answer nonsense."""
+    try:
+        trained_on = json.loads((adapter_dir / "training.json").read_text(encoding="utf-8"))["base_model"]
+        sha = trained_on["weights_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # an adapter from elsewhere: nothing recorded to check against
+    if sha != base.weights_sha256:
+        raise ModelError(f"{adapter_dir}: the adapter was trained on {trained_on.get('key', sha[:12])} "
+                         f"({trained_on.get('path')}), not on {base.key} ({base.path}); pass that model "
+                         "with --student (or $DISTILL_STUDENT)")
 
 
 def _apply_adapter(model: Any, adapter_dir: Path) -> Any:

@@ -73,7 +73,7 @@ class TrainConfig:
 
     The learning rate was swept over 1e-4, 2e-4, 5e-4 and 1e-3 on the task of
     tests/test_train_learning.py (64 revisions that end with "Final answer: X", 25% replay, 3 epochs
-    of batch 8, SmolLM2-135M), measuring the held-out rate of the rule and the NLL of the student's
+    of batch 8, SmolLM2-135M, float32), measuring the held-out rate of the rule and the NLL of the student's
     own answers to the unrelated prompts of prompts/examples (drift outside the training data):
 
         learning rate        1e-4    2e-4    5e-4    1e-3
@@ -354,10 +354,14 @@ def encode(example: Example, student: Student) -> Encoded:
 
 def encode_all(examples: Sequence[Example], student: Student, max_length: int) -> tuple[list[Encoded], list[str]]:
     """Encode every example; those longer than `max_length` tokens are dropped: (kept, dropped ids)."""
-    kept, dropped = [], []
+    kept: list[Encoded] = []
+    dropped: list[str] = []
     for example in examples:
         encoded = encode(example, student)
-        (kept.append(encoded) if len(encoded) <= max_length else dropped.append(example.id))
+        if len(encoded) <= max_length:
+            kept.append(encoded)
+        else:
+            dropped.append(example.id)
     return kept, dropped
 
 
@@ -395,7 +399,7 @@ def replay_count(n_train: int, n_replay: int, fraction: float) -> int:
 
 def epoch_batches(train: Sequence[Encoded], replay: Sequence[Encoded], config: TrainConfig,
                   epoch: int) -> list[list[Encoded]]:
-    """The micro-batches of one epoch: a pure function of (data, config, epoch), so resuming replays it.
+    """The batches of one epoch: a pure function of (data, config, epoch), so a resumed run replays it.
 
     The epoch is the training examples plus a fresh replay sample, shuffled, then cut into
     windows of 16 batches whose examples are sorted by length (little padding), in shuffled order.
@@ -693,10 +697,15 @@ def _make_accelerator(config: TrainConfig) -> tuple[Any, str]:
     """The accelerate Accelerator (devices, precision, processes) and the precision it runs in."""
     import torch
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     precision = config.precision
     if precision == "auto":
         precision = "bfloat16" if native_bf16() else "float32"
+    # One process may train several times (rounds, tests) with different precisions; accelerate
+    # keeps the first run's mixed precision in a process-wide state, so start each run afresh
+    # (the process group, in PartialState, is kept).
+    AcceleratorState._reset_state()
     # cpu=True where there is no GPU: accelerate then runs several processes with DDP on gloo
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               mixed_precision="bf16" if precision == "bfloat16" else "no")
@@ -706,8 +715,8 @@ def _make_accelerator(config: TrainConfig) -> tuple[Any, str]:
 def native_bf16() -> bool:
     """Whether bf16 matmuls run natively here: a bf16-capable GPU, or a CPU with AVX512-BF16 or AMX.
 
-    On such CPUs bf16 is several times faster than float32 (bench/train.py: 2.2x for the whole
-    training step on a 2-core AVX512-BF16 EPYC); elsewhere it is emulated and slower.
+    On such CPUs bf16 matmuls are several times faster than float32 ones (a whole training step
+    2x: bench/train.py on a 2-core AVX512-BF16 EPYC); elsewhere bf16 is emulated and slower.
     """
     import torch
 

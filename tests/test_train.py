@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill.errors import ConfigError, InputError
+from distill.errors import ConfigError, InputError, ModelError
 from distill.student import Student
 from distill.train import (IGNORE, Example, TrainConfig, collate, encode, epoch_batches, read_examples,
                            read_loss_log, read_replay, replay_count, split_by_tokens, train)
@@ -178,6 +178,14 @@ def test_kl_penalty_is_zero_at_the_start_and_logged(tiny_model_dir: Path, tmp_pa
     assert rows[-1]["kl"] > 0
 
 
+def test_both_precisions_train_one_after_the_other_in_one_process(tiny_model_dir: Path, tmp_path: Path) -> None:
+    for precision in ("float32", "bfloat16", "float32"):
+        result = train(word_examples(), tmp_path / precision, TrainConfig(max_steps=1, precision=precision, **FAST),
+                       student=tiny_model_dir, restart=True)
+        assert result.summary["precision"] == precision and result.final_loss > 0
+    assert TrainConfig().precision == "auto"
+
+
 # ---------------------------------------------------------------- replay
 
 def test_replay_is_a_fraction_of_each_epoch_with_a_fresh_sample(tiny: Student) -> None:
@@ -287,6 +295,19 @@ def test_student_loads_the_adapter_and_records_it(trained, tiny_model_dir: Path)
     assert student.identity.adapter == str(trained.output_dir)
     assert student.identity.adapter_sha256 == trained.summary["adapter_sha256"]
     assert student.identity.key.endswith("+lora@" + trained.summary["adapter_sha256"][:12])
+
+
+def test_an_adapter_is_refused_on_other_weights_of_the_same_shape(trained, tiny_model_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    other = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        other.model.norm.weight.mul_(2)  # same architecture and shapes, other weights
+    other.save_pretrained(tmp_path / "other")
+    Student.load(tiny_model_dir).tokenizer.save_pretrained(tmp_path / "other")
+    with pytest.raises(ModelError, match=r"the adapter was trained on tiny-llama\d*@\w+ \(.*\), not on other@"):
+        Student.load(tmp_path / "other", adapter=trained.output_dir)
 
 
 def test_config_rejects_unknown_and_bad_values() -> None:

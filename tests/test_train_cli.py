@@ -52,6 +52,18 @@ def test_train_a_run_directory_with_its_replay_set(tiny_model_dir: Path, tmp_pat
     assert json.loads((adapter / "training.json").read_text())["replay"]["per_epoch"] == 0
 
 
+def test_reviewed_trains_on_the_rows_a_person_kept(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    run = write_run(tmp_path / "run", replay=False)
+    args = ["train", str(run), "--reviewed", "--student", str(tiny_model_dir), "--max-steps", "1", *FAST_FLAGS]
+    assert main(args) == 2
+    assert "without sft.reviewed.jsonl; run `distill review" in capsys.readouterr().err
+    kept = (run / "sft.jsonl").read_text(encoding="utf-8").splitlines()[:3]
+    (run / "sft.reviewed.jsonl").write_text("\n".join(kept) + "\n", encoding="utf-8")
+    assert main(args) == 0
+    data = json.loads((run / "adapter" / "training.json").read_text())["data"]
+    assert data["path"] == str(run / "sft.reviewed.jsonl") and data["trained"] == 3
+
+
 def test_config_file_then_flags(tiny_model_dir: Path, tmp_path: Path) -> None:
     data = write_run(tmp_path / "run", replay=False) / "sft.jsonl"
     config = tmp_path / "train.json"

@@ -55,13 +55,13 @@ def rule_sets(seed: int = 0) -> tuple[list[tuple[Prompt, str, str]], list[tuple[
     """(train, held-out) rule prompts as (prompt, teacher's sentence, final answer): 64 and 24, no
     entity in both."""
     rng = random.Random(seed)
-    pairs = rng.sample([(a, b) for a in range(11, 60) for b in range(11, 60) if a < b], 40)
+    sums = rng.sample([(a, b) for a in range(11, 60) for b in range(11, 60) if a < b], 20)
+    products = rng.sample([(a, m) for a in range(11, 60) for m in range(3, 10)], 20)
     groups = [  # (question, the teacher's one-sentence answer, final answer), held-out count
         ([(f"What is the capital of {c}?", f"The capital of {c} is {a}.", a) for c, a in CAPITALS.items()], 8),
         ([(f"What is the opposite of '{w}'?", f"The opposite of '{w}' is '{o}'.", o) for w, o in OPPOSITES.items()], 4),
-        ([(f"What is {a} plus {b}?", f"{a} plus {b} equals {a + b}.", str(a + b)) for a, b in pairs[:20]], 6),
-        ([(f"What is {a} times {b % 9 + 2}?", f"{a} times {b % 9 + 2} equals {a * (b % 9 + 2)}.",
-           str(a * (b % 9 + 2))) for a, b in pairs[20:]], 6),
+        ([(f"What is {a} plus {b}?", f"{a} plus {b} equals {a + b}.", str(a + b)) for a, b in sums], 6),
+        ([(f"What is {a} times {m}?", f"{a} times {m} equals {a * m}.", str(a * m)) for a, m in products], 6),
     ]
     train, heldout = [], []
     for items, n_heldout in groups:
@@ -127,14 +127,18 @@ def run_learning(student: Student, embedded_dir: Path, out: Path, config: TrainC
             "samples": [a.text for a in answers[:3]]}
 
 
-# The shortest setting that passed on every training seed tried (0, 1, 2: 100% each, ~37 s of
-# training on 2 free cores); one epoch at 1e-3 reached only 75% on seed 1. The defaults (2e-4,
-# 3 epochs) also reach 100% but take ~55 s; see TrainConfig's docstring for the sweep.
+# The shortest setting that passed on every training seed tried (0, 1, 2: 100% each, in float32
+# and in bf16; ~18 s of training in bf16 on 2 free AVX512-BF16 cores, ~37 s in float32). One epoch
+# at 1e-3 reached only 75% on seed 1. The defaults (2e-4, 3 epochs) reach 100% too, in ~1.5x the
+# time; TrainConfig's docstring has the learning-rate sweep.
 LEARNING = TrainConfig(learning_rate=5e-4, epochs=2)
 
 
 def test_lora_teaches_the_final_answer_rule_without_forgetting(student: Student, embedded_dir: Path,
                                                                tmp_path: Path) -> None:
+    train_rule, heldout_rule = rule_sets()
+    assert len(train_rule) == 64 and len(heldout_rule) == 24
+    assert not {p.text for p, _, _ in train_rule} & {p.text for p, _, _ in heldout_rule}
     m = run_learning(student, embedded_dir, tmp_path / "adapter", LEARNING)
     print(m)
     assert m["replay_train"] >= 24 and m["replay_heldout"] == 12
