@@ -9,7 +9,6 @@ every prompt has its answers.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,24 +22,15 @@ def _reusable(rows: Any, identity: ModelIdentity, params: GenerationParams) -> d
             if r.get("model", {}).get("key") == identity.key and r.get("generation") == params.to_dict()}
 
 
-def _finished_rows(path: Path) -> list[dict]:
-    try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return []  # unreadable old output: regenerate rather than trust it
-
-
 def answer_to_file(prompts: Sequence[Prompt], output: Path, params: GenerationParams, *,
                    student: Student | None = None, source: str | None = None, adapter: str | None = None,
                    batch_size: int = 32, progress: bool = True, round_: int | None = None) -> list[dict]:
     """Answer every prompt `params.samples` times into `output`; returns the rows in input order."""
     identity = student.identity if student is not None else model_identity(source, adapter)[1]
-    sink = JsonlSink(output)
-    reused = _reusable(_finished_rows(output), identity, params) if output.exists() else {}
-    reused.update(_reusable(sink.done.values(), identity, params))
+    sink = JsonlSink(output, reuse_finished=True)
+    reused = _reusable(sink.done.values(), identity, params)
     wanted = [(p.id, k) for p in prompts for k in range(params.samples)]
     missing = [key for key in wanted if key not in reused]
-    sink.write(row for key, row in reused.items() if str(row["id"]) not in sink.done)
     if missing:
         if reused:
             print(f"distill: resuming, {len(wanted) - len(missing)} of {len(wanted)} answers already done",
@@ -53,8 +43,7 @@ def answer_to_file(prompts: Sequence[Prompt], output: Path, params: GenerationPa
                 sink.write(_with_round(a.to_row(), round_) for a in batch)
         finally:
             sink.close()
-    by_key = {(r["prompt_id"], r["sample"]): r for r in sink.done.values()
-              if r.get("model", {}).get("key") == identity.key}
+    by_key = _reusable(sink.done.values(), identity, params)
     rows = [by_key[key] for key in wanted]
     sink.commit([str(r["id"]) for r in rows])
     return rows

@@ -339,9 +339,8 @@ async def critique_stage(config: RunConfig, chosen: list[dict], chain: Any, prom
     from distill.critique import revise_all, revision_id, teacher_key
 
     run_dir = config.run_dir
-    revisions_sink, critiques_sink = JsonlSink(run_dir / "revisions.jsonl"), JsonlSink(run_dir / "critiques.jsonl")
-    _reuse_finished(revisions_sink)
-    _reuse_finished(critiques_sink)
+    revisions_sink = JsonlSink(run_dir / "revisions.jsonl", reuse_finished=True)
+    critiques_sink = JsonlSink(run_dir / "critiques.jsonl", reuse_finished=True)
     tkey = teacher_key(teacher)
     wanted = [revision_id(a["id"], chain, tkey) for a in chosen]
     bar = _bar("critique", len(chosen))
@@ -370,15 +369,6 @@ async def critique_stage(config: RunConfig, chosen: list[dict], chain: Any, prom
     stage_ids = [cid for r in revisions for cid in r.get("stages", [])]
     critiques_sink.commit([c for c in stage_ids if c in critiques_sink.done])
     return revisions
-
-
-def _reuse_finished(sink: JsonlSink) -> None:
-    """Seed a sink with the rows of its finished file from an earlier run (re-runs are free)."""
-    if sink.path.exists():
-        rows = [json.loads(line) for line in sink.path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        fresh = [r for r in rows if str(r["id"]) not in sink.done]
-        if fresh:
-            sink.write(fresh)
 
 
 def raise_offline_misses(teacher: Teacher) -> None:

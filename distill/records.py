@@ -222,15 +222,26 @@ class JsonlSink:
 
     A crash leaves only the `.partial` file, never a truncated final file. Re-opening the same
     sink resumes: `done` holds the rows already written (a torn last line is dropped), so a
-    caller skips their work and nothing is computed or written twice.
+    caller skips their work and nothing is computed or written twice. With `reuse_finished`, the
+    rows of a finished PATH from an earlier run count as done too (copied into the partial file,
+    so `commit` keeps them); an unreadable finished file is ignored and its rows redone.
     """
 
-    def __init__(self, path: str | os.PathLike[str], key: str = "id"):
+    def __init__(self, path: str | os.PathLike[str], key: str = "id", *, reuse_finished: bool = False):
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.key = key
         self.done: dict[str, dict[str, Any]] = self._recover()
         self._fh = None
+        if reuse_finished:
+            self.write(row for row in self._finished() if str(row[self.key]) not in self.done)
+
+    def _finished(self) -> list[dict[str, Any]]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return []
 
     def _recover(self) -> dict[str, dict[str, Any]]:
         if not self.partial.exists():
@@ -252,6 +263,9 @@ class JsonlSink:
         return rows
 
     def write(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        rows = list(rows)
+        if not rows:
+            return
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = self.partial.open("a", encoding="utf-8")

@@ -127,3 +127,15 @@ def test_write_jsonl_is_atomic(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         write_jsonl(out, broken())
     assert out.read_text() == '{"id": 1}\n'
+
+
+def test_sink_can_reuse_a_finished_file_from_an_earlier_run(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    write_jsonl(out, [{"id": "1", "v": 1}, {"id": "2", "v": 2}])
+    sink = JsonlSink(out, reuse_finished=True)
+    assert set(sink.done) == {"1", "2"}
+    sink.write([{"id": "3", "v": 3}])
+    sink.commit(order=["1", "2", "3"])
+    assert [json.loads(x)["v"] for x in out.read_text().splitlines()] == [1, 2, 3]
+    out.write_bytes(b"\xff not utf-8")
+    assert JsonlSink(out, reuse_finished=True).done == {}  # unreadable: redo rather than trust it
