@@ -23,7 +23,11 @@ Resuming: with `--no-wait` the process exits once its batches are submitted (exi
 again later"); so does a re-run while they are still running. `distill batch status NAME` shows
 them, `distill batch collect NAME` reads the ended ones into the cache, and re-running the same
 command continues. Nothing is submitted twice: a request already in the cache, or in a batch of
-this run that has not been collected, is never sent again.
+this run that has not been collected, is never sent again. A part is recorded ("submitting") just
+before its batch is created; if the process dies before the batch id is written down, the next
+run looks the batch up at the provider (`BatchClient.find`: OpenAI by the part's name in its
+metadata, Anthropic by its size and creation time) and adopts it; only when none (or, for
+Anthropic, more than one) fits is the part given up and its requests submitted again.
 
 Failed rows: a row that comes back errored, expired or canceled fails its request with a
 `TeacherError` (reason `batch_errored`, `batch_expired` or `batch_canceled`), so its stage
@@ -60,7 +64,7 @@ from distill.cache import CachedTeacher, CacheStore, Entry, canonical_request, e
 from distill.errors import BatchesPending, CacheError, DistillError, InputError, TeacherError
 from distill.records import content_hash, write_jsonl
 from distill.teachers.base import Completion, Deferred, Request, Teacher, Usage
-from distill.teachers.batches import BatchClient, BatchState, Outcome, batch_client, split
+from distill.teachers.batches import BatchClient, BatchState, LostBatch, Outcome, batch_client, split
 from distill.teachers.pricing import PriceTable
 from distill.teachers.settings import TeacherSettings
 
@@ -98,7 +102,7 @@ class Part:
     counts: dict[str, int] = field(default_factory=dict)
     outcomes: dict[str, int] = field(default_factory=dict)  # once collected: succeeded/errored/...
     detail: str = ""
-    submitted_at: float = field(default_factory=time.time)
+    submitted_at: float = field(default_factory=time.time)  # recorded just before the create call
     ended_at: float | None = None
     collected_at: float | None = None
     host: str = field(default_factory=socket.gethostname)
@@ -341,10 +345,12 @@ class BatchQueue:
 
     async def _recover(self, part: Part) -> None:
         """A part left `submitting` by a process that died: adopt its batch if the provider has
-        one (OpenAI, by metadata), else give it up so its requests are submitted again."""
+        it (OpenAI by metadata, Anthropic by size and creation time; never a batch another part
+        of this book records), else give it up so its requests are submitted again."""
         if part.submitter_alive() and part.pid != os.getpid():
             return  # another process is submitting it right now
-        found = await self._client.find(part.part)
+        known = frozenset(p.batch_id for p in self.book.parts() if p.batch_id and p.part != part.part)
+        found = await self._client.find(LostBatch(part.part, part.requests, part.submitted_at, known))
         if found is not None:
             self.book.update(part.part, state=SUBMITTED, batch_id=found.id, status=found.status,
                              counts=dict(found.counts))

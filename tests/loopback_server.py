@@ -8,6 +8,7 @@ clients, transports, error mapping and our retry and pacing code, with no mocks.
     POST /v1/files, GET /v1/files/{id}[/content]         OpenAI files (batch input and output)
     POST /v1/batches, GET /v1/batches[/{id}]              OpenAI Batch (chat completions)
     POST /v1/messages/batches, GET .../{id}[/results]    Anthropic Message Batches
+    GET  /v1/messages/batches                             their listing (newest first, paged)
     GET  /_loopback/stats        counters as JSON, for a server running in another process
 
 and runs aiohttp in a background thread on an ephemeral port, so sync and async tests alike can
@@ -362,6 +363,7 @@ class LoopbackServer:
         app.router.add_get("/v1/batches", self._list_openai_batches)
         app.router.add_get("/v1/batches/{batch_id}", self._retrieve_openai_batch)
         app.router.add_post("/v1/messages/batches", self._create_anthropic_batch)
+        app.router.add_get("/v1/messages/batches", self._list_anthropic_batches)
         app.router.add_get("/v1/messages/batches/{batch_id}", self._retrieve_anthropic_batch)
         app.router.add_get("/v1/messages/batches/{batch_id}/results", self._anthropic_batch_results)
         app.router.add_get("/_loopback/stats", self._stats)
@@ -629,6 +631,38 @@ class LoopbackServer:
             self._batches[batch.id] = batch
             self._rows.extend(batch.rows)
         return self._reply(seen, self._anthropic_batch(batch))
+
+    async def _list_anthropic_batches(self, request: web.Request) -> web.Response:
+        """One page of the Anthropic listing, newest first: `limit` (1-1000, default 20) batches
+        after `after_id` or just before `before_id`, with has_more, first_id and last_id."""
+        seen, failed = await self._batch_call(request, ANTHROPIC_BATCHES)
+        if failed is not None:
+            return failed
+        query = request.query
+        try:
+            limit = int(query.get("limit", 20))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 1000:
+            return self._invalid(seen, "limit: must be an integer from 1 to 1000")
+        with self._lock:
+            ids = [b.id for b in reversed(self._batches.values()) if b.endpoint == ANTHROPIC]
+        cursor = query.get("after_id") or query.get("before_id")
+        if cursor is not None and cursor not in ids:
+            return self._invalid(seen, f"no such batch {cursor!r} to page from")
+        if "before_id" in query:
+            end = ids.index(cursor)
+            page, has_more = ids[max(0, end - limit):end], end - limit > 0
+        else:
+            start = ids.index(cursor) + 1 if cursor is not None else 0
+            page, has_more = ids[start:start + limit], start + limit < len(ids)
+        data = [self._anthropic_batch(self._batches[i]) for i in page]
+        return self._reply(seen, {"data": data, "has_more": has_more, "first_id": page[0] if page else None,
+                                  "last_id": page[-1] if page else None})
+
+    def _invalid(self, seen: Seen, message: str) -> web.Response:
+        """An Anthropic 400 invalid_request_error, recorded on `seen`."""
+        return self._reply(seen, {"type": "error", "error": {"type": "invalid_request_error", "message": message}}, 400)
 
     async def _retrieve_anthropic_batch(self, request: web.Request) -> web.Response:
         return await self._retrieve(request, ANTHROPIC_BATCHES, self._anthropic_batch)

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
 from distill.errors import ConfigError
 from distill.teachers.base import Request
-from distill.teachers.batches import Limits, batch_client, split
+from distill.teachers.batches import CLOCK_SKEW_S, BatchState, Limits, LostBatch, batch_client, split
 from distill.teachers.registry import create_backend
 from distill.teachers.settings import TeacherSettings, resolve_settings
 
@@ -137,12 +138,59 @@ def test_openai_finds_a_batch_by_its_part_name(loopback, tmp_path) -> None:
         client = batch_client(settings)
         try:
             made = await client.submit([client.line(key(0), requests(1)[0])], "b0007-abcdef12")
-            return made, await client.find("b0007-abcdef12")
+            return made, await client.find(LostBatch("b0007-abcdef12", 1, time.time()))
         finally:
             await client.aclose()
 
     made, found = asyncio.run(go())
     assert found is not None and found.id == made.id
+
+
+def lost_and_found(settings: TeacherSettings, sizes: list[int], lost: Callable[[list[BatchState]], LostBatch],
+                   page_size: int | None = None) -> tuple[list[BatchState], BatchState | None]:
+    """Create one batch per size, as crashed runs would have, then look for `lost(made)`."""
+    async def go() -> tuple[list[BatchState], BatchState | None]:
+        client = batch_client(settings)
+        if page_size is not None:
+            client.page_size = page_size  # type: ignore[attr-defined]
+        try:
+            made = [await client.submit([client.line(client.custom_id(key(i)), r) for i, r in enumerate(requests(n))],
+                                        f"b{j:04d}-lost") for j, n in enumerate(sizes)]
+            return made, await client.find(lost(made))
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def test_anthropic_finds_a_lost_batch_by_its_size_and_creation_time(loopback, tmp_path) -> None:
+    since = time.time()  # the part is recorded just before its batch is created
+    made, found = lost_and_found(settings_for("anthropic", loopback, tmp_path), [2, 1, 3],
+                                 lambda made: LostBatch("b0001-lost", 1, since), page_size=1)  # paged 1 by 1
+    assert found is not None and found.id == made[1].id and found.counts["processing"] == 1
+
+
+def test_anthropic_does_not_adopt_a_batch_another_part_records(loopback, tmp_path) -> None:
+    since = time.time()
+    _, found = lost_and_found(settings_for("anthropic", loopback, tmp_path), [1],
+                              lambda made: LostBatch("b0002-lost", 1, since, frozenset({made[0].id})))
+    assert found is None
+
+
+def test_anthropic_does_not_adopt_a_batch_created_before_the_part(loopback, tmp_path) -> None:
+    later = time.time() + CLOCK_SKEW_S + 60  # the part was recorded well after the batch was created
+    _, found = lost_and_found(settings_for("anthropic", loopback, tmp_path), [1],
+                              lambda made: LostBatch("b0003-lost", 1, later))
+    assert found is None
+
+
+def test_anthropic_does_not_guess_between_two_batches_that_fit(loopback, tmp_path) -> None:
+    since, settings = time.time(), settings_for("anthropic", loopback, tmp_path)
+    _, found = lost_and_found(settings, [1, 1], lambda made: LostBatch("b0004-lost", 1, since))
+    assert found is None
+    _, found = lost_and_found(settings, [], lambda made: LostBatch("b0004-lost", 1, since,
+                                                                   frozenset({"msgbatch_0001"})))
+    assert found is not None and found.id == "msgbatch_0002"  # once one is recorded elsewhere, the other fits
 
 
 def test_split_respects_the_request_and_byte_limits() -> None:

@@ -136,29 +136,59 @@ def test_no_wait_exits_after_submitting_and_a_resume_submits_nothing_twice(loopb
     assert len(creates) == 1 and len(loopback.batches()) == 1 and len(loopback.batch_rows) == 4
 
 
-def test_a_batch_whose_id_was_never_recorded_is_found_not_submitted_again(loopback, tmp_path) -> None:
-    """A run killed between creating a batch and writing its id down: the next run finds it by
-    its part name (OpenAI metadata) instead of sending every request again."""
-    settings, reqs, run = settings_for("openai", loopback, tmp_path), requests(3), tmp_path / "run"
-    identity = backend_identity(settings)
+def write_lost_part(book: BatchBook, name: str, settings: TeacherSettings, reqs: list[Request]) -> list[str]:
+    """Record a part as a process does just before creating its batch; its requests' keys."""
+    identity, client = backend_identity(settings), batch_client(settings)
     keys = [cache_key_of(identity, r) for r in reqs]
-    book = BatchBook(run)
-    book.write_requests("b0001-crashed", [{"key": k, "custom_id": k, "prompt_id": r.prompt_id,
-                                           "template_ids": list(r.template_ids),
-                                           "request": canonical_request(identity, r)} for k, r in zip(keys, reqs)])
-    book.add(Part("b0001-crashed", "openai", settings.name, str(identity["base_url"]), 3, 0, host="another-host"))
+    book.write_requests(name, [{"key": k, "custom_id": client.custom_id(k), "prompt_id": r.prompt_id,
+                                "template_ids": list(r.template_ids), "request": canonical_request(identity, r)}
+                               for k, r in zip(keys, reqs)])
+    book.add(Part(name, client.provider, settings.name, str(identity["base_url"]), len(reqs), 0, host="another-host"))
+    return keys
 
-    async def create_it() -> None:
+
+def create_batch(settings: TeacherSettings, keys: list[str], reqs: list[Request], name: str) -> str:
+    """Create the batch of `keys` at the provider, as the process would have before dying; its id."""
+    async def go() -> str:
         client = batch_client(settings)
         try:
-            await client.submit([client.line(k, r) for k, r in zip(keys, reqs)], "b0001-crashed")
+            return (await client.submit([client.line(client.custom_id(k), r) for k, r in zip(keys, reqs)], name)).id
         finally:
             await client.aclose()
 
-    asyncio.run(create_it())  # ... and the process died here, before recording the batch id
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("backend", ["openai", "anthropic"])
+def test_a_batch_whose_id_was_never_recorded_is_found_not_submitted_again(backend, loopback, tmp_path) -> None:
+    """A run killed between creating a batch and writing its id down: the next run finds it (OpenAI:
+    by its part name in the metadata; Anthropic: by its size and creation time) instead of
+    sending every request again."""
+    settings, reqs, run = settings_for(backend, loopback, tmp_path), requests(3), tmp_path / "run"
+    keys = write_lost_part(BatchBook(run), "b0001-crashed", settings, reqs)
+    made = create_batch(settings, keys, reqs, "b0001-crashed")  # ... and the process died here, before recording it
     _, second = asyncio.run(batch_pass(settings, tmp_path / "cache", run, reqs))
     assert all(isinstance(c, Completion) for c in second)
-    assert len(loopback.batches()) == 1 and [p.batch_id for p in BatchBook(run).parts()] == ["batch_1"]
+    assert len(loopback.batches()) == 1 and [p.batch_id for p in BatchBook(run).parts()] == [made]
+
+
+def test_an_anthropic_batch_another_part_records_is_not_adopted(loopback, tmp_path) -> None:
+    """The only batch of the right size and time belongs to another part of the book: the lost
+    part is given up and its requests are submitted again, each batch answering its own part."""
+    settings, reqs, run = settings_for("anthropic", loopback, tmp_path), requests(6), tmp_path / "run"
+    book = BatchBook(run)
+    lost_keys = write_lost_part(book, "b0001-crashed", settings, reqs[:3])  # died before creating its batch
+    other_keys = write_lost_part(book, "b0002-recorded", settings, reqs[3:])
+    other = create_batch(settings, other_keys, reqs[3:], "b0002-recorded")
+    book.update("b0002-recorded", state="submitted", batch_id=other)
+    _, second = asyncio.run(batch_pass(settings, tmp_path / "cache", run, reqs))
+    assert all(isinstance(c, Completion) for c in second)
+    parts = {p.part: p for p in BatchBook(run).parts()}
+    assert parts["b0001-crashed"].state == "abandoned" and parts["b0002-recorded"].batch_id == other
+    [again] = [p for name, p in parts.items() if name not in ("b0001-crashed", "b0002-recorded")]
+    assert again.state == "collected" and again.requests == 3 and len(loopback.batches()) == 2
+    assert sorted(row.custom_id for row in loopback.batch_rows if row.batch_id == again.batch_id) == \
+        sorted(k.split(":", 1)[-1] for k in lost_keys)
 
 
 # ---------------------------------------------------------------- a critique round in batch mode

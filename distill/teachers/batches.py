@@ -27,6 +27,13 @@ Every row ends as an `Outcome`: succeeded (with the response body), errored, exp
 (with the provider's reason). API calls go through the same retry loop as live calls, except the
 call that creates a batch: it is not retried when no answer came back, because the batch may
 exist by then and a retry could submit every request twice.
+
+Finding a lost batch (`find`): when a run died after the provider created a batch but before its
+id was written down, the next run looks for it instead of paying for every request twice.
+OpenAI batches carry the part's name in their metadata. Anthropic message batches carry no
+metadata, so one is recognised by its shape: created around the time the part was recorded,
+holding exactly the part's number of requests, and not already recorded by another part; when
+two or more fit, none is taken (the part is given up and its requests are submitted again).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from __future__ import annotations
 import importlib
 import json
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
 from distill.errors import ConfigError, TeacherError
@@ -45,6 +53,9 @@ from distill.teachers.settings import TeacherSettings
 OUTCOMES = ("succeeded", "errored", "expired", "canceled")
 COMPLETION_WINDOW = "24h"
 TRANSFER_TIMEOUT_S = 600.0  # uploads and downloads of up to 200 MB need longer than one chat call
+CLOCK_SKEW_S = 300.0  # a lost batch may look created this long before its part was recorded
+FIND_WINDOW_S = 3600.0  # ... and this long after: the create call's retries and upload fit well inside
+MAX_LISTED = 10_000  # the most batches `find` reads back through (newest first) before giving up
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,17 @@ class Outcome:
     reason: str = ""  # why the row did not succeed, in the provider's words
 
 
+@dataclass(frozen=True)
+class LostBatch:
+    """What the run's book knows of a batch whose creation was asked for but whose id was never
+    recorded (the submitting process died): enough to recognise it among the provider's batches."""
+
+    label: str  # the part's local name (an OpenAI batch carries it in its metadata)
+    requests: int  # how many requests the part holds
+    since: float  # when the part was recorded, just before the create call (epoch seconds, local clock)
+    known_ids: frozenset[str] = frozenset()  # batch ids the book records for other parts: never adopted
+
+
 class BatchClient(Protocol):
     """What `distill.batch` needs from a provider."""
 
@@ -93,7 +115,7 @@ class BatchClient(Protocol):
 
     async def submit(self, lines: Sequence[bytes], label: str) -> BatchState: ...
 
-    async def find(self, label: str) -> BatchState | None: ...
+    async def find(self, lost: LostBatch) -> BatchState | None: ...
 
     async def retrieve(self, batch_id: str) -> BatchState: ...
 
@@ -125,6 +147,16 @@ def split(lines: Sequence[bytes], limits: Limits) -> tuple[list[list[int]], list
     if current:
         groups.append(current)
     return groups, oversized
+
+
+async def _listing(calls: "_Calls", fn: Callable[[Any], Awaitable[Any]], what: str) -> Any | None:
+    """`fn`'s listing through `calls`; None from a compatible server without the listing endpoint."""
+    try:
+        return await calls(fn, what)
+    except TeacherError as exc:
+        if exc.status in (404, 405, 501):
+            return None
+        raise
 
 
 def _jsonl(row: Mapping[str, Any]) -> bytes:
@@ -217,16 +249,12 @@ class OpenAIBatches:
                                  f"creation of batch {label}", idempotent=False)
         return self._state(batch)
 
-    async def find(self, label: str) -> BatchState | None:
-        """The batch created for `label` by a run that died before writing its id down."""
-        try:
-            page = await self.calls(lambda c: c.batches.list(limit=100), "listing of recent batches")
-        except TeacherError as exc:
-            if exc.status in (404, 405, 501):  # a compatible server without the listing endpoint
-                return None
-            raise
-        for batch in page.data:
-            if (batch.metadata or {}).get("distill_part") == label:
+    async def find(self, lost: LostBatch) -> BatchState | None:
+        """The batch created for `lost` by a run that died before writing its id down: the most
+        recent of the last 100 batches whose metadata names the part."""
+        page = await _listing(self.calls, lambda c: c.batches.list(limit=100), "listing of recent batches")
+        for batch in page.data if page is not None else []:
+            if (batch.metadata or {}).get("distill_part") == lost.label and batch.id not in lost.known_ids:
                 return self._state(batch)
         return None
 
@@ -294,6 +322,7 @@ class AnthropicBatches:
     """Anthropic Message Batches: requests inline, results as JSONL."""
 
     provider = "anthropic"
+    page_size = 100  # batches per listing page (the API allows 1 to 1000)
 
     def __init__(self, settings: TeacherSettings, client: Any = None):
         from distill.teachers import anthropic_api
@@ -317,8 +346,40 @@ class AnthropicBatches:
                                  f"creation of batch {label}", idempotent=False)
         return self._state(batch)
 
-    async def find(self, label: str) -> BatchState | None:
-        return None  # message batches carry no metadata to recognise one by
+    async def find(self, lost: LostBatch) -> BatchState | None:
+        """The batch created for `lost` by a run that died before writing its id down.
+
+        Message batches carry no metadata, so the batch is recognised by its shape: created from
+        CLOCK_SKEW_S before the part was recorded to FIND_WINDOW_S after it, holding exactly
+        `lost.requests` requests, and not in `lost.known_ids`. Only a unique fit is adopted; with
+        two or more there is no telling which is the part's, so None (the part is given up and
+        its requests submitted again, as without this search).
+
+        Adopting another client's batch by mistake (same size, same minutes, same account) costs
+        a wait, never a wrong answer: results are joined back by custom_id (the cache key's
+        digest), lines with a custom_id the part does not hold are ignored, and a request with
+        no result counts as unanswered, so the next run or `distill batch retry` submits it again.
+        """
+        candidates = await _listing(self.calls, lambda c: self._candidates(c, lost),
+                                    "listing of recent message batches")
+        return self._state(candidates[0]) if candidates is not None and len(candidates) == 1 else None
+
+    async def _candidates(self, client: Any, lost: LostBatch) -> list[Any]:
+        """The listed batches that fit `lost`, reading newest first until one is older than the
+        window (or MAX_LISTED were read: then none, rather than a guess from part of the list)."""
+        earliest, latest = lost.since - CLOCK_SKEW_S, lost.since + FIND_WINDOW_S
+        fits: list[Any] = []
+        read = 0
+        async for batch in client.messages.batches.list(limit=self.page_size):
+            created = _epoch(batch.created_at)
+            if created < earliest:
+                return fits
+            read += 1
+            if read > MAX_LISTED:
+                return []
+            if created <= latest and batch.id not in lost.known_ids and _requests_in(batch) == lost.requests:
+                fits.append(batch)
+        return fits
 
     async def retrieve(self, batch_id: str) -> BatchState:
         return self._state(await self.calls(lambda c: c.messages.batches.retrieve(batch_id),
@@ -347,6 +408,17 @@ class AnthropicBatches:
         status = str(raw.get("processing_status"))
         return BatchState(id=str(raw["id"]), status=status, ended=status == "ended",
                           counts=dict(raw.get("request_counts") or {}), raw=raw)
+
+
+def _requests_in(batch: Any) -> int:
+    """How many requests a message batch holds: the sum of its counts, whatever its progress."""
+    counts = batch.request_counts
+    return counts.processing + counts.succeeded + counts.errored + counts.canceled + counts.expired
+
+
+def _epoch(moment: datetime) -> float:
+    """A provider timestamp in epoch seconds (UTC when it names no zone)."""
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def _anthropic_outcome(row: Mapping[str, Any]) -> Outcome:
