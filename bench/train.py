@@ -69,7 +69,8 @@ def bench_data(path: Path | None, student_source: str | None) -> Path:
 def worker_distill(mode: str, data: Path, steps: int, batch_size: int, lr: float, student_source: str | None) -> dict:
     import tempfile
 
-    from distill.train import TrainConfig, read_examples, train
+    from distill.examples import read_examples
+    from distill.train import TrainConfig, train
 
     examples = read_examples(data)
     precision = "float32" if mode == "distill-fp32" else "auto"

@@ -113,9 +113,9 @@ def judge_metric(scores: Sequence[float | None]) -> dict[str, Any] | None:
 
 def per_example_nll(student: Student, examples: Sequence[Any]) -> list[float]:
     """Per-token NLL of each example's completion (rendered exactly as in training)."""
-    from distill.train import completion_nll
+    from distill.examples import completion_losses
 
-    return [completion_nll(student, [e], batch_size=1) for e in examples]
+    return [total / max(count, 1) for total, count in completion_losses(student, examples)]
 
 
 def fidelity_metric(current: Student, new: Student, revisions: Sequence[Any]) -> dict[str, Any] | None:
@@ -126,28 +126,27 @@ def fidelity_metric(current: Student, new: Student, revisions: Sequence[Any]) ->
             "delta": bootstrap_ci([c - n for c, n in zip(cur, nxt)])}
 
 
-def mean_kl(current: Student, new: Student, examples: Sequence[Any]) -> float | None:
+def mean_kl(current: Student, new: Student, examples: Sequence[Any], batch_size: int = 8) -> float | None:
     """Mean per-token KL(current || new) over the completion positions of `examples`."""
     import torch
     import torch.nn.functional as F
 
-    from distill.train import IGNORE, collate, encode
+    from distill.examples import completion_logits, encode
 
+    encoded = [encode(e, current) for e in examples]
     total, count = 0.0, 0
     with torch.inference_mode():
-        for e in examples:
-            batch = collate([encode(e, current)], current.tokenizer.pad_token_id)
-            picked = batch["labels"][:, 1:] != IGNORE
-            logp = [F.log_softmax(s.model(input_ids=batch["input_ids"].to(s.device)).logits[:, :-1][picked.to(s.device)]
-                                  .float().cpu(), dim=-1) for s in (current, new)]
+        for start in range(0, len(encoded), batch_size):
+            batch = encoded[start:start + batch_size]
+            logp = [F.log_softmax(completion_logits(s, batch)[0].float(), dim=-1) for s in (current, new)]
             total += float((logp[0].exp() * (logp[0] - logp[1])).sum())
-            count += int(picked.sum())
+            count += logp[0].shape[0]
     return total / count if count else None
 
 
 def forgetting_metric(current: Student, new: Student, replay: Sequence[Any],
                       own_answers: Sequence[Any]) -> dict[str, Any]:
-    from distill.train import completion_nll
+    from distill.examples import completion_nll
 
     out: dict[str, Any] = {}
     if replay:
@@ -164,7 +163,7 @@ def evaluate(current: Student, new: Student, prompts: Sequence[Prompt], *, teach
              close_teacher: bool = False) -> Evaluation:
     """Compare `new` against `current` on held-out `prompts` (see the module docstring).
     `close_teacher` closes the judge when done (on the event loop its connections live on)."""
-    from distill.train import Example
+    from distill.examples import Example
 
     result = Evaluation()
     cur_answers = answers_of(current, prompts, max_new_tokens)

@@ -68,14 +68,14 @@ def save_state(root: Path, state: dict[str, Any]) -> None:
 
 
 def _examples(path: Path) -> list[Any]:
-    from distill.train import read_examples
+    from distill.examples import read_examples
 
     return read_examples(path) if path.exists() and path.stat().st_size else []
 
 
 def _replay_from_answers(path: Path) -> list[Any]:
     """The base student's own (complete) answers, as replay examples."""
-    from distill.train import Example
+    from distill.examples import Example
 
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [Example(id=r["id"], prompt=tuple(r["messages"]), completion=r["answer"], source="replay")
@@ -86,7 +86,7 @@ def _replay_sets(config: RoundsConfig, held_cfg: RunConfig) -> tuple[list[Any], 
     """(training replay, forgetting set): the base student's own answers to general prompts."""
     from distill.answer import answer_to_file
     from distill.student import GenerationParams
-    from distill.train import read_replay
+    from distill.examples import read_replay
 
     if config.replay is None:
         return [], _replay_from_answers(held_cfg.run_dir / "answers.jsonl")

@@ -7,12 +7,9 @@ the base model's identity, the throughput) and `loss.jsonl` (one row per optimiz
 
 Why it is built this way:
 
-- Rendering. The prompt is rendered exactly as `Student.render` renders it at inference (the model's
-  own chat template, ending with the assistant opener) and tokenized alone; the completion is the
-  text the same template puts after it, tokenized alone and cut after the end-of-turn token. So the
-  student is trained on the very token sequence it produces when it answers. Loss is on the
-  completion only. Labels are built from positions, never by matching the pad token id, so the
-  end-of-turn `<|im_end|>` stays in the labels although this tokenizer's pad token is that token.
+- Rendering and labels come from `distill.examples.encode`: the student is trained on the very
+  token sequence it produces when it answers, with loss on the completion only (end-of-turn
+  token included), and the evaluation gate measures the same loss on held-out data.
 - Over-length examples are dropped and counted (`training.json`), never truncated into rows whose
   completion is cut off or wholly masked.
 - Replay. The seeds warn that training only on self-generated corrections garbles the rest of the
@@ -52,12 +49,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from distill.errors import ConfigError, InputError, ModelError
-from distill.records import (MAX_REPORTED_ERRORS, Prompt, _parse_messages, content_hash, parse_prompt, read_rows,
-                             write_jsonl)
-from distill.student import GenerationParams, Student, weights_sha256
+from distill.errors import ConfigError, InputError
+from distill.examples import (IGNORE, Encoded, Example, answer_replay, collate, encode_all, head_logits,
+                              read_examples)
+from distill.records import MAX_REPORTED_ERRORS, Prompt, content_hash, write_jsonl
+from distill.student import Student, weights_sha256
 
-IGNORE = -100  # label of a position that carries no loss (prompt tokens and padding)
 CHECKPOINTS = "checkpoints"
 LOSS_LOG = "loss.jsonl"
 TRAINING_FILE = "training.json"
@@ -189,205 +186,6 @@ class TrainConfig:
                 if k not in ("save_every", "keep_checkpoints", "micro_batch_tokens", "gradient_checkpointing")}
 
 
-# ---------------------------------------------------------------- examples
-
-@dataclass(frozen=True)
-class Example:
-    """One training example: a chat prompt (ending in a user turn) and the assistant's completion."""
-
-    id: str
-    prompt: tuple[Mapping[str, str], ...]
-    completion: str
-    source: str = "train"  # "train" or "replay"
-
-    def to_row(self) -> dict[str, Any]:
-        return {"id": self.id, "prompt": [dict(m) for m in self.prompt],
-                "completion": [{"role": "assistant", "content": self.completion}]}
-
-
-def parse_example(obj: Any, source: str = "train") -> Example:
-    """Validate one decoded row in TRL's conversational formats; ValueError naming the field.
-
-    Accepted: {"prompt": [chat ending in a user turn] or "text", "completion": [{"role": "assistant",
-    "content": ...}] or "text"} (prompt-completion), or {"messages": [chat ending in the assistant's
-    turn]}. An optional "id" (else a stable hash of the content) and "meta" are kept or ignored.
-    """
-    if not isinstance(obj, dict):
-        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-    if ("messages" in obj) == ("completion" in obj):
-        raise ValueError("give either 'prompt' and 'completion' (prompt-completion) or 'messages' "
-                         "(a chat ending in the assistant's turn)")
-    if "messages" in obj:
-        prompt, completion = _split_messages(obj["messages"])
-    else:
-        if "prompt" not in obj:
-            raise ValueError("field 'prompt': missing (the chat the completion answers)")
-        prompt, completion = _parse_prompt_field(obj["prompt"]), _parse_completion(obj["completion"])
-    raw_id = obj.get("id")
-    if raw_id is None:
-        eid = "x-" + content_hash({"prompt": [dict(m) for m in prompt], "completion": completion})
-    elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) and str(raw_id).strip():
-        eid = str(raw_id)
-    else:
-        raise ValueError(f"field 'id': expected a non-empty string or integer, got {raw_id!r}")
-    return Example(id=eid, prompt=prompt, completion=completion, source=source)
-
-
-def _parse_prompt_field(value: Any) -> tuple[Mapping[str, str], ...]:
-    if isinstance(value, str):
-        value = [{"role": "user", "content": value}]
-    try:
-        return _parse_messages(value)
-    except ValueError as exc:
-        raise ValueError(str(exc).replace("field 'messages", "field 'prompt")) from None
-
-
-def _parse_completion(value: Any) -> str:
-    if isinstance(value, str):
-        value = [{"role": "assistant", "content": value}]
-    if not isinstance(value, list) or len(value) != 1 or not isinstance(value[0], dict):
-        raise ValueError("field 'completion': expected one assistant message, [{\"role\": \"assistant\", "
-                         "\"content\": \"...\"}] (multi-turn completions are not supported)")
-    role, content = value[0].get("role"), value[0].get("content")
-    if role != "assistant":
-        raise ValueError(f"field 'completion[0].role': expected 'assistant', got {role!r}")
-    if not isinstance(content, str) or not content.strip():
-        raise ValueError("field 'completion[0].content': expected a non-empty string")
-    return content
-
-
-def _split_messages(value: Any) -> tuple[tuple[Mapping[str, str], ...], str]:
-    if not isinstance(value, list) or len(value) < 2:
-        raise ValueError("field 'messages': expected a chat of at least a user turn and the assistant's reply")
-    last = value[-1]
-    if not isinstance(last, dict) or last.get("role") != "assistant":
-        raise ValueError("field 'messages': the last message must be the assistant's reply (role 'assistant'); "
-                         "a chat ending in a user turn is a prompt, not a training example")
-    content = last.get("content")
-    if not isinstance(content, str) or not content.strip():
-        raise ValueError(f"field 'messages[{len(value) - 1}].content': expected a non-empty string")
-    return _parse_messages(value[:-1]), content
-
-
-EXAMPLE_ROW = (', e.g. {"prompt": [{"role": "user", "content": "Hi"}], '
-               '"completion": [{"role": "assistant", "content": "Hello!"}]}')
-
-
-def read_examples(path: str | os.PathLike[str], source: str = "train") -> list[Example]:
-    """Read and validate a whole dataset file; every bad line is reported as FILE:LINE in one InputError."""
-    return read_rows(path, lambda obj: parse_example(obj, source), example=EXAMPLE_ROW)
-
-
-def read_replay(path: str | os.PathLike[str]) -> tuple[list[Example], list[Prompt]]:
-    """A replay file: chat examples (used as they are) and/or prompts (the student will answer them)."""
-    rows = read_rows(path, lambda obj: parse_prompt(obj) if _is_prompt_row(obj) else parse_example(obj, "replay"),
-                     example=EXAMPLE_ROW)
-    return [r for r in rows if isinstance(r, Example)], [r for r in rows if isinstance(r, Prompt)]
-
-
-def _is_prompt_row(obj: Any) -> bool:
-    """A row with nothing to imitate yet: no completion, and no chat ending in the assistant's turn."""
-    if not isinstance(obj, dict) or "completion" in obj:
-        return False
-    messages = obj.get("messages")
-    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
-        return messages[-1].get("role") != "assistant"
-    return "prompt" in obj
-
-
-def answer_replay(student: Student, prompts: Sequence[Prompt], max_new_tokens: int = 256) -> list[Example]:
-    """The student's own greedy answers to general prompts, as replay examples.
-
-    Answers cut off by `max_new_tokens` are left out: training on them would teach the model to end
-    its turn mid-sentence.
-    """
-    answers = student.answer(prompts, GenerationParams(max_new_tokens=max_new_tokens), batch_size=16)
-    return [Example(id=a.prompt.id, prompt=tuple(a.prompt.messages), completion=a.text, source="replay")
-            for a in answers if a.finish_reason == "stop" and a.text.strip()]
-
-
-# ---------------------------------------------------------------- tokens
-
-@dataclass(frozen=True)
-class Encoded:
-    """An example as token ids, with labels IGNORE on the prompt."""
-
-    id: str
-    input_ids: tuple[int, ...]
-    labels: tuple[int, ...]
-    source: str
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    @property
-    def completion_tokens(self) -> int:
-        """Positions that carry loss: each completion token is predicted from the one before it."""
-        return sum(label != IGNORE for label in self.labels[1:])
-
-
-def encode(example: Example, student: Student) -> Encoded:
-    """Render with the student's own chat template, exactly as at inference; loss on the completion.
-
-    The prompt is `student.render()` (what generation starts from) tokenized alone. The completion is
-    the template's text after it, tokenized alone, up to and including the first end-of-turn token:
-    the tokens the student emits before it stops. Nothing after that token is trained.
-    """
-    tokenizer = student.tokenizer
-    prompt_text = student.render(example.prompt)
-    full_text = tokenizer.apply_chat_template(
-        [dict(m) for m in example.prompt] + [{"role": "assistant", "content": example.completion}], tokenize=False)
-    if not full_text.startswith(prompt_text):
-        raise ModelError(f"{student.identity.path}: the chat template renders the assistant's turn differently from "
-                         "its generation prompt, so the completion cannot be separated from the prompt "
-                         f"(example {example.id!r})")
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
-    stop = next((i for i, t in enumerate(completion_ids) if t in student.eos_ids), None)
-    if stop is None:  # a template without an end-of-turn token: end with EOS so the model learns to stop
-        completion_ids = completion_ids + [tokenizer.eos_token_id]
-    else:
-        completion_ids = completion_ids[:stop + 1]
-    return Encoded(id=example.id, input_ids=tuple(prompt_ids + completion_ids),
-                   labels=tuple([IGNORE] * len(prompt_ids) + completion_ids), source=example.source)
-
-
-def encode_all(examples: Sequence[Example], student: Student, max_length: int) -> tuple[list[Encoded], list[str]]:
-    """Encode every example; those longer than `max_length` tokens are dropped: (kept, dropped ids)."""
-    kept: list[Encoded] = []
-    dropped: list[str] = []
-    for example in examples:
-        encoded = encode(example, student)
-        if len(encoded) <= max_length:
-            kept.append(encoded)
-        else:
-            dropped.append(example.id)
-    return kept, dropped
-
-
-def completion_nll(student: Student, examples: Sequence[Example], batch_size: int = 8) -> float:
-    """Mean negative log-likelihood per completion token of `examples` under `student` (no training).
-
-    The examples are rendered and labelled exactly as for training, so this is the training loss on
-    held-out data: the measure of forgetting on a replay set, and of fit on a training set.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    encoded = [encode(e, student) for e in examples]
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for start in range(0, len(encoded), batch_size):
-            tensors = {k: v.to(student.device) for k, v in collate(encoded[start:start + batch_size],
-                                                                   student.tokenizer.pad_token_id).items()}
-            logits = student.model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
-            targets = tensors["labels"][:, 1:]
-            picked = targets != IGNORE
-            total += float(F.cross_entropy(logits[:, :-1][picked].float(), targets[picked], reduction="sum"))
-            count += int(picked.sum())
-    return total / max(count, 1)
-
-
 # ---------------------------------------------------------------- data order
 
 def replay_count(n_train: int, n_replay: int, fraction: float) -> int:
@@ -424,21 +222,6 @@ def rank_batches(batches: list[list[Encoded]], rank: int, world: int) -> list[li
     return padded[rank::world]
 
 
-def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
-    """Right-padded tensors; padding is masked out of attention and labels by position, not by id."""
-    import torch
-
-    width = max(len(e) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, e in enumerate(batch):
-        ids[row, :len(e)] = torch.tensor(e.input_ids)
-        labels[row, :len(e)] = torch.tensor(e.labels)
-        mask[row, :len(e)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
 # ---------------------------------------------------------------- the model and its loss
 
 def linear_layer_names(model: Any) -> tuple[str, ...]:
@@ -465,12 +248,8 @@ def add_lora(model: Any, config: TrainConfig, targets: Sequence[str]) -> Any:
 
 
 def completion_loss_module(peft_model: Any, kl_weight: float) -> Any:
-    """An nn.Module whose forward returns the completion-only loss of a batch (what DDP wraps).
-
-    The backbone runs once; the vocabulary projection runs only at positions whose next token is
-    a completion label, which on CPU saves most of the output head's cost (prompt tokens are
-    about half of every example).
-    """
+    """An nn.Module whose forward returns the completion-only loss of a batch (what DDP wraps);
+    logits only at completion positions (`head_logits`)."""
     import torch
     import torch.nn.functional as F
 
@@ -480,9 +259,7 @@ def completion_loss_module(peft_model: Any, kl_weight: float) -> Any:
             self.model = peft_model
 
         def _logits(self, input_ids: Any, attention_mask: Any, picked: Any) -> Any:
-            base = self.model.get_base_model()
-            hidden = base.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            return base.get_output_embeddings()(hidden[:, :-1][picked]).float()
+            return head_logits(self.model, input_ids, attention_mask, picked).float()
 
         def forward(self, input_ids: Any, attention_mask: Any, labels: Any) -> dict[str, Any]:
             targets = labels[:, 1:]

@@ -63,7 +63,8 @@ HELD_OUT = [parse_prompt({"id": f"h{i}", "prompt": f"Held-out question {i}: is w
 
 @pytest.fixture(scope="module")
 def yes_adapter(peaked_model_dir: Path, tmp_path_factory) -> Path:
-    from distill.train import Example, TrainConfig, train
+    from distill.examples import Example
+    from distill.train import TrainConfig, train
 
     examples = [Example(id=f"e{i}", prompt=({"role": "user", "content": f"Question number {i}: is it true?"},),
                         completion="yes") for i in range(32)]
@@ -118,7 +119,7 @@ def test_the_gate_refuses_a_worse_adapter(peaked_model_dir: Path, yes_adapter: P
 
 def test_the_gate_refuses_an_adapter_that_forgets(peaked_model_dir: Path, yes_adapter: Path) -> None:
     from distill.student import GenerationParams
-    from distill.train import Example
+    from distill.examples import Example
 
     base, better = Student.load(peaked_model_dir), Student.load(peaked_model_dir, adapter=yes_adapter)
     own = base.answer([f"Tell me about topic {i}." for i in range(6)], GenerationParams(max_new_tokens=12))

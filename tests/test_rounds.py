@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
 from distill.cli import main
 from loopback_server import LoopbackRequest

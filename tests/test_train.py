@@ -16,8 +16,9 @@ from safetensors.torch import load_file
 
 from distill.errors import ConfigError, InputError, ModelError
 from distill.student import Student
-from distill.train import (IGNORE, Example, TrainConfig, collate, encode, epoch_batches, read_examples,
-                           read_loss_log, read_replay, replay_count, split_by_tokens, train)
+from distill.examples import (IGNORE, Example, collate, completion_losses, completion_nll, encode, read_examples,
+                              read_replay)
+from distill.train import TrainConfig, epoch_batches, read_loss_log, replay_count, split_by_tokens, train
 
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "candle"]
 FAST = dict(batch_size=4, learning_rate=1e-2, warmup_ratio=0.0)
@@ -184,6 +185,36 @@ def test_both_precisions_train_one_after_the_other_in_one_process(tiny_model_dir
                        student=tiny_model_dir, restart=True)
         assert result.summary["precision"] == precision and result.final_loss > 0
     assert TrainConfig().precision == "auto"
+
+
+# ---------------------------------------------------------------- measuring (held-out NLL, KL)
+
+def test_completion_losses_match_full_logits_and_do_not_depend_on_batch_size(tiny: Student) -> None:
+    examples = word_examples() + [Example(id="long", prompt=({"role": "user", "content": "Count to ten."},),
+                                          completion="one two three four five six seven eight nine ten")]
+    by_one, by_four = completion_losses(tiny, examples, batch_size=1), completion_losses(tiny, examples, batch_size=4)
+    for (a, n), (b, m), e in zip(by_one, by_four, examples):
+        enc = encode(e, tiny)
+        ids = torch.tensor([enc.input_ids])
+        with torch.inference_mode():
+            logits = tiny.model(input_ids=ids).logits[0, :-1]
+        targets = torch.tensor(enc.labels[1:])
+        keep = targets != IGNORE
+        reference = float(torch.nn.functional.cross_entropy(logits[keep].float(), targets[keep], reduction="sum"))
+        assert n == m == int(keep.sum()) == enc.completion_tokens
+        assert a == pytest.approx(reference, rel=1e-4) and b == pytest.approx(reference, rel=1e-4), e.id
+    assert completion_nll(tiny, examples) == pytest.approx(sum(a for a, _ in by_one) / sum(n for _, n in by_one))
+
+
+def test_mean_kl_is_zero_against_itself_and_positive_against_a_trained_adapter(tiny: Student, trained,
+                                                                                tiny_model_dir: Path) -> None:
+    from distill.evaluate import mean_kl
+
+    tuned = Student.load(tiny_model_dir, adapter=trained.output_dir)
+    examples = word_examples()
+    assert mean_kl(tiny, tiny, examples) == pytest.approx(0.0, abs=1e-6)
+    assert mean_kl(tiny, tuned, examples) > 1e-3  # 2 epochs at lr 1e-2 on these very examples
+    assert mean_kl(tiny, tuned, examples, batch_size=1) == pytest.approx(mean_kl(tiny, tuned, examples), rel=1e-3)
 
 
 # ---------------------------------------------------------------- replay

@@ -21,7 +21,8 @@ import pytest
 
 from distill.records import Prompt
 from distill.student import GenerationParams, Student
-from distill.train import Example, TrainConfig, completion_nll, read_loss_log, train
+from distill.examples import Example, completion_nll
+from distill.train import TrainConfig, read_loss_log, train
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import sys
 
 from distill import __version__
 from distill.cli import answer, batch, cache, config, convert, evaluate, merge, review, run, teachers, train
-from distill.errors import DistillError
+from distill.errors import BatchesPending, DistillError
 
 COMMANDS = (answer, run, batch, train, merge, review, evaluate, convert, cache, config, teachers)
 
@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except BatchesPending as pending:  # --no-wait: submitted, not finished; not an error
+        print(f"distill: {pending}", file=sys.stderr)
+        return pending.exit_code
     except DistillError as exc:
         if os.environ.get("DISTILL_DEBUG"):
             raise

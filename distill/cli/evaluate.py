@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Both models answer held-out PROMPTS (never used in training). Reports objective reference "
                     "checks, a position-swapped pairwise judge (the configured teacher; a warning when it also wrote "
                     "the training data), fidelity to held-out teacher revisions (NLL), and forgetting (replay NLL, "
-                    "KL from the current model), each with a 95%% bootstrap interval, and the gate's decision.")
+                    "KL from the current model), each with a 95% bootstrap interval, and the gate's decision.")
     p.add_argument("prompts", type=Path, help="held-out prompts (JSONL, with references where possible)")
     p.add_argument("--adapter", required=True, help="the new adapter directory")
     p.add_argument("--against", default=None, help="the current adapter (default: the base student)")
@@ -58,7 +58,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from distill.records import read_prompts
     from distill.student import Student
     from distill.templates import load_prompt_set
-    from distill.train import read_examples
+    from distill.examples import read_examples
 
     prompts = read_prompts(args.prompts)
     revisions = read_examples(args.revisions) if args.revisions else []

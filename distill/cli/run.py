@@ -18,7 +18,6 @@ from pathlib import Path
 
 from distill import filters
 from distill.cli.answer import add_generation_args, generation_params
-from distill.errors import BatchesPending
 from distill.records import read_answers, read_prompts
 
 EPILOG = ("Artefacts in runs/NAME/: answers.jsonl, critiques.jsonl, revisions.jsonl, rejected.jsonl (with reasons), "
@@ -138,10 +137,7 @@ def run_command(args: argparse.Namespace) -> int:
     config = _config(args, generation_params(args))
     if args.rounds is not None:
         return _run_rounds(args, config, prompts)
-    try:
-        summary = run_round(config, prompts)
-    except BatchesPending as pending:
-        return _pending(pending)
+    summary = run_round(config, prompts)
     _print(summary, config.run_dir)
     return 0
 
@@ -161,10 +157,7 @@ def _run_rounds(args: argparse.Namespace, config, prompts) -> int:  # type: igno
                           train_options=_train_options(args.train_option), policy=policy_of(args),
                           eval_max_new_tokens=args.eval_max_new_tokens, judge=not args.no_judge,
                           replay=args.replay)
-    try:
-        run_rounds(rounds, prompts)
-    except BatchesPending as pending:
-        return _pending(pending)
+    run_rounds(rounds, prompts)
     print(summary_table(load(config.run_dir)))
     print(f"\nreport: {config.run_dir / 'report.md'}", file=sys.stderr)
     return 0
@@ -175,18 +168,9 @@ def critique_command(args: argparse.Namespace) -> int:
 
     answers = read_answers(args.answers)
     config = _config(args)
-    try:
-        summary = critique_answers(config, answers)
-    except BatchesPending as pending:
-        return _pending(pending)
+    summary = critique_answers(config, answers)
     _print(summary, config.run_dir)
     return 0
-
-
-def _pending(pending: BatchesPending) -> int:
-    """--no-wait: the batches are submitted (or still running); not an error, but not done either."""
-    print(f"distill: {pending}", file=sys.stderr)
-    return pending.exit_code
 
 
 def _print(summary, run_dir: Path) -> None:  # type: ignore[no-untyped-def]

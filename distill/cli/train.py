@@ -81,7 +81,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from distill.train import read_examples, read_replay, train
+    from distill.examples import read_examples, read_replay
+    from distill.train import train
 
     data_path, output, replay_path = resolve_paths(args.source, args.output, args.replay, args.no_replay,
                                                    reviewed=args.reviewed)
