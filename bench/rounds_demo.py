@@ -9,6 +9,11 @@ questions (reference: the answer's last line is "Final answer: ..."). The forget
 the base student's own answers to open-ended prompts (`--replay`).
 
     python bench/rounds_demo.py                # writes runs/rounds-demo/, prints the report table
+    python bench/rounds_demo.py --name rounds-demo-e3 --train-option epochs=3   # any more `distill run` flags
+
+Two epochs per round (the trainer's default is 3) so that the first round learns the rule only
+partly and the second round has something left to learn: measured, 1 epoch learns nothing
+(round 1 refused), 3 epochs learn it all in round 1 (round 2 refused: nothing new survived).
 """
 
 from __future__ import annotations
@@ -50,10 +55,12 @@ def make_teacher(answers: dict[str, tuple[str, str]]):  # type: ignore[no-untype
     return teacher
 
 
-def main() -> int:
+def main(extra: list[str]) -> int:
+    """`extra`: more `distill run` flags, e.g. --train-option epochs=1 or --name other."""
     train, heldout = rule_sets(seed=0)
     answers = {p.text: (sentence, final) for p, sentence, final in train + heldout}
-    work = ROOT / "runs" / "rounds-demo-inputs"
+    os.chdir(ROOT)  # runs/ and the paths recorded in the report are relative to the repository
+    work = Path("runs") / "rounds-demo-inputs"
     work.mkdir(parents=True, exist_ok=True)
     rule = {"type": "regex", "pattern": r"^Final answer:\s*\S", "flags": "m"}
     files = {
@@ -70,10 +77,11 @@ def main() -> int:
 
         code = distill(["run", str(work / "train.jsonl"), "--name", "rounds-demo", "--rounds", "2",
                         "--heldout", str(work / "heldout.jsonl"), "--replay", str(work / "replay.jsonl"),
-                        "--chain", "quick", "--max-new-tokens", "64", "--eval-max-new-tokens", "48"])
+                        "--chain", "quick", "--max-new-tokens", "64", "--eval-max-new-tokens", "48",
+                        "--train-option", "epochs=2", *extra])
         print(f"teacher HTTP requests: {server.count()}", file=sys.stderr)
     return code
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
