@@ -1,12 +1,15 @@
-"""The report of a multi-round run: `runs/NAME/report.md` with PNG plots, and a terminal table.
+"""The report of a multi-round run: `runs/NAME/report.md` with PNG plots, `report.html`, and a terminal table.
 
 Built from `rounds.json` and each round's artefacts, so it can be regenerated at any time
 (`distill report NAME`). Plots: the training loss of each round; each gate metric per round with
-its 95% interval; and where rows were dropped, by filter, per round.
+its 95% interval; and where rows were dropped, by filter, per round. `report.html` holds the same
+content in one self-contained file (plots inlined), to open in a browser or attach to a message.
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 from pathlib import Path
 from typing import Any
@@ -58,13 +61,16 @@ HEADER = ["round", "survivors", "train examples", "final loss", "checks delta [9
 def summary_table(state: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in summary_rows(state)]
-    last = state.get("rounds", [])[-1:] or []
-    for r in last:
+    if state.get("rounds"):
         lines.append("")
-        lines.append(f"round {r['round']} {'promoted' if r['decision']['promote'] else 'refused'}: "
-                     + "; ".join(r["decision"]["reasons"]))
-    lines.append(f"best adapter: {state.get('best_adapter') or 'none (the base student)'}")
-    return "\n".join(lines)
+    return "\n".join(lines + verdict_lines(state))
+
+
+def verdict_lines(state: dict[str, Any]) -> list[str]:
+    """The last round's decision and why, and the adapter the run keeps."""
+    lines = [f"round {r['round']} {'promoted' if r['decision']['promote'] else 'refused'}: "
+             + "; ".join(r["decision"]["reasons"]) for r in state.get("rounds", [])[-1:]]
+    return lines + [f"best adapter: {state.get('best_adapter') or 'none (the base student)'}"]
 
 
 def _plots(root: Path, state: dict[str, Any]) -> list[tuple[str, str]]:
@@ -125,18 +131,36 @@ def _save(fig: Any, path: Path, caption: str) -> tuple[str, str]:
 
 
 def write_report(root: Path) -> Path:
-    """Write report.md and its plots under `root`; returns the report's path."""
+    """Write report.md, report.html and their plots under `root`; returns the markdown report's path."""
     state = load(root)
     plots = _plots(root, state)
-    lines = [f"# Distillation report: {state.get('name', root.name)}", "",
-             f"Held-out prompts: `{state.get('heldout')}`. Gate: {state.get('policy')}.", "",
-             summary_table(state), ""]
-    for r in state.get("rounds", []):
-        for w in r.get("warnings", []):
-            lines.append(f"- warning (round {r['round']}): {w}")
+    title = f"Distillation report: {state.get('name', root.name)}"
+    context = f"Held-out prompts: `{state.get('heldout')}`. Gate: {state.get('policy')}."
+    warnings = [f"warning (round {r['round']}): {w}" for r in state.get("rounds", []) for w in r.get("warnings", [])]
+    lines = [f"# {title}", "", context, "", summary_table(state), ""]
+    lines += [f"- {w}" for w in warnings]
     lines.append("")
     for name, caption in plots:
         lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
     path = root / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
+    (root / "report.html").write_text(_html(root, state, title, context, warnings, plots), encoding="utf-8")
     return path
+
+
+def _html(root: Path, state: dict[str, Any], title: str, context: str, warnings: list[str],
+          plots: list[tuple[str, str]]) -> str:
+    """The report as one HTML file: the summary table, the decision, warnings and inlined plots."""
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in HEADER)
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in summary_rows(state))
+    figures = "".join(
+        f'<figure><img alt="{e(caption)}" src="data:image/png;base64,'
+        f'{base64.b64encode((root / name).read_bytes()).decode()}"><figcaption>{e(caption)}</figcaption></figure>'
+        for name, caption in plots)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
+            "body{font-family:sans-serif;max-width:80em;margin:2em auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}figure{display:inline-block}"
+            f"</style></head><body><h1>{e(title)}</h1><p>{e(context)}</p><table><tr>{head}</tr>{body}</table>"
+            + "".join(f"<p>{e(line)}</p>" for line in verdict_lines(state))
+            + "".join(f"<p><b>{e(w)}</b></p>" for w in warnings) + figures + "</body></html>\n")

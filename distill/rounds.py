@@ -147,7 +147,7 @@ def run_rounds(config: RoundsConfig, prompts: Sequence[Prompt]) -> dict[str, Any
             train(data, adapter, train_config, student=config.run.student, replay=replay, restart=adapter.exists())
         record["adapter"] = str(adapter)
         record["training"] = json.loads((adapter / "training.json").read_text(encoding="utf-8"))
-        evaluation = _evaluate(config, current, adapter, heldout, revisions, forgetting_set, round_cfg.run_dir)
+        evaluation = _evaluate(config, number, current, adapter, heldout, revisions, forgetting_set, round_cfg.run_dir)
         decision = decide(evaluation.metrics, config.policy)
         record.update(finished=True, metrics=evaluation.to_dict()["metrics"], warnings=evaluation.warnings,
                       decision=decision.to_dict())
@@ -167,7 +167,7 @@ def run_rounds(config: RoundsConfig, prompts: Sequence[Prompt]) -> dict[str, Any
     return state
 
 
-def _evaluate(config: RoundsConfig, current: str | None, adapter: Path, heldout: Sequence[Prompt],
+def _evaluate(config: RoundsConfig, number: int, current: str | None, adapter: Path, heldout: Sequence[Prompt],
               revisions: Sequence[Any], forgetting_set: Sequence[Any], round_dir: Path) -> Any:
     from distill.evaluate import evaluate
     from distill.student import Student
@@ -182,6 +182,8 @@ def _evaluate(config: RoundsConfig, current: str | None, adapter: Path, heldout:
     result = evaluate(cur, new, heldout, teacher=teacher, prompt_set=load_prompt_set(config.run.prompts_dir),
                       revisions=revisions, replay=forgetting_set, max_new_tokens=config.eval_max_new_tokens,
                       teacher_identity=identity, close_teacher=True)
-    (round_dir / "eval.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
-    write_jsonl(round_dir / "eval_rows.jsonl", result.rows)
+    (round_dir / "eval.json").write_text(json.dumps({"round": number, "current": current or "base",
+                                                     "new": str(adapter), **result.to_dict()}, indent=2) + "\n",
+                                         encoding="utf-8")
+    write_jsonl(round_dir / "eval_rows.jsonl", ({"round": number, **row} for row in result.rows))
     return result
