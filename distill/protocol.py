@@ -136,18 +136,20 @@ def repair_request(prompts: PromptSet, original: Request, reply: str, error: str
 # ---------------------------------------------------------------- parsing
 
 def extract_json(text: str) -> dict[str, Any]:
-    """The first JSON object in `text`: bare, fenced, or surrounded by prose."""
+    """The first JSON object in `text`: bare, fenced, or surrounded by prose. Raw control
+    characters inside strings (a revision's line breaks, as grammar-constrained servers such as
+    llama-cpp-python's emit them) are accepted."""
     stripped = text.strip()
     fenced = _FENCE.match(stripped)
     if fenced:
         stripped = fenced.group(1)
+    decoder = json.JSONDecoder(strict=False)
     try:
-        value = json.loads(stripped)
+        value = decoder.decode(stripped)
         if isinstance(value, dict):
             return value
     except json.JSONDecodeError:
         pass
-    decoder = json.JSONDecoder()
     for match in re.finditer(r"\{", stripped):
         try:
             value, _ = decoder.raw_decode(stripped, match.start())

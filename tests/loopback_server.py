@@ -72,7 +72,7 @@ class LoopbackRequest:
     body: Mapping[str, Any]
     headers: Mapping[str, str]
     messages: list[dict[str, str]]  # the Anthropic system prompt comes first, as role "system"
-    schema: Mapping[str, Any] | None  # response_format json_schema, or the forced tool's input schema
+    schema: Mapping[str, Any] | None  # response_format json_schema (or json_object's schema), or the forced tool's
     max_tokens: int
 
     @property
@@ -827,7 +827,8 @@ def _view(endpoint: str, index: int, body: Mapping[str, Any], headers: Mapping[s
     if endpoint == OPENAI:
         messages = [{"role": m.get("role", ""), "content": _text(m.get("content"))} for m in body.get("messages", [])]
         fmt = body.get("response_format") or {}
-        schema = (fmt.get("json_schema") or {}).get("schema") if fmt.get("type") == "json_schema" else None
+        schema = ((fmt.get("json_schema") or {}).get("schema") if fmt.get("type") == "json_schema"
+                  else fmt.get("schema") if fmt.get("type") == "json_object" else None)
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 16
     else:
         system = body.get("system")

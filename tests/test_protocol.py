@@ -33,6 +33,14 @@ def test_parse_critique_normalises_verdicts_and_fills_acceptable_revision() -> N
     assert (parsed.verdict, parsed.revision) == ("needs_revision", "4")
 
 
+def test_raw_line_breaks_inside_strings_are_read_as_line_breaks() -> None:
+    """Grammar-constrained servers (llama-cpp-python) emit a multi-line revision with raw newlines."""
+    reply = '{"critique": "Use a list.", "issues": ["no list"], "verdict": "needs_revision", ' \
+            '"revision": "- one\n- two\n\ttabbed"}'
+    assert "\n" in reply and json.loads(reply.replace("\n", "\\n").replace("\t", "\\t"))  # it is JSON once escaped
+    assert parse_critique(reply, "orig").revision == "- one\n- two\n\ttabbed"
+
+
 @pytest.mark.parametrize("text, message", [
     ("no json at all", "no JSON object"),
     ('{"critique": "x", "verdict": "maybe", "revision": "y"}', "verdict 'maybe'"),

@@ -11,9 +11,9 @@ import json
 from typing import Any
 
 import pytest
-from loopback_server import Fault, LoopbackServer, Reply
+from loopback_server import Fault, LoopbackRequest, LoopbackServer, Reply
 
-from distill.errors import QuotaExhausted, TeacherError
+from distill.errors import ConfigError, QuotaExhausted, TeacherError
 from distill.teachers.base import Completion, Request, Teacher
 from distill.teachers.registry import create_backend
 from distill.teachers.settings import resolve_settings
@@ -127,6 +127,67 @@ def test_a_json_schema_goes_out_natively_and_the_reply_parses(loopback: Loopback
     else:
         assert body["tool_choice"] == {"type": "tool", "name": "judgement"}
         assert body["tools"][0]["input_schema"] == SCHEMA
+
+
+def llama_cpp_python_like(accepted: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    """A responder that, like the llama-cpp-python server, answers a response_format type it does
+    not take with HTTP 500 and a pydantic validation error, and otherwise a schema instance."""
+    def respond(request: LoopbackRequest) -> str | Fault:
+        kind = (request.body.get("response_format") or {}).get("type")
+        if kind is not None and kind not in accepted:
+            return Fault(500, body={"error": {"message": "1 validation error:\n  {'type': 'literal_error', 'loc': "
+                                                         "('body', 'response_format', 'type'), 'msg': \"Input should be "
+                                                         f"'text' or 'json_object'\", 'input': '{kind}'}}",
+                                              "type": "internal_server_error"}})
+        return json.dumps({"verdict": "better", "score": 4})
+    return respond
+
+
+def test_a_server_that_rejects_json_schema_gets_json_object_with_the_schema(loopback: LoopbackServer) -> None:
+    loopback.script(llama_cpp_python_like(accepted=("text", "json_object")))
+    teacher = make_teacher(loopback, "openai")
+
+    async def go() -> list:
+        try:  # several requests in flight when the first refusal comes back: one step down for all
+            return list(await asyncio.gather(*(teacher.complete(ask(f"judge {i}", response_schema=SCHEMA))
+                                               for i in range(4))))
+        finally:
+            await teacher.aclose()
+
+    done = asyncio.run(go())
+    assert [json.loads(d.text)["verdict"] for d in done] == ["better"] * 4
+    kinds = [(s.body.get("response_format") or {}).get("type") for s in loopback.requests]
+    assert kinds.count("json_object") == 4 and 1 <= kinds.count("json_schema") <= 4  # no blind retries
+    sent = next(s.body["response_format"] for s in loopback.requests if s.status == 200)
+    assert sent == {"type": "json_object", "schema": SCHEMA} and teacher.json_mode == "json_object"
+
+
+def test_a_server_that_rejects_every_response_format_gets_the_prompt_alone(loopback: LoopbackServer) -> None:
+    loopback.script(llama_cpp_python_like(accepted=()))
+    done = run_one(make_teacher(loopback, "openai"), ask("judge", response_schema=SCHEMA))
+    assert json.loads(done.text)["score"] == 4
+    assert [(s.body.get("response_format") or {}).get("type") for s in loopback.requests] == \
+        ["json_schema", "json_object", None]
+
+
+@pytest.mark.parametrize("mode, expected", [("json_object", {"type": "json_object", "schema": SCHEMA}), ("off", None)])
+def test_the_json_mode_can_be_chosen(loopback: LoopbackServer, mode: str, expected) -> None:
+    loopback.script(lambda r: json.dumps({"verdict": "worse", "score": 1}))
+    run_one(make_teacher(loopback, "openai", json_mode=mode), ask("judge", response_schema=SCHEMA))
+    assert loopback.requests[0].body.get("response_format") == expected
+
+
+def test_with_an_explicit_json_mode_a_rejection_is_an_error_not_a_step_down(loopback: LoopbackServer) -> None:
+    loopback.script(llama_cpp_python_like(accepted=("json_object",)))
+    with pytest.raises(TeacherError, match="response_format"):
+        run_one(make_teacher(loopback, "openai", json_mode="json_schema", max_retries=0),
+                ask("judge", response_schema=SCHEMA))
+    assert len(loopback.requests) == 1
+
+
+def test_an_unknown_json_mode_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="DISTILL_TEACHER_JSON_MODE='strict': expected one of auto, json_schema"):
+        resolve_settings(env={"DISTILL_TEACHER": "openai:m", "DISTILL_TEACHER_JSON_MODE": "strict"})
 
 
 def test_anthropic_wraps_a_non_object_schema_in_its_forced_tool(loopback: LoopbackServer) -> None:

@@ -9,7 +9,11 @@ Ollama, TGI). The SDK does transport, auth and error mapping; distill does the r
 - the transport is the SDK's aiohttp client (`DefaultAioHttpClient`), which costs less CPU per
   request than the default httpx transport at high concurrency (see bench/teacher.py);
 - a requested JSON schema goes out as `response_format: {"type": "json_schema", ...}`, strict when
-  the schema allows it (closed objects, all properties required);
+  the schema allows it (closed objects, all properties required). Not every compatible server
+  takes that shape (the llama-cpp-python server accepts only `text` and `json_object`, with the
+  schema beside it), so with `json_mode` auto a rejection of `response_format` steps down once, for
+  the rest of the session, to json_object and then to none (the prompt alone asks for JSON, and
+  `distill.protocol` parses and repairs). The cache key holds the schema, not this wire shape;
 - the official endpoint gets `max_completion_tokens`, other servers the older `max_tokens` that
   every compatible server understands.
 
@@ -19,16 +23,23 @@ Errors the SDK raises become `ProviderFailure`s with the key redacted from their
 from __future__ import annotations
 
 import json
+import logging
 import time
+from dataclasses import replace
 from typing import Any, Mapping
 
+from distill.errors import TeacherError
 from distill.teachers.base import Completion, Request, Usage
 from distill.teachers.pacing import Pacer, estimate_tokens
 from distill.teachers.pricing import PriceTable
 from distill.teachers.registry import BackendSpec
-from distill.teachers.retry import RetryLoop, failure_from_status, transport_failure
+from distill.teachers.retry import ProviderFailure, RetryLoop, failure_from_status, transport_failure
 from distill.teachers.settings import TeacherSettings
 
+log = logging.getLogger("distill.teachers")
+
+JSON_STEPS = ("json_schema", "json_object", "off")  # response_format shapes, most to least constrained
+FORMAT_REJECTED = "response_format_rejected"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 PLACEHOLDER_KEY = "no-key"  # local OpenAI-compatible servers ignore the key, the SDK wants one
 
@@ -47,23 +58,42 @@ class OpenAITeacher:
         self.retry = RetryLoop(settings.name, max_retries=settings.max_retries)
         self.prices = PriceTable.load(settings.prices_file)
         self._redact = settings.api_key.redact if settings.api_key is not None else str
+        self.json_mode = "json_schema" if settings.json_mode == "auto" else settings.json_mode
+        self._step_down = settings.json_mode == "auto"
 
     def identity(self) -> Mapping[str, Any]:
         return identity(self.settings)
 
     async def complete(self, request: Request) -> Completion:
         started = time.monotonic()
-        kwargs = self._arguments(request)
         estimate = estimate_tokens(request)
-        body, retries = await self.retry.run(lambda: self._attempt(kwargs, estimate),
-                                             what=f"request {request.prompt_id or ''}".strip())
-        return self._completion(body, retries, time.monotonic() - started)
+        while True:
+            kwargs, mode = self._arguments(request), self.json_mode
+            try:
+                body, retries = await self.retry.run(lambda: self._attempt(kwargs, estimate),
+                                                     what=f"request {request.prompt_id or ''}".strip())
+                return self._completion(body, retries, time.monotonic() - started)
+            except TeacherError as exc:
+                if exc.reason != FORMAT_REJECTED or not self._step_down_from(mode, exc):
+                    raise
+
+    def _step_down_from(self, mode: str, exc: TeacherError) -> bool:
+        """After the server rejected `mode`'s response_format: use the next shape (once for all
+        requests in flight); False when there is none left to try."""
+        if mode == "off":
+            return False
+        if self.json_mode == mode:
+            self.json_mode = JSON_STEPS[JSON_STEPS.index(mode) + 1]
+            log.warning("%s: the server rejected response_format %s (HTTP %s); sending %s from now on "
+                        "(DISTILL_TEACHER_JSON_MODE pins a choice)", self.settings.name, mode, exc.status,
+                        "no response_format" if self.json_mode == "off" else self.json_mode)
+        return True
 
     async def aclose(self) -> None:
         await self.client.close()
 
     def _arguments(self, request: Request) -> dict[str, Any]:
-        return chat_arguments(self.model, request, official=self.official)
+        return chat_arguments(self.model, request, official=self.official, json_mode=self.json_mode)
 
     async def _attempt(self, kwargs: dict[str, Any], estimate: int) -> dict[str, Any]:
         import openai
@@ -80,8 +110,11 @@ class OpenAITeacher:
                     raise ValueError("no choices in the response")
                 return body
             except openai.APIStatusError as exc:
-                raise failure_from_status(exc.status_code, exc.response.headers, exc.body, exc.message,
-                                          self._redact) from None
+                failure = failure_from_status(exc.status_code, exc.response.headers, exc.body, exc.message,
+                                              self._redact)
+                if self._step_down and "response_format" in kwargs and format_rejected(exc.status_code, failure):
+                    failure = replace(failure, reason=FORMAT_REJECTED, final=True)
+                raise failure from None
             except openai.APITimeoutError as exc:  # aiohttp's transport reports a dropped connection as one too
                 raise transport_failure("timeout", exc, self._redact) from None
             except openai.APIConnectionError as exc:
@@ -93,9 +126,10 @@ class OpenAITeacher:
         return chat_completion(body, self.model, self.prices, retries=retries, latency=latency)
 
 
-def chat_arguments(model: str, request: Request, *, official: bool) -> dict[str, Any]:
+def chat_arguments(model: str, request: Request, *, official: bool, json_mode: str = "json_schema") -> dict[str, Any]:
     """The chat-completions body for `request`: what a live call sends and what a batch line
-    (`distill.teachers.batches`) carries, so both get the same answer and the same cache key."""
+    (`distill.teachers.batches`) carries, so both get the same answer and the same cache key.
+    `json_mode` is the wire shape of a requested schema (see JSON_STEPS)."""
     kwargs: dict[str, Any] = {
         "model": model,
         "messages": [dict(m) for m in request.messages],
@@ -109,13 +143,28 @@ def chat_arguments(model: str, request: Request, *, official: bool) -> dict[str,
         kwargs["seed"] = request.seed
     if request.tools:
         kwargs["tools"] = [dict(t) for t in request.tools]
-    if request.response_schema is not None:
-        schema = dict(request.response_schema)
-        spec: dict[str, Any] = {"name": request.schema_name, "schema": schema}
-        if strict_compatible(schema):
-            spec["strict"] = True
-        kwargs["response_format"] = {"type": "json_schema", "json_schema": spec}
+    if request.response_schema is not None and json_mode != "off":
+        kwargs["response_format"] = response_format(request, json_mode)
     return kwargs
+
+
+def response_format(request: Request, json_mode: str) -> dict[str, Any]:
+    """`json_schema`: OpenAI structured outputs (also vLLM, Ollama, llama.cpp's llama-server).
+    `json_object`: JSON mode with the schema beside it, the shape llama-cpp-python's server
+    constrains decoding with (servers that do not know `schema` still return JSON)."""
+    schema = dict(request.response_schema or {})
+    if json_mode == "json_object":
+        return {"type": "json_object", "schema": schema}
+    spec: dict[str, Any] = {"name": request.schema_name, "schema": schema}
+    if strict_compatible(schema):
+        spec["strict"] = True
+    return {"type": "json_schema", "json_schema": spec}
+
+
+def format_rejected(status: int, failure: ProviderFailure) -> bool:
+    """Whether an error response says the server does not take this `response_format` (a 400 or
+    422, or the 500 the llama-cpp-python server answers a validation error with)."""
+    return status in (400, 422, 500, 501) and "response_format" in failure.message.lower()
 
 
 def chat_completion(body: Mapping[str, Any], model: str, prices: PriceTable, *, retries: int = 0,

@@ -50,6 +50,7 @@ class ProviderFailure(Exception):
     retry_after: float | None = None  # seconds the server asked us to wait
     headers: Mapping[str, str] = field(default_factory=dict)
     quota: bool = False
+    final: bool = False  # the backend knows the same request cannot succeed, whatever the status says
 
     def __str__(self) -> str:
         status = f"HTTP {self.status} " if self.status is not None else ""
@@ -57,7 +58,7 @@ class ProviderFailure(Exception):
 
     @property
     def retryable(self) -> bool:
-        if self.quota:
+        if self.quota or self.final:
             return False
         if self.status is None:
             return True  # connection errors, timeouts, malformed bodies

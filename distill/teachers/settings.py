@@ -17,6 +17,10 @@ Everything is chosen by environment variables, with a config file and command-li
     DISTILL_TEACHER_BATCH_POLL   seconds between the first batch status checks (default 30)
     DISTILL_TEACHER_BATCH_MAX_REQUESTS  requests per provider batch, below the provider's own
                                  limit (50,000 OpenAI, 100,000 Anthropic)     (default: that limit)
+    DISTILL_TEACHER_JSON_MODE    openai backend: how a JSON schema goes out: json_schema (structured
+                                 outputs), json_object (JSON mode with the schema beside it, as the
+                                 llama-cpp-python server takes it), off (the prompt only), or auto:
+                                 json_schema, stepping down once a server rejects it  (default auto)
     DISTILL_PRICES               a TOML or JSON price file extending the built-in table
     DISTILL_CONFIG               the config file (default ./distill.toml when it exists)
 
@@ -126,6 +130,8 @@ class TeacherSettings:
     """Seconds before the first status check of a submitted batch; later checks back off."""
     batch_max_requests: int | None = None
     """Requests per provider batch; None = the provider's own limit. Larger sets are split."""
+    json_mode: str = "auto"
+    """openai backend: how a JSON schema is sent (auto, json_schema, json_object, off); see JSON_MODES."""
     key_env: tuple[str, ...] = ()
     """The variables that could have held the key, in the order they are read (for error messages)."""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -188,6 +194,15 @@ def _flag(text: str) -> bool:
     raise ValueError
 
 
+JSON_MODES = ("auto", "json_schema", "json_object", "off")
+
+
+def _json_mode(text: str) -> str:
+    if text.lower() not in JSON_MODES:
+        raise ValueError(text)
+    return text.lower()
+
+
 def _url(text: str) -> str:
     if not text.startswith(("http://", "https://")):
         raise ValueError
@@ -216,6 +231,7 @@ KNOBS: dict[str, _Knob] = {
     "batch_max_requests": _Knob("DISTILL_TEACHER_BATCH_MAX_REQUESTS", _positive_int,
                                 "a positive integer (requests per provider batch)"),
     "base_url": _Knob(ENV_BASE_URL, _url, "an http:// or https:// URL"),
+    "json_mode": _Knob("DISTILL_TEACHER_JSON_MODE", _json_mode, "one of " + ", ".join(JSON_MODES)),
 }
 
 
