@@ -100,10 +100,12 @@ async def boilerplate(c: Candidate, ctx: FilterContext) -> Drop | None:
 
 
 async def empty(c: Candidate, ctx: FilterContext) -> Drop | None:
+    truncated = c.revision.get("finish_reason") == "length"
     if not c.text.strip():
-        return Drop("empty", "the revision is empty")
-    if not c.positive and c.revision.get("finish_reason") == "length":
-        return Drop("empty", "truncated: the teacher stopped at its token limit")
+        return Drop("empty", "the revision is empty" + (
+            ": the teacher reached its token limit before writing it (raise --teacher-max-tokens)" if truncated else ""))
+    if not c.positive and truncated:
+        return Drop("empty", "truncated: the teacher stopped at its token limit (raise --teacher-max-tokens)")
     return None
 
 

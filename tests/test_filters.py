@@ -49,7 +49,9 @@ def test_boilerplate_with_nothing_inside_is_dropped() -> None:
 def test_empty_and_truncated() -> None:
     assert run("empty", revision("41", "  "))[0].filter == "empty"
     dropped, _ = run("empty", revision("41", "42 because", finish_reason="length"))
-    assert dropped and "truncated" in dropped.detail
+    assert dropped and "truncated" in dropped.detail and "--teacher-max-tokens" in dropped.detail
+    dropped, _ = run("empty", revision("41", "", finish_reason="length"))  # the critique used up the budget
+    assert dropped and "token limit before writing it" in dropped.detail
     assert run("empty", revision("41", "42"))[0] is None
 
 

@@ -68,14 +68,19 @@ class OpenAITeacher:
         started = time.monotonic()
         estimate = estimate_tokens(request)
         while True:
-            kwargs, mode = self._arguments(request), self.json_mode
+            mode = self.json_mode
             try:
-                body, retries = await self.retry.run(lambda: self._attempt(kwargs, estimate),
-                                                     what=f"request {request.prompt_id or ''}".strip())
+                body, retries = await self._send(request, estimate)
                 return self._completion(body, retries, time.monotonic() - started)
             except TeacherError as exc:
                 if exc.reason != FORMAT_REJECTED or not self._step_down_from(mode, exc):
                     raise
+
+    async def _send(self, request: Request, estimate: int) -> tuple[dict[str, Any], int]:
+        """The request in the current JSON mode, through the retry loop: (response body, retries)."""
+        kwargs = self._arguments(request)
+        return await self.retry.run(lambda: self._attempt(kwargs, estimate),
+                                    what=f"request {request.prompt_id or ''}".strip())
 
     def _step_down_from(self, mode: str, exc: TeacherError) -> bool:
         """After the server rejected `mode`'s response_format: use the next shape (once for all
