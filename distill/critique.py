@@ -25,7 +25,7 @@ from distill.cache import OfflineMiss
 from distill.errors import QuotaExhausted, TeacherError
 from distill.protocol import ProtocolFailure, Settings, ask, critique_request, parse_critique
 from distill.records import JsonlSink, content_hash
-from distill.teachers.base import Completion, Deferred, Teacher
+from distill.teachers.base import Deferred, Teacher
 from distill.templates import Principle, PromptSet
 
 
@@ -54,39 +54,32 @@ async def revise_one(answer: Mapping[str, Any], chain: tuple[Principle, ...], te
     messages = answer["messages"]
     current, critiques, last_finish = answer["answer"], [], None
     base = {"answer_id": answer["id"], "prompt_id": answer["prompt_id"], "round": round_}
-    spent: list[Completion] = []  # billed when the row ends, so a deferred row (batch mode) bills nothing
     try:
-        for index, principle in enumerate(chain):
-            text_in = current
-            request = critique_request(prompts, messages, text_in, principle, settings, prompt_id=answer["prompt_id"])
-            parsed, completions = await ask(teacher, prompts, request, lambda t, a=text_in: parse_critique(t, a))
-            spent += completions
-            critiques.append({
-                "id": "c-" + content_hash({"revision": rid, "stage": index}), **base, "revision_id": rid,
-                "stage": index, "principle": principle.name, "principle_id": principle.id,
-                "template_ids": list(request.template_ids), "input": text_in, "critique": parsed.critique,
-                "issues": list(parsed.issues), "verdict": parsed.verdict, "revision": parsed.revision,
-                "repaired": len(completions) > 1, "finish_reason": completions[-1].finish_reason,
-                "teacher": tkey, "cached": all(c.cached for c in completions),
-                "usage": {"input": sum(c.usage.input_tokens for c in completions),
-                          "output": sum(c.usage.output_tokens for c in completions)},
-            })
-            if parsed.verdict == "needs_revision":
-                current, last_finish = parsed.revision, completions[-1].finish_reason
-    except Deferred:  # waiting on a provider batch: the row runs again from the start once it has answered
-        spent.clear()
-        raise
+        with ledger.row() as spend:  # billed when the row ends; a deferred row (batch mode) bills nothing
+            for index, principle in enumerate(chain):
+                text_in = current
+                request = critique_request(prompts, messages, text_in, principle, settings, prompt_id=answer["prompt_id"])
+                parsed, completions = await ask(teacher, prompts, request, lambda t, a=text_in: parse_critique(t, a))
+                spend += completions
+                critiques.append({
+                    "id": "c-" + content_hash({"revision": rid, "stage": index}), **base, "revision_id": rid,
+                    "stage": index, "principle": principle.name, "principle_id": principle.id,
+                    "template_ids": list(request.template_ids), "input": text_in, "critique": parsed.critique,
+                    "issues": list(parsed.issues), "verdict": parsed.verdict, "revision": parsed.revision,
+                    "repaired": len(completions) > 1, "finish_reason": completions[-1].finish_reason,
+                    "teacher": tkey, "cached": all(c.cached for c in completions),
+                    "usage": {"input": sum(c.usage.input_tokens for c in completions),
+                              "output": sum(c.usage.output_tokens for c in completions)},
+                })
+                if parsed.verdict == "needs_revision":
+                    current, last_finish = parsed.revision, completions[-1].finish_reason
     except QuotaExhausted:
         raise
-    except ProtocolFailure as exc:
-        spent += exc.completions
+    except ProtocolFailure as exc:  # its calls, the repair included, are billed by ledger.row()
         return StageOutcome(_failed(rid, base, answer, "unparseable_reply", str(exc), len(critiques), tkey), critiques)
     except (TeacherError, OfflineMiss) as exc:  # this row only; any other cache error stops the batch
         reason = "offline_miss" if isinstance(exc, OfflineMiss) else f"teacher_{exc.reason}"
         return StageOutcome(_failed(rid, base, answer, reason, str(exc), len(critiques), tkey), critiques)
-    finally:
-        for c in spent:
-            ledger.add(c)
     verdict = "needs_revision" if any(c["verdict"] == "needs_revision" for c in critiques) else "acceptable"
     return StageOutcome({
         "id": rid, **base, "status": "ok", "messages": messages, "original": answer["answer"],

@@ -20,6 +20,7 @@ which run and in what order.
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Awaitable, Callable, Mapping
@@ -29,7 +30,7 @@ from distill.checks import parse_reference, run_checks
 from distill.errors import ConfigError
 from distill.protocol import Settings, ask, judge_request, parse_judgement
 from distill.similarity import near_identical
-from distill.teachers.base import Completion, Deferred, Teacher
+from distill.teachers.base import Teacher
 from distill.templates import PromptSet
 
 _WRAPPER_HEAD = re.compile(
@@ -151,21 +152,14 @@ async def judge(c: Candidate, ctx: FilterContext) -> Drop | None:
         raise ConfigError("the 'judge' filter needs a teacher; remove it with --filters or configure a teacher")
     messages, pid = c.revision["messages"], c.revision.get("prompt_id")
     verdicts = []
-    spent: list[Completion] = []  # billed once the row is judged, so a deferred row (batch mode) bills nothing
-    try:
+    # billed once the row is judged (a failed reply too); a deferred row (batch mode) bills nothing
+    with ctx.ledger.row() if ctx.ledger is not None else nullcontext([]) as spend:
         for a, b, revision_is in ((c.text, c.original, "A"), (c.original, c.text, "B")):
             request = judge_request(ctx.prompts, messages, a, b, ctx.settings, prompt_id=pid)
             judgement, completions = await ask(ctx.teacher, ctx.prompts, request, parse_judgement)
-            spent += completions
+            spend += completions
             verdicts.append("revision" if judgement.winner == revision_is else
                             "tie" if judgement.winner == "tie" else "original")
-    except Deferred:
-        spent.clear()
-        raise
-    finally:
-        if ctx.ledger is not None:
-            for completion in spent:
-                ctx.ledger.add(completion)
     c.notes["judge"] = verdicts
     if verdicts == ["revision", "revision"]:
         return None

@@ -112,6 +112,21 @@ def test_judge_drops_losses_position_bias_and_ties(prefers: str, verdicts: str) 
     assert dropped.filter == "judge" and f"({verdicts})" in dropped.detail
 
 
+def test_a_failed_judge_reply_and_its_repair_are_billed() -> None:
+    from distill.accounting import Ledger
+    from distill.protocol import ProtocolFailure
+
+    def script(request):  # a good judgement in the first order, then garbage (the repair too)
+        return judge_reply("A") if len(teacher.requests) == 1 else "no JSON here"
+    teacher = ScriptedTeacher(script)
+    ledger = Ledger("filter")
+    ctx = FilterContext(teacher=teacher, prompts=PROMPTS, ledger=ledger)
+    with pytest.raises(ProtocolFailure):
+        run("judge", revision("41", "42"), ctx)
+    assert len(teacher.requests) == 3
+    assert ledger.calls == 3 and ledger.input_tokens == 300 and ledger.output_tokens == 60
+
+
 def test_filters_run_in_order_and_first_drop_wins() -> None:
     chain = filters.resolve(["boilerplate", "unchanged", "reference"])
     rev = revision("It is 41", "Sure, here is the revised answer: it is 41", reference={"type": "numeric", "value": 42})
