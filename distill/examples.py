@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from distill.errors import ModelError
 from distill.records import Prompt, _parse_messages, content_hash, parse_prompt, read_rows
@@ -136,8 +136,17 @@ def answer_replay(student: Student, prompts: Sequence[Prompt], max_new_tokens: i
     its turn mid-sentence.
     """
     answers = student.answer(prompts, GenerationParams(max_new_tokens=max_new_tokens), batch_size=16)
-    return [Example(id=a.prompt.id, prompt=tuple(a.prompt.messages), completion=a.text, source="replay")
-            for a in answers if a.finish_reason == "stop" and a.text.strip()]
+    return replay_examples((a.prompt.id, a.prompt.messages, a.text, a.finish_reason) for a in answers)
+
+
+def replay_examples(answers: Iterable[tuple[str, Sequence[Mapping[str, str]], str, str | None]]) -> list[Example]:
+    """Replay examples from (id, prompt chat, answer text, finish reason) of a student's own answers.
+
+    Only complete answers are kept: one cut off by the token limit (finish reason other than "stop")
+    would teach the model to end its turn mid-sentence, and a blank one teaches nothing.
+    """
+    return [Example(id=eid, prompt=tuple(messages), completion=text, source="replay")
+            for eid, messages, text, finish_reason in answers if finish_reason == "stop" and text.strip()]
 
 
 # ---------------------------------------------------------------- tokens

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 from distill.gate import Policy, decide
 from distill.pipeline import RunConfig, open_round_teacher, run_round
-from distill.records import Prompt, read_prompts, write_jsonl
+from distill.records import Prompt, read_answers, read_prompts, write_jsonl
 
 STATE = "rounds.json"
 
@@ -73,13 +73,11 @@ def _examples(path: Path) -> list[Any]:
     return read_examples(path) if path.exists() and path.stat().st_size else []
 
 
-def _replay_from_answers(path: Path) -> list[Any]:
+def _replay_from_answers(rows: Sequence[dict[str, Any]]) -> list[Any]:
     """The base student's own (complete) answers, as replay examples."""
-    from distill.examples import Example
+    from distill.examples import replay_examples
 
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [Example(id=r["id"], prompt=tuple(r["messages"]), completion=r["answer"], source="replay")
-            for r in rows if r.get("finish_reason") == "stop" and r["answer"].strip()]
+    return replay_examples((r["id"], r["messages"], r["answer"], r.get("finish_reason")) for r in rows)
 
 
 def _replay_sets(config: RoundsConfig, held_cfg: RunConfig) -> tuple[list[Any], list[Any]]:
@@ -89,13 +87,13 @@ def _replay_sets(config: RoundsConfig, held_cfg: RunConfig) -> tuple[list[Any], 
     from distill.examples import read_replay
 
     if config.replay is None:
-        return [], _replay_from_answers(held_cfg.run_dir / "answers.jsonl")
+        return [], _replay_from_answers(read_answers(held_cfg.run_dir / "answers.jsonl"))
     chats, replay_prompts = read_replay(config.replay)
     out = config.run.run_dir / "replay" / "answers.jsonl"
-    if replay_prompts:
-        answer_to_file(replay_prompts, out, GenerationParams(max_new_tokens=config.run.generation.max_new_tokens),
-                       source=config.run.student, batch_size=config.run.batch_size)
-    examples = list(chats) + (_replay_from_answers(out) if replay_prompts else [])
+    params = GenerationParams(max_new_tokens=config.run.generation.max_new_tokens)
+    answered = answer_to_file(replay_prompts, out, params, source=config.run.student,
+                              batch_size=config.run.batch_size) if replay_prompts else []
+    examples = list(chats) + _replay_from_answers(answered)
     held = [e for i, e in enumerate(examples) if i % 4 == 3]
     return [e for i, e in enumerate(examples) if i % 4 != 3], held
 
