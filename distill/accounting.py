@@ -39,7 +39,7 @@ class Ledger:
     input_tokens: int = 0
     output_tokens: int = 0
     retries: int = 0
-    cost_usd: float | None = 0.0
+    cost_usd: float = 0.0
     cost_unknown_calls: int = 0
     batch_calls: int = 0  # answered through a provider batch, billed at the batch price
     live_prices_usd: float = 0.0  # every billed call at live prices
@@ -72,7 +72,7 @@ class Ledger:
         cost = batch if completion.batch else live
         if cost is None:
             self.cost_unknown_calls += 1
-        elif self.cost_usd is not None:
+        else:
             self.cost_usd += cost
 
     @contextmanager
@@ -111,23 +111,23 @@ class Ledger:
         return self.cache_hits / self.calls if self.calls else None
 
     def cost_text(self) -> str:
-        if self.calls == self.cache_hits:
-            return "$0.00"
-        if self.cost_unknown_calls == self.calls - self.cache_hits:
-            return "cost unknown"
-        known = f"${self.cost_usd:.4f}"
-        return known + (f" (+{self.cost_unknown_calls} calls of unknown price)" if self.cost_unknown_calls else "")
+        return self._money(self.cost_usd, self.cost_unknown_calls, all_unknown="cost unknown",
+                           some_unknown="calls of unknown price")
 
     def price_text(self, *, batch: bool) -> str:
         """What every billed call would have cost at live (or batch) prices."""
+        if batch:
+            return self._money(self.batch_prices_usd, self.batch_unknown_calls)
+        return self._money(self.live_prices_usd, self.live_unknown_calls)
+
+    def _money(self, usd: float, unknown: int, *, all_unknown: str = "unknown", some_unknown: str = "unknown") -> str:
+        """`usd` over the billed calls, `unknown` of which had no price."""
         billed = self.calls - self.cache_hits
-        usd, unknown = (self.batch_prices_usd, self.batch_unknown_calls) if batch else \
-            (self.live_prices_usd, self.live_unknown_calls)
         if not billed:
             return "$0.00"
         if unknown == billed:
-            return "unknown"
-        return f"${usd:.4f}" + (f" (+{unknown} unknown)" if unknown else "")
+            return all_unknown
+        return f"${usd:.4f}" + (f" (+{unknown} {some_unknown})" if unknown else "")
 
     def line(self) -> str:
         rate = self.rows / max(self.seconds, 1e-9)
@@ -138,7 +138,7 @@ class Ledger:
         return {
             "rows": self.rows, "teacher_calls": self.calls, "cache_hits": self.cache_hits,
             "cache_hit_rate": self.hit_rate, "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
-            "retries": self.retries, "cost_usd": None if self.cost_unknown_calls and not self.cost_usd else self.cost_usd,
+            "retries": self.retries, "cost_usd": _known(self.cost_usd, self.cost_unknown_calls),
             "calls_of_unknown_price": self.cost_unknown_calls, "batch_calls": self.batch_calls,
             "cost_at_live_prices_usd": _known(self.live_prices_usd, self.live_unknown_calls),
             "cost_at_batch_prices_usd": _known(self.batch_prices_usd, self.batch_unknown_calls),

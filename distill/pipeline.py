@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from distill import consistency, filters
-from distill.accounting import Ledger
+from distill.accounting import CostFn, Ledger, no_prices
 from distill.answer import answer_to_file
 from distill.batch import batch_summary, open_batches, settle, summary_line
 from distill.critique import teacher_key as teacher_label
@@ -235,16 +235,18 @@ def open_round_teacher(offline: bool | None, teacher: str | None = None, *, batc
     return open_teacher(settings, offline=offline, batch=mode), settings
 
 
-def cost_function(settings: Any, *, batch: bool = False):  # type: ignore[no-untyped-def]
-    """The teacher's live (or batch) price for a call's usage."""
-    from distill.accounting import no_prices
+def cost_functions(settings: Any) -> tuple[CostFn, CostFn]:
+    """The teacher's live and batch prices for a call's usage (the price file is read once)."""
     from distill.teachers.pricing import PriceTable
 
     if settings is None:
-        return no_prices
+        return no_prices, no_prices
 
     table = PriceTable.load(settings.prices_file)
-    return lambda model, usage: table.cost(settings.backend, settings.model, usage, batch=batch)
+
+    def at(batch: bool) -> CostFn:  # prices settings.model; the completion's `model` is not consulted
+        return lambda model, usage: table.cost(settings.backend, settings.model, usage, batch=batch)
+    return at(False), at(True)
 
 
 def run_round(config: RunConfig, prompts: Sequence[Prompt], teacher: Teacher | None = None) -> Summary:
@@ -313,7 +315,7 @@ def _critique_and_filter(config: RunConfig, answers: Sequence[Mapping[str, Any]]
 async def _teacher_stages(config: RunConfig, chosen: list[dict], chain: Any, prompt_set: PromptSet,
                           teacher: Teacher, settings: Any) -> tuple[list[dict], Ledger, tuple]:
     """The critique and filter stages, sharing one teacher (and its cache) on one event loop."""
-    cost, batch_cost = cost_function(settings), cost_function(settings, batch=True)
+    cost, batch_cost = cost_functions(settings)
     concurrency = config.concurrency or (settings.concurrency if settings is not None else 16)
     try:
         ledger = Ledger("critique", cost_fn=cost, batch_cost_fn=batch_cost)
