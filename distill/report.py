@@ -79,13 +79,15 @@ def _plots(root: Path, state: dict[str, Any]) -> list[tuple[str, str]]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from distill.train import LOSS_LOG, read_loss_log
+
     made = []
     rounds = state.get("rounds", [])
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for r in rounds:
-        loss_path = root / f"round-{r['round']}" / "adapter" / "loss.jsonl"
-        if loss_path.exists():
-            rows = [json.loads(line) for line in loss_path.read_text().splitlines() if line.strip()]
+        adapter = root / f"round-{r['round']}" / "adapter"
+        if (adapter / LOSS_LOG).exists():
+            rows = read_loss_log(adapter)
             ax.plot([x["step"] for x in rows], [x["loss"] for x in rows], label=f"round {r['round']}")
     ax.set(xlabel="step", ylabel="completion loss (nats/token)", title="Training loss")
     if ax.lines:

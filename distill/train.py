@@ -739,10 +739,7 @@ class _LossLog:
         self._fh = None
         if not enabled:
             return
-        rows = []
-        if path.is_file():
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and _complete_json(line)]
+        rows = _loss_rows(path) if path.is_file() else []
         rows = [r for r in rows if r.get("step", 0) <= keep_through]
         write_jsonl(path, rows)
         self.last = rows[-1] if rows else None
@@ -759,18 +756,21 @@ class _LossLog:
             self._fh = None
 
 
-def _complete_json(line: str) -> bool:
-    try:
-        json.loads(line)
-        return True
-    except json.JSONDecodeError:
-        return False  # a row torn by a crash
+def _loss_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a loss log, each line parsed once; a row torn by a crash is skipped."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a row torn by a crash
+    return rows
 
 
 def read_loss_log(output_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The rows of an adapter directory's loss.jsonl."""
-    path = Path(output_dir) / LOSS_LOG
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The rows of an adapter directory's loss.jsonl (a row torn by a crash is skipped)."""
+    return _loss_rows(Path(output_dir) / LOSS_LOG)
 
 
 def _progress_bar(total: int, initial: int, *, enabled: bool) -> Any:
