@@ -23,7 +23,7 @@ from distill.teachers.base import Completion, Request, Usage
 from distill.teachers.pacing import Pacer, estimate_tokens
 from distill.teachers.pricing import PriceTable
 from distill.teachers.registry import BackendSpec
-from distill.teachers.retry import RetryLoop, failure_from_status, transport_failure
+from distill.teachers.retry import RetryLoop, failure_from_sdk
 from distill.teachers.settings import TeacherSettings
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -78,15 +78,11 @@ class AnthropicTeacher:
                 if not isinstance(body.get("content"), list):
                     raise ValueError("no content in the response")
                 return body
-            except anthropic.APIStatusError as exc:
-                raise failure_from_status(exc.status_code, exc.response.headers, exc.body, exc.message,
-                                          self._redact) from None
-            except anthropic.APITimeoutError as exc:  # aiohttp's transport reports a dropped connection as one too
-                raise transport_failure("timeout", exc, self._redact) from None
-            except anthropic.APIConnectionError as exc:
-                raise transport_failure("connection", exc, self._redact) from None
-            except (anthropic.APIResponseValidationError, ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise transport_failure("malformed_response", exc, self._redact) from None
+            except Exception as exc:
+                failure = failure_from_sdk(anthropic, exc, self._redact)
+                if failure is None:
+                    raise
+                raise failure from None
 
     def _completion(self, body: dict[str, Any], request: Request, wrapped: bool, retries: int,
                     latency: float) -> Completion:

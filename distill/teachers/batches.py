@@ -47,7 +47,7 @@ from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 from distill.errors import ConfigError, TeacherError
 from distill.teachers.base import Completion, Request
 from distill.teachers.pricing import PriceTable
-from distill.teachers.retry import RetryLoop, failure_from_status, transport_failure
+from distill.teachers.retry import RetryLoop, failure_from_sdk
 from distill.teachers.settings import TeacherSettings
 
 OUTCOMES = ("succeeded", "errored", "expired", "canceled")
@@ -186,19 +186,15 @@ class _Calls:
         async def attempt() -> Any:
             try:
                 return await fn(self.client)
-            except sdk.APIStatusError as exc:
-                raise failure_from_status(exc.status_code, exc.response.headers, exc.body, exc.message,
-                                          self.redact) from None
-            except (sdk.APITimeoutError, sdk.APIConnectionError) as exc:
-                failure = transport_failure("timeout" if isinstance(exc, sdk.APITimeoutError) else "connection",
-                                            exc, self.redact)
-                if not idempotent:
+            except Exception as exc:
+                failure = failure_from_sdk(sdk, exc, self.redact)
+                if failure is None:
+                    raise
+                if isinstance(exc, sdk.APIConnectionError) and not idempotent:  # timeouts included
                     raise TeacherError(f"{self.retry.label}: {what} got no answer ({failure}); the batch may or may "
                                        "not exist now, so it is not retried blindly: the next run looks for it "
                                        "before submitting again", reason="batch_submit_unknown") from None
                 raise failure from None
-            except (sdk.APIResponseValidationError, ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise transport_failure("malformed_response", exc, self.redact) from None
 
         result, _ = await self.retry.run(attempt, what=what)
         return result

@@ -33,7 +33,7 @@ from distill.teachers.base import Completion, Request, Usage
 from distill.teachers.pacing import Pacer, estimate_tokens
 from distill.teachers.pricing import PriceTable
 from distill.teachers.registry import BackendSpec
-from distill.teachers.retry import ProviderFailure, RetryLoop, failure_from_status, transport_failure
+from distill.teachers.retry import ProviderFailure, RetryLoop, failure_from_sdk
 from distill.teachers.settings import TeacherSettings
 
 log = logging.getLogger("distill.teachers")
@@ -114,18 +114,14 @@ class OpenAITeacher:
                 if not body.get("choices"):
                     raise ValueError("no choices in the response")
                 return body
-            except openai.APIStatusError as exc:
-                failure = failure_from_status(exc.status_code, exc.response.headers, exc.body, exc.message,
-                                              self._redact)
-                if self._step_down and "response_format" in kwargs and format_rejected(exc.status_code, failure):
+            except Exception as exc:
+                failure = failure_from_sdk(openai, exc, self._redact)
+                if failure is None:
+                    raise
+                if (isinstance(exc, openai.APIStatusError) and self._step_down and "response_format" in kwargs
+                        and format_rejected(exc.status_code, failure)):
                     failure = replace(failure, reason=FORMAT_REJECTED, final=True)
                 raise failure from None
-            except openai.APITimeoutError as exc:  # aiohttp's transport reports a dropped connection as one too
-                raise transport_failure("timeout", exc, self._redact) from None
-            except openai.APIConnectionError as exc:
-                raise transport_failure("connection", exc, self._redact) from None
-            except (openai.APIResponseValidationError, ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise transport_failure("malformed_response", exc, self._redact) from None
 
     def _completion(self, body: dict[str, Any], retries: int, latency: float) -> Completion:
         return chat_completion(body, self.model, self.prices, retries=retries, latency=latency)

@@ -107,6 +107,20 @@ def failure_from_status(status: int, headers: Mapping[str, str], body: Any, mess
                            retry_after=retry_after_seconds(headers), headers=dict(headers), quota=quota)
 
 
+def failure_from_sdk(sdk: Any, exc: BaseException, redact: Callable[[str], str] = str) -> ProviderFailure | None:
+    """`exc`, raised by a call through the `openai` or `anthropic` SDK module `sdk` or by reading its
+    answer, as a ProviderFailure; None for any other exception, which the caller lets through."""
+    if isinstance(exc, sdk.APIStatusError):
+        return failure_from_status(exc.status_code, exc.response.headers, exc.body, exc.message, redact)
+    if isinstance(exc, sdk.APITimeoutError):  # aiohttp's transport reports a dropped connection as one too
+        return transport_failure("timeout", exc, redact)
+    if isinstance(exc, sdk.APIConnectionError):
+        return transport_failure("connection", exc, redact)
+    if isinstance(exc, (sdk.APIResponseValidationError, ValueError, KeyError, TypeError, AttributeError)):
+        return transport_failure("malformed_response", exc, redact)
+    return None
+
+
 def transport_failure(reason: str, exc: BaseException, redact: Callable[[str], str]) -> ProviderFailure:
     """A failure with no HTTP answer (timeout, refused or dropped connection, unreadable body)."""
     cause = exc.__cause__ or exc.__context__
