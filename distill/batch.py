@@ -60,7 +60,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, Mapping, Sequence
 
-from distill.cache import CachedTeacher, CacheStore, Entry, canonical_request, entry_of, key_of, storable
+from distill.cache import CachedTeacher, CacheStore, Entry, cache_key, canonical_request, entry_of, storable
 from distill.errors import BatchesPending, CacheError, DistillError, InputError, TeacherError
 from distill.records import content_hash, write_jsonl
 from distill.teachers.base import Completion, Deferred, Request, Teacher, Usage
@@ -275,7 +275,7 @@ class BatchQueue:
         return dict(self._identity)
 
     async def complete(self, request: Request) -> Completion:
-        key = cache_key_of(self._identity, request)
+        key = cache_key(self._identity, request)
         failure = self.failed.get(key)
         if failure is not None:
             who = f"prompt {request.prompt_id!r}" if request.prompt_id is not None else f"key {key[:19]}..."
@@ -476,10 +476,6 @@ class BatchQueue:
         return sum(p.requests for p in await self.submit())
 
 
-def cache_key_of(identity: Mapping[str, Any], request: Request) -> str:
-    return key_of(canonical_request(identity, request))
-
-
 def request_of(row: Mapping[str, Any], identity: Mapping[str, Any]) -> Request:
     """The Request a batch's requests file describes (canonical request + bookkeeping), checked
     to re-derive the same key, so an answer can never be stored under another request's key."""
@@ -492,7 +488,7 @@ def request_of(row: Mapping[str, Any], identity: Mapping[str, Any]) -> Request:
                           prompt_id=row.get("prompt_id"))
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise InputError(f"batch request {row.get('key')!r}: unreadable stored request ({exc})") from None
-    if cache_key_of(identity, request) != row["key"]:
+    if cache_key(identity, request) != row["key"]:
         raise CacheError(f"batch request {row['key']!r}: its stored request re-derives another key under the "
                          f"teacher {identity.get('backend')}:{identity.get('model')}; was it sent by another teacher?")
     return request

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from distill.batch import BatchBook, BatchMode, Part, cache_key_of
-from distill.cache import CachedTeacher, CacheStore, cache_path, canonical_request, open_teacher
+from distill.batch import BatchBook, BatchMode, Part
+from distill.cache import CachedTeacher, CacheStore, cache_key, cache_path, canonical_request, open_teacher
 from distill.errors import BatchesPending, TeacherError
 from distill.pipeline import RunConfig, critique_answers
 from distill.teachers.base import Completion, Deferred, Request
@@ -139,7 +139,7 @@ def test_no_wait_exits_after_submitting_and_a_resume_submits_nothing_twice(loopb
 def write_lost_part(book: BatchBook, name: str, settings: TeacherSettings, reqs: list[Request]) -> list[str]:
     """Record a part as a process does just before creating its batch; its requests' keys."""
     identity, client = backend_identity(settings), batch_client(settings)
-    keys = [cache_key_of(identity, r) for r in reqs]
+    keys = [cache_key(identity, r) for r in reqs]
     book.write_requests(name, [{"key": k, "custom_id": client.custom_id(k), "prompt_id": r.prompt_id,
                                 "template_ids": list(r.template_ids), "request": canonical_request(identity, r)}
                                for k, r in zip(keys, reqs)])
