@@ -51,17 +51,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def interval_from_dict(data: Mapping[str, Any]) -> Interval:
-    return Interval(data["mean"], data["low"], data["high"], data["n"], data.get("confidence", 0.95))
-
-
 def answers_of(student: Student, prompts: Sequence[Prompt], max_new_tokens: int) -> list[str]:
     return [a.text for a in student.answer(prompts, GenerationParams(max_new_tokens=max_new_tokens), batch_size=16)]
 
 
-def checks_metric(prompts: Sequence[Prompt], current: Sequence[str], new: Sequence[str]) -> dict[str, Any] | None:
-    pairs = [(int(run_checks(p.checks, c).passed), int(run_checks(p.checks, n).passed))
-             for p, c, n in zip(prompts, current, new) if p.checks]
+def check_results(prompts: Sequence[Prompt], current: Sequence[str],
+                  new: Sequence[str]) -> list[tuple[bool, bool] | None]:
+    """Per prompt, whether the current and the new answer pass its reference checks (None: it has none)."""
+    return [(run_checks(p.checks, c).passed, run_checks(p.checks, n).passed) if p.checks else None
+            for p, c, n in zip(prompts, current, new)]
+
+
+def checks_metric(passed: Sequence[tuple[bool, bool] | None]) -> dict[str, Any] | None:
+    pairs = [(int(c), int(n)) for c, n in (x for x in passed if x is not None)]
     if not pairs:
         return None
     return {"current_pass_rate": sum(c for c, _ in pairs) / len(pairs),
@@ -168,7 +170,8 @@ def evaluate(current: Student, new: Student, prompts: Sequence[Prompt], *, teach
     result = Evaluation()
     cur_answers = answers_of(current, prompts, max_new_tokens)
     new_answers = answers_of(new, prompts, max_new_tokens)
-    checks = checks_metric(prompts, cur_answers, new_answers)
+    passed = check_results(prompts, cur_answers, new_answers)
+    checks = checks_metric(passed)
     if checks:
         result.metrics["checks"] = checks
     scores: list[float | None] = [None] * len(prompts)
@@ -185,9 +188,9 @@ def evaluate(current: Student, new: Student, prompts: Sequence[Prompt], *, teach
         result.metrics["fidelity"] = fidelity
     own = [Example(id=p.id, prompt=tuple(p.messages), completion=a) for p, a in zip(prompts, cur_answers)]
     result.metrics["forgetting"] = forgetting_metric(current, new, replay, own)
-    for p, c, n, s in zip(prompts, cur_answers, new_answers, scores):
+    for p, c, n, s, pass_pair in zip(prompts, cur_answers, new_answers, scores, passed):
         row: dict[str, Any] = {"prompt_id": p.id, "prompt": p.text, "current": c, "new": n, "judge": s}
-        if p.checks:
-            row["current_passed"], row["new_passed"] = run_checks(p.checks, c).passed, run_checks(p.checks, n).passed
+        if pass_pair is not None:
+            row["current_passed"], row["new_passed"] = pass_pair
         result.rows.append(row)
     return result

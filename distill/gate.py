@@ -26,7 +26,12 @@ class Interval:
     confidence: float = 0.95
 
     def text(self, digits: int = 3) -> str:
-        return f"{self.mean:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}] (n={self.n})"
+        return f"{interval_text(self.mean, self.low, self.high, digits)} (n={self.n})"
+
+
+def interval_text(mean: float, low: float, high: float, digits: int = 3) -> str:
+    """A mean and its interval as `+0.125 [+0.050, +0.200]`."""
+    return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
 def bootstrap_ci(values: Sequence[float], *, confidence: float = 0.95, resamples: int = 10_000,

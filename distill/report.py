@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.errors import InputError
+from distill.gate import interval_text
 
 METRICS = (("checks", "objective checks: pass-rate change"), ("judge", "pairwise judge: score (new - current)"),
            ("fidelity", "fidelity: NLL drop on held-out revisions"))
@@ -31,7 +32,7 @@ def _interval(metric: dict[str, Any] | None) -> str:
     if not metric or "delta" not in metric:
         return "-"
     d = metric["delta"]
-    return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+    return interval_text(d["mean"], d["low"], d["high"])
 
 
 def summary_rows(state: dict[str, Any]) -> list[list[str]]:
