@@ -47,10 +47,10 @@ from distill import config
 from distill.errors import CacheError, ConfigError
 from distill.records import canonical_json
 from distill.teachers.base import Completion, Deferred, Request, Teacher, Usage
+from distill.teachers.settings import FLAG_VALUES, TeacherSettings, parse_flag
 
 if TYPE_CHECKING:
     from distill.batch import BatchMode
-    from distill.teachers.settings import TeacherSettings
 
 log = logging.getLogger(__name__)
 
@@ -814,12 +814,10 @@ def storable(completion: Completion) -> bool:
 
 def offline_from_env() -> bool:
     """`$DISTILL_OFFLINE` as a bool: 1/true/yes/on or 0/false/no/off (unset: online)."""
-    value = os.environ.get(OFFLINE_ENV, "").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    raise ConfigError(f"{OFFLINE_ENV}={os.environ[OFFLINE_ENV]!r}: expected 1 or 0 (true/false, yes/no, on/off)")
+    try:
+        return parse_flag(os.environ.get(OFFLINE_ENV, ""))
+    except ValueError:
+        raise ConfigError(f"{OFFLINE_ENV}={os.environ[OFFLINE_ENV]!r}: expected {FLAG_VALUES}") from None
 
 
 def cache_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -185,8 +185,12 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _flag(text: str) -> bool:
-    value = text.lower()
+FLAG_VALUES = "1 or 0 (true/false, yes/no, on/off)"
+
+
+def parse_flag(text: str) -> bool:
+    """An on/off setting: 1/true/yes/on or 0/false/no/off, any case; empty is off. ValueError otherwise."""
+    value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
     if value in ("0", "false", "no", "off", ""):
@@ -226,7 +230,7 @@ KNOBS: dict[str, _Knob] = {
     "max_retries": _Knob("DISTILL_TEACHER_MAX_RETRIES", _non_negative_int, "an integer >= 0"),
     "batch_size": _Knob("DISTILL_TEACHER_BATCH_SIZE", _positive_int, "a positive integer"),
     "prices_file": _Knob(ENV_PRICES, str, "a path to a TOML or JSON price file"),
-    "batch": _Knob("DISTILL_TEACHER_BATCH", _flag, "1 or 0 (true/false, yes/no, on/off)"),
+    "batch": _Knob("DISTILL_TEACHER_BATCH", parse_flag, FLAG_VALUES),
     "batch_poll": _Knob("DISTILL_TEACHER_BATCH_POLL", _positive_float, "a positive number of seconds"),
     "batch_max_requests": _Knob("DISTILL_TEACHER_BATCH_MAX_REQUESTS", _positive_int,
                                 "a positive integer (requests per provider batch)"),
