@@ -3,6 +3,11 @@
 Each module defines `add_parser(subparsers)` and a typed function that does the work; this file
 only wires them up and turns `DistillError`s into a one-line message and an exit code (no
 traceback for errors a user can fix; `DISTILL_DEBUG=1` shows it).
+
+Building the parser must stay cheap (`distill --help` builds every command's parser), so the
+modules import what their command needs inside the command function. Where a description or an
+argument's help names a constant of a heavier module (a default, a file name), it is given as a
+function that returns the text; `Parser` calls it only when that help is printed.
 """
 
 from __future__ import annotations
@@ -18,8 +23,21 @@ from distill.errors import BatchesPending, DistillError
 COMMANDS = (answer, run, batch, train, merge, review, evaluate, convert, cache, config, teachers)
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose description and argument help may be functions returning the text,
+    called when the help is first formatted (sub-command parsers are of the same class)."""
+
+    def format_help(self) -> str:
+        if callable(self.description):
+            self.description = self.description()
+        for action in self._actions:
+            if callable(action.help):
+                action.help = action.help()
+        return super().format_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="distill",
         description="Teacher-student distillation: a small local student answers prompts, a teacher "
                     "critiques and rewrites the answers, LoRA distills the verified corrections, and an "

@@ -12,8 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-from distill.records import read_prompts
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -54,6 +52,7 @@ def generation_params(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def run(args: argparse.Namespace) -> int:
     from distill.answer import answer_to_file
     from distill.errors import ConfigError
+    from distill.records import read_prompts
 
     prompts = read_prompts(args.prompts)  # validate the whole file before loading any model
     params = generation_params(args)

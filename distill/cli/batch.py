@@ -15,11 +15,9 @@ still running: try again later.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +55,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def status_command(args: argparse.Namespace) -> int:
+    import asyncio
+
     from distill.batch import BatchBook
 
     book = BatchBook(_run_dir(args))
@@ -64,6 +64,8 @@ def status_command(args: argparse.Namespace) -> int:
         asyncio.run(_with_queue(args, lambda queue: queue.refresh(collect=False)))
     parts = book.parts()
     if args.json:
+        from dataclasses import asdict
+
         print(json.dumps([asdict(p) for p in parts], indent=2))
     else:
         print(_table(parts))
@@ -93,6 +95,8 @@ def retry_command(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace, action: Any) -> int:
+    import asyncio
+
     from distill.batch import BatchBook
 
     asyncio.run(_with_queue(args, action))

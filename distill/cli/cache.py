@@ -11,18 +11,18 @@ file twice adds nothing the second time.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import re
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, TYPE_CHECKING, Any, Iterator
 
-from distill.cache import FILENAME, CacheStore, Entry, cache_path
 from distill.errors import CacheError, InputError
-from distill.records import canonical_json
+
+if TYPE_CHECKING:
+    from distill.cache import CacheStore, Entry
 
 EXPORT_FORMAT = "distill-teacher-cache"
 EXPORT_VERSION = 1
@@ -35,9 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "cache",
         help="inspect, move, prune and verify the teacher-call cache",
-        description=f"The teacher-call cache is one SQLite file, $DISTILL_CACHE_DIR/{FILENAME} (default "
-                    f"./cache/{FILENAME}). Every teacher answer is stored under a hash of everything that can "
-                    "change it, so re-runs, resumes and DISTILL_OFFLINE=1 replays cost nothing.",
+        description=_description,
     )
     verbs = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
 
@@ -74,6 +72,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                           help="the cache directory (default: $DISTILL_CACHE_DIR, else ./cache)")
 
 
+def _description() -> str:
+    from distill.cache import FILENAME
+
+    return (f"The teacher-call cache is one SQLite file, $DISTILL_CACHE_DIR/{FILENAME} (default "
+            f"./cache/{FILENAME}). Every teacher answer is stored under a hash of everything that can "
+            "change it, so re-runs, resumes and DISTILL_OFFLINE=1 replays cost nothing.")
+
+
 def parse_duration(text: str) -> float:
     """'30d' -> seconds. Units: s, m, h, d, w."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
@@ -83,6 +89,8 @@ def parse_duration(text: str) -> float:
 
 
 def _open_existing(cache_dir: Path | None) -> CacheStore:
+    from distill.cache import CacheStore, cache_path
+
     path = cache_path(cache_dir)
     if not path.exists():
         raise CacheError(f"no cache at {path} (nothing cached yet; set DISTILL_CACHE_DIR or --cache-dir "
@@ -93,6 +101,8 @@ def _open_existing(cache_dir: Path | None) -> CacheStore:
 # ------------------------------------------------------------------------------------- stats
 
 def run_stats(args: argparse.Namespace) -> int:
+    from distill.cache import CacheStore, cache_path
+
     path = cache_path(args.cache_dir)
     if not path.exists():
         print(f"no cache at {path} yet")
@@ -203,6 +213,9 @@ def entry_to_export(entry: Entry) -> dict[str, Any]:
 
 def entry_from_export(row: Any) -> Entry:
     """Rebuild an Entry from an export row, re-canonicalising; raises ValueError naming the field."""
+    from distill.cache import Entry
+    from distill.records import canonical_json
+
     if not isinstance(row, dict):
         raise ValueError(f"expected a JSON object, got {type(row).__name__}")
     try:
@@ -235,6 +248,8 @@ def _str(obj: Any, name: str) -> str:
 # ------------------------------------------------------------------------------------ import
 
 def run_import(args: argparse.Namespace) -> int:
+    from distill.cache import CacheStore, cache_path
+
     store = CacheStore(cache_path(args.cache_dir))
     try:
         report = import_cache(store, args.file, skip_invalid=args.skip_invalid)
@@ -332,6 +347,8 @@ def _open_text(path: Path, mode: str, gz: bool | None = None) -> IO[str]:
     if gz is None:
         gz = _is_gzip(path) if mode == "r" else path.name.endswith(".gz")
     if gz:
+        import gzip
+
         return gzip.open(path, "rt", encoding="utf-8") if mode == "r" else gzip.open(path, "wt", encoding="utf-8")
     return open(path, mode, encoding="utf-8")
 
@@ -361,6 +378,8 @@ def run_prune(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------ verify
 
 def run_verify(args: argparse.Namespace) -> int:
+    from distill.cache import cache_path
+
     path = cache_path(args.cache_dir)
     try:
         store = _open_existing(args.cache_dir)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distill.errors import ConfigError
-from distill.teachers.registry import Backend, backend_identity, load_backend, require_key
-from distill.teachers.settings import DEFAULT_TEACHER, ENV_TEACHER, TeacherSettings, resolve_settings
 
-DEFAULT_NOTE = (f"note: no teacher configured, so {DEFAULT_TEACHER} is used: the embedded student critiques "
-                f"itself, offline. Set {ENV_TEACHER} (e.g. openai:gpt-4o-mini) for a hosted teacher.")
+if TYPE_CHECKING:
+    from distill.teachers.registry import Backend
+    from distill.teachers.settings import TeacherSettings
+
 FLAGS = ("teacher", "base_url", "concurrency", "rpm", "tpm", "timeout", "max_retries", "batch_size", "prices_file")
 
 
@@ -43,9 +43,7 @@ def add_teacher_args(p: argparse.ArgumentParser) -> None:
     """The teacher flags shared by every command that calls a teacher (there is no key flag:
     command lines are visible to other users of the machine)."""
     g = p.add_argument_group("teacher")
-    g.add_argument("--teacher", default=None, metavar="BACKEND:MODEL",
-                   help=f"e.g. openai:gpt-4o-mini, anthropic:claude-sonnet-4-5, local:default "
-                        f"(default: ${ENV_TEACHER}, else {DEFAULT_TEACHER})")
+    g.add_argument("--teacher", default=None, metavar="BACKEND:MODEL", help=_teacher_help)
     g.add_argument("--config", default=None, metavar="FILE",
                    help="TOML config file with a [teacher] table (default: $DISTILL_CONFIG, else ./distill.toml)")
     g.add_argument("--base-url", default=None, help="API base URL, e.g. http://localhost:8000/v1 for vLLM")
@@ -58,12 +56,30 @@ def add_teacher_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prices-file", default=None, help="TOML/JSON file of extra model prices")
 
 
+def _teacher_help() -> str:
+    from distill.teachers.settings import DEFAULT_TEACHER, ENV_TEACHER
+
+    return (f"e.g. openai:gpt-4o-mini, anthropic:claude-sonnet-4-5, local:default "
+            f"(default: ${ENV_TEACHER}, else {DEFAULT_TEACHER})")
+
+
+def default_note() -> str:
+    from distill.teachers.settings import DEFAULT_TEACHER, ENV_TEACHER
+
+    return (f"note: no teacher configured, so {DEFAULT_TEACHER} is used: the embedded student critiques "
+            f"itself, offline. Set {ENV_TEACHER} (e.g. openai:gpt-4o-mini) for a hosted teacher.")
+
+
 def settings_from_args(args: argparse.Namespace) -> TeacherSettings:
+    from distill.teachers.settings import resolve_settings
+
     overrides = {name: getattr(args, name, None) for name in FLAGS}
     return resolve_settings(config_file=getattr(args, "config", None), overrides=overrides)
 
 
 def run(args: argparse.Namespace) -> int:
+    from distill.teachers.registry import backend_identity, load_backend
+
     settings = settings_from_args(args)
     backend = load_backend(settings.backend)
     problem = _problem(settings, backend)
@@ -73,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(_table(settings, backend.needs_key(settings), identity))
         if settings.uses_default:
-            print(DEFAULT_NOTE)
+            print(default_note())
     if problem:
         print(f"distill: error: {problem}", file=sys.stderr)
         return ConfigError.exit_code
@@ -81,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _problem(settings: TeacherSettings, backend: Backend) -> str | None:
+    from distill.teachers.registry import require_key
+
     try:
         require_key(settings, backend)
     except ConfigError as exc:

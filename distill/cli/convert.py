@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from distill import embedded
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -20,6 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from distill import embedded
+
     directory = embedded.ensure_converted(force=args.force)
     identity = embedded.check_converted(directory)
     print(f"{directory}\n  weights sha256 {identity['weights_sha256']}\n  {identity['parameters']:,} parameters")

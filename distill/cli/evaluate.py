@@ -7,8 +7,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from distill.gate import Policy
+if TYPE_CHECKING:
+    from distill.gate import Policy
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -48,6 +50,8 @@ def add_policy_args(p: argparse.ArgumentParser) -> None:
 
 
 def policy_of(args: argparse.Namespace) -> Policy:
+    from distill.gate import Policy
+
     return Policy(primary=args.primary, margin=args.margin, max_nll_increase=args.max_nll_increase, max_kl=args.max_kl)
 
 

@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from distill import review
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -25,6 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from distill import review
+
     root = Path(args.name) if Path(args.name).is_dir() else args.runs_dir / args.name
     if args.export:
         n = review.export(root, args.export)

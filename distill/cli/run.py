@@ -16,9 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from distill import filters
 from distill.cli.answer import add_generation_args, generation_params
-from distill.records import read_answers, read_prompts
 
 EPILOG = ("Artefacts in runs/NAME/: answers.jsonl, critiques.jsonl, revisions.jsonl, rejected.jsonl (with reasons), "
           "sft.jsonl (prompt/completion chat format), prefs.jsonl (prompt, chosen = revision, rejected = original) "
@@ -64,8 +62,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="with --batch: exit with status 75 once the batches are submitted; run the same command "
                         "again later to continue (`distill batch status NAME` shows progress)")
     f = p.add_argument_group("filters")
-    f.add_argument("--filters", default=",".join(filters.DEFAULT_ORDER),
-                   help=f"comma-separated filters in order (default {','.join(filters.DEFAULT_ORDER)})")
+    f.add_argument("--filters", default=None,
+                   help=lambda: f"comma-separated filters in order (default {','.join(_default_filters())})")
     f.add_argument("--keep-acceptable", action="store_true",
                    help="keep answers the teacher accepts as positive examples instead of dropping them")
     f.add_argument("--max-length-ratio", type=float, default=3.0, help="drop revisions longer than this x original")
@@ -74,6 +72,12 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="drop near-duplicate prompts at this 3-gram Jaccard (0 turns it off)")
     f.add_argument("--skip-consistent", type=float, default=None,
                    help="with --samples > 1: skip prompts whose samples agree at least this often (e.g. 0.8)")
+
+
+def _default_filters() -> tuple[str, ...]:
+    from distill.filters import DEFAULT_ORDER
+
+    return DEFAULT_ORDER
 
 
 def _rounds(p: argparse.ArgumentParser) -> None:
@@ -121,7 +125,9 @@ def _config(args: argparse.Namespace, generation=None):  # type: ignore[no-untyp
         **({"generation": generation, "batch_size": args.batch_size} if generation else {}),
         skip_consistent=args.skip_consistent, chain=args.chain,
         stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()) if args.stages else (),
-        prompts_dir=args.prompts_dir, filters=tuple(s.strip() for s in args.filters.split(",") if s.strip()),
+        prompts_dir=args.prompts_dir,
+        filters=(_default_filters() if args.filters is None
+                 else tuple(s.strip() for s in args.filters.split(",") if s.strip())),
         keep_acceptable=args.keep_acceptable, max_length_ratio=args.max_length_ratio,
         unchanged_threshold=args.unchanged_threshold,
         dedup_threshold=args.dedup_threshold or None, teacher_max_tokens=args.teacher_max_tokens,
@@ -132,6 +138,7 @@ def _config(args: argparse.Namespace, generation=None):  # type: ignore[no-untyp
 
 def run_command(args: argparse.Namespace) -> int:
     from distill.pipeline import run_round
+    from distill.records import read_prompts
 
     prompts = read_prompts(args.prompts)  # validate before any model loads
     config = _config(args, generation_params(args))
@@ -146,6 +153,7 @@ def _run_rounds(args: argparse.Namespace, config, prompts) -> int:  # type: igno
     from distill.cli.evaluate import policy_of
     from distill.errors import ConfigError
     from distill.report import load, summary_table
+    from distill.records import read_prompts
     from distill.rounds import RoundsConfig, run_rounds
 
     if args.rounds < 1:
@@ -165,6 +173,7 @@ def _run_rounds(args: argparse.Namespace, config, prompts) -> int:  # type: igno
 
 def critique_command(args: argparse.Namespace) -> int:
     from distill.pipeline import critique_answers
+    from distill.records import read_answers
 
     answers = read_answers(args.answers)
     config = _config(args)

@@ -11,22 +11,29 @@ from __future__ import annotations
 import argparse
 
 from distill.errors import DistillError
-from distill.teachers.registry import GROUP, installed, load_backend
-from distill.teachers.settings import resolve_settings
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "teachers",
         help="list the installed teacher backends",
-        description=f"List the teacher backends registered in the entry-point group {GROUP!r}: distill's own "
-                    "(openai, anthropic, local) and any installed by other packages. Select one with "
-                    "DISTILL_TEACHER=BACKEND:MODEL.",
+        description=_description,
     )
     p.set_defaults(func=run)
 
 
+def _description() -> str:
+    from distill.teachers.registry import GROUP
+
+    return (f"List the teacher backends registered in the entry-point group {GROUP!r}: distill's own "
+            "(openai, anthropic, local) and any installed by other packages. Select one with "
+            "DISTILL_TEACHER=BACKEND:MODEL.")
+
+
 def run(args: argparse.Namespace) -> int:
+    from distill.teachers.registry import GROUP, installed, load_backend
+    from distill.teachers.settings import resolve_settings
+
     try:
         active = resolve_settings().backend
     except DistillError:

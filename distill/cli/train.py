@@ -44,9 +44,6 @@ OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from distill.train import TrainConfig
-
-    defaults = TrainConfig()
     p = sub.add_parser(
         "train",
         help="train a LoRA adapter on a run's sft.jsonl (or any chat JSONL)",
@@ -72,12 +69,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--restart", action="store_true", help="discard checkpoints or a finished adapter and start over")
     g = p.add_argument_group("training options (override --config)")
     for flag, name, kind, text in OPTIONS:
-        g.add_argument(flag, dest=name, type=kind, default=None, help=f"{text} (default {getattr(defaults, name)})")
+        g.add_argument(flag, dest=name, type=kind, default=None, help=_with_default(text, name))
     g.add_argument("--target-modules", dest="target_modules", default=None,
                    help="comma-separated layer names to adapt (default: every linear layer but the output head)")
     g.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true", default=None,
                    help="recompute activations in the backward pass: less memory, slower (default off)")
     p.set_defaults(func=run)
+
+
+def _with_default(text: str, name: str) -> Any:
+    """The help of a training option: the text, then TrainConfig's default, read when the help is printed."""
+    def help_text() -> str:
+        from distill.train import TrainConfig
+
+        return f"{text} (default {getattr(TrainConfig(), name)})"
+
+    return help_text
 
 
 def run(args: argparse.Namespace) -> int:
