@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,12 @@ METRICS = (("checks", "objective checks: pass-rate change"), ("judge", "pairwise
 
 
 def load(root: Path) -> dict[str, Any]:
-    path = root / "rounds.json"
+    from distill.rounds import STATE, load_state
+
+    path = root / STATE
     if not path.exists():
         raise InputError(f"{path}: no such file; `distill report` reads a run made with `distill run --rounds N`")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return load_state(root)
 
 
 def _interval(metric: dict[str, Any] | None) -> str:

@@ -11,28 +11,49 @@ replaced). `distill train RUN --reviewed` then trains on reviewed rows only.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from distill.errors import InputError
-from distill.records import write_jsonl
+from distill.records import read_rows, write_jsonl
 
 COLUMNS = ("id", "prompt", "original", "revision", "decision", "edited", "note")
 DECISIONS = ("accept", "reject", "edit")
 REVIEWED = "sft.reviewed.jsonl"
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
+def _rows(path: Path, parse: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
+    """A run's JSONL file, validated row by row (FILE:LINE errors); an empty file has no rows."""
     if not path.exists():
         raise InputError(f"{path}: no such file; run `distill run` first")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_rows(path, parse) if path.stat().st_size else []
+
+
+def _sft_row(obj: Any) -> dict[str, Any]:
+    """A row of sft.jsonl (a training example with its meta), kept as it is."""
+    from distill.examples import parse_example
+
+    parse_example(obj)
+    if "id" not in obj:
+        raise ValueError("field 'id': missing (as `distill run` writes)")
+    if not isinstance(obj.get("meta"), dict):
+        raise ValueError("field 'meta': expected an object (as `distill run` writes)")
+    return obj
+
+
+def _answer_row(obj: Any) -> dict[str, Any]:
+    """A row of answers.jsonl; only its id and answer are used here."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    if not isinstance(obj.get("answer"), str):
+        raise ValueError("field 'answer': expected a string")
+    return obj
 
 
 def export(run_dir: Path, out: Path) -> int:
     """Write the run's survivors to `out` (CSV); returns the number of rows."""
-    sft = _rows(run_dir / "sft.jsonl")
-    answers = {r["id"]: r["answer"] for r in _rows(run_dir / "answers.jsonl")} \
+    sft = _rows(run_dir / "sft.jsonl", _sft_row)
+    answers = {r["id"]: r["answer"] for r in _rows(run_dir / "answers.jsonl", _answer_row)} \
         if (run_dir / "answers.jsonl").exists() else {}
     with out.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
@@ -48,7 +69,7 @@ def export(run_dir: Path, out: Path) -> int:
 
 def import_decisions(run_dir: Path, reviewed: Path) -> dict[str, int]:
     """Apply a reviewed CSV: writes sft.reviewed.jsonl; returns counts per decision."""
-    sft = {r["id"]: r for r in _rows(run_dir / "sft.jsonl")}
+    sft = {r["id"]: r for r in _rows(run_dir / "sft.jsonl", _sft_row)}
     errors: list[str] = []
     kept: list[dict[str, Any]] = []
     counts = {d: 0 for d in (*DECISIONS, "undecided")}

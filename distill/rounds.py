@@ -31,7 +31,8 @@ from typing import Any, Sequence
 
 from distill.gate import Policy, decide
 from distill.pipeline import RunConfig, open_round_teacher, run_round
-from distill.records import Prompt, read_answers, read_prompts, write_jsonl
+from distill.errors import InputError
+from distill.records import Prompt, _read_text, read_answers, read_prompts, write_jsonl
 
 STATE = "rounds.json"
 
@@ -58,7 +59,10 @@ def load_state(root: Path) -> dict[str, Any]:
     path = root / STATE
     if not path.exists():
         return {"rounds": []}
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
 
 
 def save_state(root: Path, state: dict[str, Any]) -> None:
@@ -107,8 +111,6 @@ def run_rounds(config: RoundsConfig, prompts: Sequence[Prompt]) -> dict[str, Any
     heldout = read_prompts(config.heldout)
     overlap = {p.text.strip().casefold() for p in prompts} & {p.text.strip().casefold() for p in heldout}
     if overlap:
-        from distill.errors import InputError
-
         raise InputError(f"{config.heldout}: {len(overlap)} held-out prompt(s) also appear in the training prompts "
                          f"(e.g. {sorted(overlap)[0]!r}); held-out prompts must never be trained on")
     train_config = TrainConfig.from_mapping(config.train_options, source="--train-option")
