@@ -7,6 +7,7 @@ generation code as the real model. Tests marked `slow` use the real embedded stu
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -59,18 +60,17 @@ def student(embedded_dir: Path):
     return Student.load(embedded_dir)
 
 
-_ISOLATED_ENV = ("DISTILL_STUDENT", "DISTILL_TEACHER", "DISTILL_TEACHER_BASE_URL", "DISTILL_TEACHER_API_KEY",
-                 "DISTILL_OFFLINE", "DISTILL_PROMPTS", "OPENAI_API_KEY", "OPENAI_BASE_URL",
-                 "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL",
-                 "DISTILL_TEACHER_CONCURRENCY", "DISTILL_TEACHER_RPM", "DISTILL_TEACHER_TPM", "DISTILL_TEACHER_TIMEOUT",
-                 "DISTILL_TEACHER_MAX_RETRIES", "DISTILL_TEACHER_BATCH_SIZE", "DISTILL_PRICES", "DISTILL_CONFIG",
-                 "DISTILL_TEACHER_BATCH", "DISTILL_TEACHER_BATCH_POLL", "DISTILL_TEACHER_BATCH_MAX_REQUESTS")
+# The providers' own variables, which the SDKs and the teacher settings read as fallbacks.
+_PROVIDER_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")
+# The one DISTILL_* variable kept: where the converted embedded student is cached (tests that need
+# their own cache set it themselves).
+_KEPT_ENV = ("DISTILL_CACHE_DIR",)
 
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never see the developer's own teacher, keys or student choice."""
-    for name in _ISOLATED_ENV:
+    """Tests never see the developer's own teacher, keys, student choice or any other DISTILL_* setting."""
+    for name in [n for n in os.environ if n.startswith("DISTILL_") and n not in _KEPT_ENV] + list(_PROVIDER_ENV):
         monkeypatch.delenv(name, raising=False)
 
 
