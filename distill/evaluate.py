@@ -131,18 +131,17 @@ def fidelity_metric(current: Student, new: Student, revisions: Sequence[Any]) ->
 def mean_kl(current: Student, new: Student, examples: Sequence[Any], batch_size: int = 8) -> float | None:
     """Mean per-token KL(current || new) over the completion positions of `examples`."""
     import torch
-    import torch.nn.functional as F
 
-    from distill.examples import completion_logits, encode
+    from distill.examples import completion_logits, encode, summed_kl
 
     encoded = [encode(e, current) for e in examples]
     total, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(encoded), batch_size):
             batch = encoded[start:start + batch_size]
-            logp = [F.log_softmax(completion_logits(s, batch)[0].float(), dim=-1) for s in (current, new)]
-            total += float((logp[0].exp() * (logp[0] - logp[1])).sum())
-            count += logp[0].shape[0]
+            cur_logits, new_logits = (completion_logits(s, batch)[0] for s in (current, new))
+            total += float(summed_kl(cur_logits, new_logits))
+            count += cur_logits.shape[0]
     return total / count if count else None
 
 

@@ -239,6 +239,15 @@ def completion_losses(student: Student, examples: Sequence[Example],
     return out
 
 
+def summed_kl(logits: Any, ref_logits: Any) -> Any:
+    """KL(p || q) summed over positions, where p and q are the next-token distributions of `logits`
+    and `ref_logits` ([positions, vocabulary], as from `completion_logits` or `head_logits`)."""
+    import torch.nn.functional as F
+
+    logp, ref = F.log_softmax(logits.float(), dim=-1), F.log_softmax(ref_logits.float(), dim=-1)
+    return (logp.exp() * (logp - ref)).sum()
+
+
 def completion_logits(student: Student, batch: Sequence[Encoded]) -> tuple[Any, Any, Any]:
     """Logits at the completion positions of a batch (flattened, row by row), the shifted targets
     and the [rows, positions] mask of which positions those are."""

@@ -3,8 +3,9 @@
 Each metric is a mean of paired per-prompt differences (new minus current) with a 95% percentile
 bootstrap interval. The gate promotes when the primary metric's lower bound is above the margin
 (default 0: the improvement is unlikely to be noise) and forgetting stays within its limits: the
-relative rise in NLL on the replay/general set, and the mean per-token KL from the base model.
-Otherwise it refuses and says which condition failed, with the numbers.
+relative rise in NLL on the replay/general set, and the mean per-token KL(current || new) on the
+current model's own held-out answers. Otherwise it refuses and says which condition failed, with
+the numbers.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class Policy:
     primary: str = "checks"  # "checks" (objective reference checks), "judge" or "fidelity"
     margin: float = 0.0  # the primary metric's lower bound must exceed this
     max_nll_increase: float = 0.05  # relative rise in replay-set NLL allowed (5%)
-    max_kl: float | None = None  # mean per-token KL(base || new) allowed on held-out prompts
+    max_kl: float | None = None  # mean per-token KL(current || new) allowed on held-out prompts
 
 
 @dataclass
@@ -82,7 +83,7 @@ def decide(metrics: Mapping[str, Any], policy: Policy) -> Decision:
         reasons.append(f"forgetting: replay NLL rose {rise:.1%}, over the limit {policy.max_nll_increase:.1%}")
     kl = forgetting.get("kl")
     if policy.max_kl is not None and kl is not None and kl > policy.max_kl:
-        reasons.append(f"forgetting: mean KL from base {kl:.4f} is over the limit {policy.max_kl:.4f}")
+        reasons.append(f"forgetting: mean KL(current || new) {kl:.4f} is over the limit {policy.max_kl:.4f}")
     if not reasons:
         reasons.append(f"{policy.primary} improved by {delta.text()}" +
                        (f"; replay NLL {rise:+.1%}" if rise is not None else ""))

@@ -51,7 +51,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from distill.errors import ConfigError, InputError
 from distill.examples import (IGNORE, Encoded, Example, answer_replay, collate, encode_all, head_logits,
-                              read_examples)
+                              read_examples, summed_kl)
 from distill.records import MAX_REPORTED_ERRORS, Prompt, content_hash, write_jsonl
 from distill.student import Student, weights_sha256
 
@@ -269,9 +269,8 @@ def completion_loss_module(peft_model: Any, kl_weight: float) -> Any:
             out = {"nll": nll, "tokens": picked.sum(), "loss": nll}
             if kl_weight > 0:
                 with torch.no_grad(), self.model.disable_adapter():
-                    base_logp = F.log_softmax(self._logits(input_ids, attention_mask, picked), dim=-1)
-                logp = F.log_softmax(logits, dim=-1)
-                kl = (logp.exp() * (logp - base_logp)).sum()
+                    base_logits = self._logits(input_ids, attention_mask, picked)
+                kl = summed_kl(logits, base_logits)  # KL(trained || base)
                 out["kl"] = kl
                 out["loss"] = nll + kl_weight * kl
             return out
