@@ -223,8 +223,9 @@ class JsonlSink:
     A crash leaves only the `.partial` file, never a truncated final file. Re-opening the same
     sink resumes: `done` holds the rows already written (a torn last line is dropped), so a
     caller skips their work and nothing is computed or written twice. With `reuse_finished`, the
-    rows of a finished PATH from an earlier run count as done too (copied into the partial file,
-    so `commit` keeps them); an unreadable finished file is ignored and its rows redone.
+    rows of a finished PATH from an earlier run count as done too (read, not copied: PATH stays
+    until `commit` replaces it, so a crash before then loses none of them, and `commit` keeps
+    them); an unreadable finished file is ignored and its rows redone.
     """
 
     def __init__(self, path: str | os.PathLike[str], key: str = "id", *, reuse_finished: bool = False):
@@ -234,7 +235,10 @@ class JsonlSink:
         self.done: dict[str, dict[str, Any]] = self._recover()
         self._fh = None
         if reuse_finished:
-            self.write(row for row in self._finished() if str(row[self.key]) not in self.done)
+            recovered = set(self.done)
+            for row in self._finished():
+                if (key := str(row[self.key])) not in recovered:
+                    self.done[key] = dict(row)
 
     def _finished(self) -> list[dict[str, Any]]:
         try:
