@@ -60,7 +60,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, Mapping, Sequence
 
-from distill.cache import CachedTeacher, CacheStore, Entry, cache_key, canonical_request, entry_of, storable
+from distill.cache import CachedTeacher, CacheStore, Entry, cache_key, canonical_request, entry_of, key_of, storable
 from distill.errors import BatchesPending, CacheError, DistillError, InputError, TeacherError
 from distill.records import content_hash, write_jsonl
 from distill.teachers.base import Completion, Deferred, Request, Teacher, Usage
@@ -447,7 +447,7 @@ class BatchQueue:
                   "outcome": outcome.status, "reason": outcome.reason}
         if outcome.status != "succeeded" or outcome.body is None:
             return result
-        request = request_of(row, self._identity)
+        request, canonical = request_of(row, self._identity)
         try:
             completion = self._client.completion(outcome.body, request)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
@@ -455,7 +455,7 @@ class BatchQueue:
         if not storable(completion):
             return {**result, "outcome": "errored", "reason": f"incomplete answer (finish reason "
                                                               f"{completion.finish_reason!r})"}
-        entries.append(entry_of(self._identity, row["key"], request, completion))
+        entries.append(entry_of(self._identity, canonical, request, completion))
         return {**result, "input_tokens": completion.usage.input_tokens,
                 "output_tokens": completion.usage.output_tokens}
 
@@ -471,14 +471,15 @@ class BatchQueue:
             for result in self.book.results(part.part):
                 key = result["key"]
                 if result["outcome"] != "succeeded" and key not in self.answered and key in rows:
-                    self.queued[key] = request_of(rows[key], self._identity)
+                    self.queued[key], _ = request_of(rows[key], self._identity)
         self.failed.clear()
         return sum(p.requests for p in await self.submit())
 
 
-def request_of(row: Mapping[str, Any], identity: Mapping[str, Any]) -> Request:
-    """The Request a batch's requests file describes (canonical request + bookkeeping), checked
-    to re-derive the same key, so an answer can never be stored under another request's key."""
+def request_of(row: Mapping[str, Any], identity: Mapping[str, Any]) -> tuple[Request, str]:
+    """The Request a batch's requests file describes (canonical request + bookkeeping) and its
+    canonical text, re-derived and checked to give the same key, so an answer can never be
+    stored under another request's key."""
     try:
         f = json.loads(row["request"])["request"]
         request = Request(messages=tuple(f["messages"]), temperature=f["temperature"], top_p=f["top_p"],
@@ -488,10 +489,11 @@ def request_of(row: Mapping[str, Any], identity: Mapping[str, Any]) -> Request:
                           prompt_id=row.get("prompt_id"))
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise InputError(f"batch request {row.get('key')!r}: unreadable stored request ({exc})") from None
-    if cache_key(identity, request) != row["key"]:
+    canonical = canonical_request(identity, request)
+    if key_of(canonical) != row["key"]:
         raise CacheError(f"batch request {row['key']!r}: its stored request re-derives another key under the "
                          f"teacher {identity.get('backend')}:{identity.get('model')}; was it sent by another teacher?")
-    return request
+    return request, canonical
 
 
 # ---------------------------------------------------------------------------------- for the stages

@@ -705,7 +705,8 @@ class CachedTeacher:
 
     async def complete(self, request: Request) -> Completion:
         started = time.perf_counter()
-        key = key_of(canonical_request(self._identity, request))
+        canonical = canonical_request(self._identity, request)
+        key = key_of(canonical)
         self.stats.requests += 1
         entry = self.store.get(key)
         if entry is not None:
@@ -719,7 +720,7 @@ class CachedTeacher:
         if self.offline:
             self.stats.offline_misses += 1
             raise self.misses.record(request, key)
-        flight = _Flight(asyncio.ensure_future(self._fetch(key, request)))
+        flight = _Flight(asyncio.ensure_future(self._fetch(canonical, request)))
         self._flights[key] = flight
         flight.task.add_done_callback(lambda _: self._land(key, flight))
         return await self._wait(flight, started)
@@ -747,7 +748,7 @@ class CachedTeacher:
         return replace(completion, usage=Usage(), cost=0.0, cached=True, retries=0,
                        latency_s=time.perf_counter() - started)
 
-    async def _fetch(self, key: str, request: Request) -> Completion:
+    async def _fetch(self, canonical: str, request: Request) -> Completion:
         inner = await self._inner_teacher()
         self.stats.misses += 1
         try:
@@ -759,7 +760,7 @@ class CachedTeacher:
             self.stats.failed += 1
             raise
         if storable(completion):
-            entry = entry_of(self._identity, key, request, completion)
+            entry = entry_of(self._identity, canonical, request, completion)
             if await asyncio.to_thread(self.store.put, entry):
                 self.stats.stored += 1
         return completion
@@ -793,11 +794,12 @@ class CachedTeacher:
         await self.aclose()
 
 
-def entry_of(identity: Mapping[str, Any], key: str, request: Request, completion: Completion) -> Entry:
-    """The entry that stores `completion` as the answer to `request` (whose key is `key`): the one
-    way an answer enters the cache, whether it came from a live call or a provider batch."""
-    return Entry.build(key=key, backend=str(identity.get("provider") or identity.get("backend") or ""),
-                       model=str(identity.get("model") or ""), request=canonical_request(identity, request),
+def entry_of(identity: Mapping[str, Any], canonical: str, request: Request, completion: Completion) -> Entry:
+    """The entry that stores `completion` as the answer to `request`, whose canonical text
+    (`canonical_request(identity, request)`) is `canonical` and gives the key: the one way an
+    answer enters the cache, whether it came from a live call or a provider batch."""
+    return Entry.build(key=key_of(canonical), backend=str(identity.get("provider") or identity.get("backend") or ""),
+                       model=str(identity.get("model") or ""), request=canonical,
                        text=completion.text, finish_reason=completion.finish_reason,
                        input_tokens=completion.usage.input_tokens, output_tokens=completion.usage.output_tokens,
                        raw=completion.raw, response_model=completion.model, template_ids=request.template_ids)
