@@ -101,6 +101,8 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 _COLUMNS = ("key", "backend", "model", "request", "text", "finish_reason", "input_tokens", "output_tokens",
             "raw", "response_model", "template_ids", "created_at", "checksum")
+_RUN_COLUMNS = ("started_at", "finished_at", "backend", "model", "offline", "requests", "hits", "coalesced", "misses",
+                "stored", "failed", "offline_misses")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM entries"
 _INSERT = (f"INSERT OR IGNORE INTO entries ({', '.join(_COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in _COLUMNS)})")
@@ -136,6 +138,11 @@ def canonical_request(identity: Mapping[str, Any], request: Request) -> str:
             except (TypeError, ValueError):
                 raise CacheError(f"request field {name!r} cannot be part of a cache key: {exc}") from None
         raise CacheError(f"request cannot be part of a cache key: {exc}") from None
+
+
+def _backend_name(identity: Mapping[str, Any]) -> str:
+    """The provider an identity names (`provider`, else `backend`), as stored in an entry's `backend`."""
+    return str(identity.get("provider") or identity.get("backend") or "")
 
 
 def key_of(canonical: str) -> str:
@@ -349,7 +356,7 @@ class CacheStore:
             f"{self.path}`. `distill cache verify` reports the damage")
 
     def _error(self, exc: sqlite3.Error, action: str) -> CacheError:
-        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        code = _sqlite_code(exc)
         text = str(exc)
         if code in (_CORRUPT, _NOTADB) or "malformed" in text or "not a database" in text:
             return self._corrupt(text)
@@ -375,9 +382,7 @@ class CacheStore:
             try:
                 return fn()
             except sqlite3.Error as exc:
-                code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
-                busy = code in (_BUSY, _LOCKED) or "locked" in str(exc) or "busy" in str(exc)
-                if not busy or attempt == BUSY_RETRIES:
+                if not _is_busy(exc) or attempt == BUSY_RETRIES:
                     raise self._error(exc, action) from None
                 time.sleep(min(2.0, 0.02 * 2 ** attempt) * (0.5 + random.random()))
         raise AssertionError("unreachable")  # pragma: no cover
@@ -480,9 +485,8 @@ class CacheStore:
 
         def write() -> None:
             with self._transaction() as tx:
-                tx.execute("INSERT INTO runs (started_at, finished_at, backend, model, offline, requests, hits, "
-                           "coalesced, misses, stored, failed, offline_misses) "
-                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                tx.execute(f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}) "
+                           f"VALUES ({', '.join('?' for _ in _RUN_COLUMNS)})", row)
                 tx.execute("DELETE FROM runs WHERE id <= (SELECT max(id) FROM runs) - 1000")
         self._retrying("record the run's statistics", write)
 
@@ -500,8 +504,7 @@ class CacheStore:
             by_template = [{"template": t, "entries": n} for t, n in conn.execute(
                 "SELECT coalesce(j.value, '(none)'), count(*) FROM entries "
                 "LEFT JOIN json_each(entries.template_ids) AS j GROUP BY 1 ORDER BY 2 DESC, 1")]
-            run = conn.execute("SELECT started_at, finished_at, backend, model, offline, requests, hits, coalesced, "
-                               "misses, stored, failed, offline_misses FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+            run = conn.execute(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs ORDER BY id DESC LIMIT 1").fetchone()
             return {"path": str(self.path), "entries": count, "bytes": self.size_bytes(), "oldest": oldest,
                     "newest": newest, "by_model": by_model, "by_template": by_template,
                     "last_run": _run_dict(run) if run else None}
@@ -570,10 +573,19 @@ def _prune_filter(older_than_s: float | None, model: str | None, template: str |
     return " AND ".join(clauses), args
 
 
+def _sqlite_code(exc: sqlite3.Error) -> int:
+    """The SQLite primary result code of `exc` (0 when it carries none)."""
+    return (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock, so a retry may succeed."""
+    text = str(exc)
+    return _sqlite_code(exc) in (_BUSY, _LOCKED) or "locked" in text or "busy" in text
+
+
 def _run_dict(row: Sequence[Any]) -> dict[str, Any]:
-    names = ("started_at", "finished_at", "backend", "model", "offline", "requests", "hits", "coalesced", "misses",
-             "stored", "failed", "offline_misses")
-    run = dict(zip(names, row))
+    run = dict(zip(_RUN_COLUMNS, row))
     run["offline"] = bool(run["offline"])
     served = (run["hits"] or 0) + (run["coalesced"] or 0)
     run["hit_rate"] = served / run["requests"] if run["requests"] else None
@@ -683,7 +695,7 @@ class CachedTeacher:
             raise ConfigError("CachedTeacher: an online cache needs a backend factory (or offline=True)")
         self.store = store
         self._identity = dict(identity)
-        self.backend = str(identity.get("provider") or identity.get("backend") or "")
+        self.backend = _backend_name(identity)
         self.model = str(identity.get("model") or "")
         self.offline = offline
         self._factory = factory
@@ -798,7 +810,7 @@ def entry_of(identity: Mapping[str, Any], canonical: str, request: Request, comp
     """The entry that stores `completion` as the answer to `request`, whose canonical text
     (`canonical_request(identity, request)`) is `canonical` and gives the key: the one way an
     answer enters the cache, whether it came from a live call or a provider batch."""
-    return Entry.build(key=key_of(canonical), backend=str(identity.get("provider") or identity.get("backend") or ""),
+    return Entry.build(key=key_of(canonical), backend=_backend_name(identity),
                        model=str(identity.get("model") or ""), request=canonical,
                        text=completion.text, finish_reason=completion.finish_reason,
                        input_tokens=completion.usage.input_tokens, output_tokens=completion.usage.output_tokens,
