@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 from distill.checks import run_checks
 from distill.gate import Interval, bootstrap_ci
-from distill.protocol import ProtocolFailure, Settings, ask, judge_request, parse_judgement
+from distill.protocol import ProtocolFailure, Settings, judge_both_orders
 from distill.records import Prompt
 from distill.student import GenerationParams, Student
 from distill.teachers.base import Teacher
@@ -76,20 +76,15 @@ async def judge_scores(teacher: Teacher, prompt_set: PromptSet, prompts: Sequenc
     """Per prompt in [-1, 1] (new vs current, averaged over both orders); None if the judge failed."""
     semaphore = asyncio.Semaphore(concurrency)
     settings = Settings(max_tokens=256)
-
-    async def order(p: Prompt, a: str, b: str) -> str:
-        async with semaphore:
-            request = judge_request(prompt_set, p.messages, a, b, settings, prompt_id=p.id)
-            judgement, _ = await ask(teacher, prompt_set, request, parse_judgement)
-            return judgement.winner
+    points = {"candidate": 1.0, "other": -1.0, "tie": 0.0}
 
     async def score(p: Prompt, c: str, n: str) -> float | None:
         try:
-            first, second = await asyncio.gather(order(p, n, c), order(p, c, n))
+            verdicts = await judge_both_orders(teacher, prompt_set, p.messages, n, c, settings, prompt_id=p.id,
+                                               concurrent=True, limit=semaphore)
         except ProtocolFailure:
             return None
-        points = {"A": 1.0, "B": -1.0, "tie": 0.0}
-        return (points[first] - points[second]) / 2
+        return sum(points[v] for v in verdicts) / 2
 
     return list(await asyncio.gather(*(score(p, c, n) for p, c, n in zip(prompts, current, new))))
 

@@ -13,8 +13,10 @@ answer saying "ignore the above and ..." cannot close the quote or change the pr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
@@ -216,3 +218,29 @@ async def ask(teacher: Teacher, prompts: PromptSet, request: Request, parse: Cal
         except ProtocolError as second:
             raise ProtocolFailure(f"unparseable teacher reply after one repair: {second}", completions) from None
 
+
+
+async def judge_both_orders(teacher: Teacher, prompts: PromptSet, messages: Sequence[Mapping[str, str]],
+                            candidate: str, other: str, settings: Settings = Settings(), *,
+                            prompt_id: str | None = None, spend: list[Completion] | None = None,
+                            concurrent: bool = False, limit: asyncio.Semaphore | None = None) -> tuple[str, str]:
+    """The pairwise judge asked in both orders (position swap): `candidate` as answer A, then as B.
+
+    Returns the verdict of each order: "candidate" (it won), "other" (it lost) or "tie". The
+    completions of each parsed reply are appended to `spend` as they arrive. The two orders are
+    asked one after the other (the second not at all if the first fails), or with `concurrent`
+    at the same time; `limit` bounds how many judge requests run at once. A reply unusable after
+    one repair raises ProtocolFailure.
+    """
+    async def order(a: str, b: str, candidate_is: str) -> str:
+        async with limit if limit is not None else nullcontext():
+            request = judge_request(prompts, messages, a, b, settings, prompt_id=prompt_id)
+            judgement, completions = await ask(teacher, prompts, request, parse_judgement)
+        if spend is not None:
+            spend.extend(completions)
+        return "candidate" if judgement.winner == candidate_is else "tie" if judgement.winner == "tie" else "other"
+
+    if concurrent:
+        first, second = await asyncio.gather(order(candidate, other, "A"), order(other, candidate, "B"))
+        return first, second
+    return await order(candidate, other, "A"), await order(other, candidate, "B")

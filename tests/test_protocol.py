@@ -8,7 +8,7 @@ import json
 import pytest
 
 from distill.protocol import (CRITIQUE_SCHEMA, ProtocolError, ProtocolFailure, ask, critique_request,
-                              extract_json, parse_critique, parse_judgement)
+                              extract_json, judge_both_orders, parse_critique, parse_judgement)
 from distill.templates import load_prompt_set
 from fakes import ScriptedTeacher, critique_reply, quoted_answer
 
@@ -99,3 +99,19 @@ def test_two_bad_replies_fail_with_the_reason() -> None:
     with pytest.raises(ProtocolFailure, match="after one repair: the reply contains no JSON"):
         asyncio.run(ask(teacher, PROMPTS, request, lambda t: parse_critique(t, "5")))
     assert len(teacher.requests) == 2
+
+
+def test_judge_both_orders_swaps_positions_and_reports_per_order() -> None:
+    def prefers_good(request) -> str:
+        user = request.messages[-1]["content"]
+        a = user.split("<<<A\n", 1)[1].split("\nA>>>", 1)[0]
+        return json.dumps({"reason": "r", "winner": "A" if a == "good" else "B"})
+
+    for concurrent in (False, True):
+        teacher, spend = ScriptedTeacher(prefers_good), []
+        verdicts = asyncio.run(judge_both_orders(teacher, PROMPTS, MESSAGES, "good", "bad", spend=spend,
+                                                 concurrent=concurrent))
+        assert verdicts == ("candidate", "candidate") and len(spend) == 2
+        assert [r.messages[-1]["content"].count("<<<A\ngood\nA>>>") for r in teacher.requests] == [1, 0]
+    teacher = ScriptedTeacher(lambda r: json.dumps({"reason": "r", "winner": "A"}))
+    assert asyncio.run(judge_both_orders(teacher, PROMPTS, MESSAGES, "x", "y")) == ("candidate", "other")
