@@ -6,7 +6,7 @@ import asyncio
 import json
 from typing import Any, Callable, Mapping
 
-from distill.teachers.base import Completion, Request, Usage
+from distill.teachers.base import Completion, Request, Teacher, Usage
 
 
 class ScriptedTeacher:
@@ -40,20 +40,36 @@ class ScriptedTeacher:
         return None
 
 
+def run_all(teacher: Teacher, requests: list[Request]) -> list[Completion | BaseException]:
+    """Send every request at once and close the teacher; results (or the exceptions raised) in order."""
+    async def go() -> list[Any]:
+        try:
+            return await asyncio.gather(*(teacher.complete(r) for r in requests), return_exceptions=True)
+        finally:
+            await teacher.aclose()
+
+    return asyncio.run(go())
+
+
 def critique_reply(revision: str, verdict: str = "needs_revision", critique: str = "It has problems.",
                    issues: tuple[str, ...] = ("an issue",)) -> str:
     return json.dumps({"critique": critique, "issues": list(issues), "verdict": verdict, "revision": revision})
 
 
-def judge_reply(winner: str) -> str:
-    return json.dumps({"reason": "because", "winner": winner})
+def judge_reply(winner: str, reason: str = "because") -> str:
+    return json.dumps({"reason": reason, "winner": winner})
+
+
+def between(text: str, marker: str) -> str:
+    """The text a prompt template quotes between <<<MARKER and MARKER>>>."""
+    return text.split(f"<<<{marker}\n", 1)[1].split(f"\n{marker}>>>", 1)[0]
 
 
 def quoted_answer(request: Request, marker: str = "ANSWER") -> str:
     """The text a critique request quotes between <<<MARKER and MARKER>>> (in its first user turn,
     which a repair request repeats)."""
     user = next(m["content"] for m in request.messages if m["role"] == "user")
-    return user.split(f"<<<{marker}\n", 1)[1].split(f"\n{marker}>>>", 1)[0]
+    return between(user, marker)
 
 
 def is_judge(request: Request) -> bool:

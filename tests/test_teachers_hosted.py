@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import pytest
+from fakes import run_all
 from loopback_server import Fault, LoopbackRequest, LoopbackServer, Reply
 
 from distill.errors import ConfigError, QuotaExhausted, TeacherError
@@ -36,16 +37,6 @@ def make_teacher(server: LoopbackServer, provider: str, **flags: Any) -> Teacher
 
 def ask(text: str, **fields: Any) -> Request:
     return Request(messages=({"role": "user", "content": text},), prompt_id=text, **{"max_tokens": 32, **fields})
-
-
-def run_all(teacher: Teacher, requests: list[Request]) -> list[Completion | BaseException]:
-    async def go() -> list[Any]:
-        try:
-            return await asyncio.gather(*(teacher.complete(r) for r in requests), return_exceptions=True)
-        finally:
-            await teacher.aclose()
-
-    return asyncio.run(go())
 
 
 def run_one(teacher: Teacher, request: Request) -> Completion:

@@ -7,13 +7,13 @@ real embedded SmolLM2.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import run_all
 
 from distill.errors import ModelError, TeacherError
 from distill.teachers.base import Completion, Request, Teacher
@@ -74,16 +74,6 @@ def conforms(value: Any, schema: dict[str, Any]) -> bool:
 
 def local_teacher(model: str, **flags: Any) -> Teacher:
     return create_backend(resolve_settings(env={"DISTILL_TEACHER": f"local:{model}"}, overrides=flags))
-
-
-def run_all(teacher: Teacher, requests: list[Request]) -> list[Any]:
-    async def go() -> list[Any]:
-        try:
-            return await asyncio.gather(*(teacher.complete(r) for r in requests), return_exceptions=True)
-        finally:
-            await teacher.aclose()
-
-    return asyncio.run(go())
 
 
 def ask(text: str, **fields: Any) -> Request:
