@@ -57,11 +57,12 @@ def _common(p: argparse.ArgumentParser) -> None:
 def status_command(args: argparse.Namespace) -> int:
     import asyncio
 
-    from distill.batch import BatchBook
+    from distill.batch import OPEN_STATES, SUBMITTED, SUBMITTING, BatchBook
 
-    book = BatchBook(_run_dir(args))
-    if not args.no_check and any(p.state in ("submitting", "submitted") for p in book.parts()):
-        asyncio.run(_with_queue(args, lambda queue: queue.refresh(collect=False)))
+    run_dir = _run_dir(args)
+    book = BatchBook(run_dir)
+    if not args.no_check and any(p.state in (SUBMITTING, SUBMITTED) for p in book.parts()):
+        asyncio.run(_with_queue(run_dir, args, lambda queue: queue.refresh(collect=False)))
     parts = book.parts()
     if args.json:
         from dataclasses import asdict
@@ -69,8 +70,7 @@ def status_command(args: argparse.Namespace) -> int:
         print(json.dumps([asdict(p) for p in parts], indent=2))
     else:
         print(_table(parts))
-    running = [p for p in parts if p.state in ("submitting", "submitted", "ended")]
-    return RUNNING_EXIT if running else 0
+    return RUNNING_EXIT if any(p.state in OPEN_STATES for p in parts) else 0
 
 
 def collect_command(args: argparse.Namespace) -> int:
@@ -97,14 +97,15 @@ def retry_command(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace, action: Any) -> int:
     import asyncio
 
-    from distill.batch import BatchBook
+    from distill.batch import OPEN_STATES, BatchBook
 
-    asyncio.run(_with_queue(args, action))
-    parts = BatchBook(_run_dir(args)).parts()
+    run_dir = _run_dir(args)
+    asyncio.run(_with_queue(run_dir, args, action))
+    parts = BatchBook(run_dir).parts()
     print(_table(parts))
-    running = [p for p in parts if p.state in ("submitting", "submitted", "ended")]
+    running = sum(1 for p in parts if p.state in OPEN_STATES)
     if running:
-        print(f"distill: {len(running)} batch(es) still running; run `distill batch collect {args.name}` later "
+        print(f"distill: {running} batch(es) still running; run `distill batch collect {args.name}` later "
               "(or re-run the round) to continue", file=sys.stderr)
         return RUNNING_EXIT
     print(f"distill: no batch of {args.name!r} is running; re-run the round to use the answers", file=sys.stderr)
@@ -119,11 +120,10 @@ def _run_dir(args: argparse.Namespace) -> Path:
     return run_dir
 
 
-async def _with_queue(args: argparse.Namespace, action: Any) -> None:
+async def _with_queue(run_dir: Path, args: argparse.Namespace, action: Any) -> None:
     from distill.batch import BatchBook, queue_for
     from distill.teachers.settings import resolve_settings
 
-    run_dir = _run_dir(args)
     parts = BatchBook(run_dir).parts()
     last = parts[-1]
     settings = resolve_settings(overrides={"teacher": args.teacher or last.teacher,
