@@ -57,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a usage error (argparse printed it) is returned like every other error;
+        if not exc.code:       # --help and --version still exit
+            raise
+        return int(exc.code)
     try:
         return int(args.func(args) or 0)
     except BatchesPending as pending:  # --no-wait: submitted, not finished; not an error

@@ -39,7 +39,20 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass when sampling (default 1.0)")
     g.add_argument("--samples", type=int, default=1, help="answers per prompt; needs --temperature > 0 (default 1)")
     g.add_argument("--seed", type=int, default=0, help="seed for sampling (default 0)")
-    g.add_argument("--batch-size", type=int, default=32, help="prompts generated together (default 32)")
+    g.add_argument("--batch-size", type=at_least_one("--batch-size"), default=32,
+                   help="prompts generated together (default 32)")
+
+
+def at_least_one(flag: str):  # type: ignore[no-untyped-def]
+    """An argparse type: an int of at least 1, so a bad value is a usage error before any model loads."""
+    def parse(text: str) -> int:
+        value = int(text)  # a ValueError reads "invalid int value", as with type=int
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be at least 1, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
 
 
 def generation_params(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -51,13 +64,10 @@ def generation_params(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def run(args: argparse.Namespace) -> int:
     from distill.answer import answer_to_file
-    from distill.errors import ConfigError
     from distill.records import read_prompts
 
     prompts = read_prompts(args.prompts)  # validate the whole file before loading any model
     params = generation_params(args)
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     print(f"distill: {len(prompts)} prompts from {args.prompts}", file=sys.stderr)
     started = time.monotonic()
     rows = answer_to_file(prompts, args.output, params, source=args.student, adapter=args.adapter,
