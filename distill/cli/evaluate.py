@@ -90,9 +90,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from distill.cli import run_directory
     from distill.report import load, summary_table, write_report
 
-    root = Path(args.name) if Path(args.name).is_dir() else args.runs_dir / args.name
+    root = run_directory(args.name, args.runs_dir)
     path = write_report(root)
     print(summary_table(load(root)))
     print(f"\nreport: {path}", file=sys.stderr)

@@ -24,8 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from distill import review
+    from distill.cli import run_directory
 
-    root = Path(args.name) if Path(args.name).is_dir() else args.runs_dir / args.name
+    root = run_directory(args.name, args.runs_dir)
     if args.export:
         n = review.export(root, args.export)
         print(f"wrote {n} rows to {args.export}: fill 'decision' (accept / reject / edit) and 'edited'", file=sys.stderr)
