@@ -47,10 +47,12 @@ def teacher_key(teacher: Teacher) -> str:
 
 
 async def revise_one(answer: Mapping[str, Any], chain: tuple[Principle, ...], teacher: Teacher,
-                     prompts: PromptSet, settings: Settings, ledger: Ledger, round_: int = 1) -> StageOutcome:
-    """Run the chain on one answer; failures become a 'failed' row, except an exhausted quota."""
-    tkey = teacher_key(teacher)
-    rid = revision_id(answer["id"], chain, tkey)
+                     prompts: PromptSet, settings: Settings, ledger: Ledger, round_: int = 1, *,
+                     tkey: str | None = None, rid: str | None = None) -> StageOutcome:
+    """Run the chain on one answer; failures become a 'failed' row, except an exhausted quota.
+    `tkey` and `rid` (the teacher's key and the revision id) are derived here unless the caller has them."""
+    tkey = tkey or teacher_key(teacher)
+    rid = rid or revision_id(answer["id"], chain, tkey)
     messages = answer["messages"]
     current, critiques, last_finish = answer["answer"], [], None
     base = {"answer_id": answer["id"], "prompt_id": answer["prompt_id"], "round": round_}
@@ -105,20 +107,21 @@ async def revise_all(answers: Iterable[Mapping[str, Any]], chain: tuple[Principl
     Returns the answers left waiting on a provider batch (batch mode; nothing is written for them)."""
     tkey = teacher_key(teacher)
     done = {rid for rid, row in revisions.done.items() if row.get("status") == "ok"}
-    todo = [a for a in answers if revision_id(a["id"], chain, tkey) not in done]
-    queue: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
-    for a in todo:
-        queue.put_nowait(a)
+    todo = [(a, rid) for a in answers if (rid := revision_id(a["id"], chain, tkey)) not in done]
+    queue: asyncio.Queue[tuple[Mapping[str, Any], str]] = asyncio.Queue()
+    for item in todo:
+        queue.put_nowait(item)
     deferred: list[Mapping[str, Any]] = []
 
     async def worker() -> None:
         while True:
             try:
-                answer = queue.get_nowait()
+                answer, rid = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
             try:
-                outcome = await revise_one(answer, chain, teacher, prompts, settings, ledger, round_)
+                outcome = await revise_one(answer, chain, teacher, prompts, settings, ledger, round_,
+                                           tkey=tkey, rid=rid)
             except Deferred:
                 deferred.append(answer)
                 continue
@@ -135,5 +138,5 @@ async def revise_all(answers: Iterable[Mapping[str, Any]], chain: tuple[Principl
     finally:
         for w in workers:
             w.cancel()
-    order = {id(a): i for i, a in enumerate(todo)}
+    order = {id(a): i for i, (a, _) in enumerate(todo)}
     return sorted(deferred, key=lambda a: order[id(a)])

@@ -29,10 +29,10 @@ from typing import Any, Mapping, Sequence
 from distill import consistency, filters
 from distill.accounting import CostFn, Ledger, no_prices
 from distill.answer import answer_to_file
-from distill.batch import batch_summary, open_batches, settle, summary_line
-from distill.critique import teacher_key as teacher_label
-from distill.cache import OfflineMiss
-from distill.errors import QuotaExhausted, TeacherError
+from distill.batch import BatchMode, batch_summary, open_batches, settle, summary_line
+from distill.cache import CachedTeacher, OfflineMiss, offline_from_env, open_teacher
+from distill.critique import revise_all, revision_id, teacher_key
+from distill.errors import CacheError, QuotaExhausted, TeacherError
 from distill.protocol import ProtocolFailure, Settings
 from distill.records import JsonlSink, Prompt, content_hash, write_jsonl
 from distill.similarity import near_duplicates
@@ -214,8 +214,6 @@ def open_round_teacher(offline: bool | None, teacher: str | None = None, *, batc
     """The configured teacher behind the cache, and its settings; a missing key fails here, before any work.
     In batch mode (`batch`, else DISTILL_TEACHER_BATCH) misses go to provider batches recorded in `run_dir`;
     a caller that gives no `run_dir` (its stage does not run in passes) gets a live teacher."""
-    from distill.batch import BatchMode
-    from distill.cache import offline_from_env, open_teacher
     from distill.teachers import registry
     from distill.teachers.settings import resolve_settings
 
@@ -271,7 +269,6 @@ def critique_answers(config: RunConfig, answers: Sequence[Mapping[str, Any]], te
     prompt_set, chain = _templates(config)
     teacher, settings = (teacher, None) if teacher else open_round_teacher(
         config.offline, config.teacher, batch=config.batch, run_dir=config.run_dir, wait=config.batch_wait)
-    config.run_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(config.run_dir / "answers.jsonl", answers)
     summary = Summary()
     summary.counts["answer"] = {"in": len(answers), "out": len(answers), "seconds": 0.0}
@@ -338,8 +335,6 @@ async def _teacher_stages(config: RunConfig, chosen: list[dict], chain: Any, pro
 async def critique_stage(config: RunConfig, chosen: list[dict], chain: Any, prompt_set: PromptSet,
                          teacher: Teacher, ledger: Ledger, concurrency: int) -> list[dict]:
     """Revise every chosen answer into revisions.jsonl (+ critiques.jsonl); returns the rows in order."""
-    from distill.critique import revise_all, revision_id, teacher_key
-
     run_dir = config.run_dir
     revisions_sink = JsonlSink(run_dir / "revisions.jsonl", reuse_finished=True)
     critiques_sink = JsonlSink(run_dir / "critiques.jsonl", reuse_finished=True)
@@ -375,9 +370,6 @@ async def critique_stage(config: RunConfig, chosen: list[dict], chain: Any, prom
 
 def raise_offline_misses(teacher: Teacher) -> None:
     """After a stage: one error counting every offline miss of the run, with the first prompt ids."""
-    from distill.cache import CachedTeacher
-    from distill.errors import CacheError
-
     if isinstance(teacher, CachedTeacher) and teacher.misses.count:
         raise CacheError(teacher.misses.summary())
 
@@ -399,7 +391,7 @@ def write_manifest(run_dir: Path, config: RunConfig, prompt_set: PromptSet, chai
         "templates": prompt_set.ids(),
         "chain": [p.name for p in chain],
         "models": {"student": student, "teacher": dict(teacher.identity()),
-                   "teacher_name": settings.name if settings is not None else teacher_label(teacher)},
+                   "teacher_name": settings.name if settings is not None else teacher_key(teacher)},
         "counts": {stage: {k: v for k, v in c.items() if k != "seconds"} for stage, c in summary.counts.items()},
         "rejected_by_filter": summary.rejected,
         "dataset": {"sft": summary.counts["filter"]["out"], "prefs": prefs},
