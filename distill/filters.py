@@ -138,9 +138,10 @@ async def length(c: Candidate, ctx: FilterContext) -> Drop | None:
 async def reference(c: Candidate, ctx: FilterContext) -> Drop | None:
     if c.reference is None:
         return None
-    result = run_checks(parse_reference(c.reference), c.text)
+    checks = parse_reference(c.reference)
+    result = run_checks(checks, c.text)
     c.notes["reference_passed"] = result.passed
-    c.notes["original_reference_passed"] = run_checks(parse_reference(c.reference), c.original).passed
+    c.notes["original_reference_passed"] = run_checks(checks, c.original).passed
     return None if result.passed else Drop("reference", "fails " + ", ".join(result.failures))
 
 
