@@ -18,8 +18,9 @@ from distill.student import GenerationParams, ModelIdentity, Student, model_iden
 
 
 def _reusable(rows: Any, identity: ModelIdentity, params: GenerationParams) -> dict[tuple[str, int], dict]:
+    generation = params.to_dict()
     return {(r["prompt_id"], r["sample"]): r for r in rows
-            if r.get("model", {}).get("key") == identity.key and r.get("generation") == params.to_dict()}
+            if r.get("model", {}).get("key") == identity.key and r.get("generation") == generation}
 
 
 def answer_to_file(prompts: Sequence[Prompt], output: Path, params: GenerationParams, *,
