@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from distill.accounting import Ledger
 from distill.checks import parse_reference, run_checks
 from distill.errors import ConfigError
-from distill.protocol import Settings, ask, judge_request, parse_judgement
+from distill.protocol import Settings, judge_both_orders
 from distill.similarity import near_identical
 from distill.teachers.base import Teacher
 from distill.templates import PromptSet
@@ -151,16 +151,11 @@ async def judge(c: Candidate, ctx: FilterContext) -> Drop | None:
         return None
     if ctx.teacher is None or ctx.prompts is None:
         raise ConfigError("the 'judge' filter needs a teacher; remove it with --filters or configure a teacher")
-    messages, pid = c.revision["messages"], c.revision.get("prompt_id")
-    verdicts = []
     # billed once the row is judged (a failed reply too); a deferred row (batch mode) bills nothing
     with ctx.ledger.row() if ctx.ledger is not None else nullcontext([]) as spend:
-        for a, b, revision_is in ((c.text, c.original, "A"), (c.original, c.text, "B")):
-            request = judge_request(ctx.prompts, messages, a, b, ctx.settings, prompt_id=pid)
-            judgement, completions = await ask(ctx.teacher, ctx.prompts, request, parse_judgement)
-            spend += completions
-            verdicts.append("revision" if judgement.winner == revision_is else
-                            "tie" if judgement.winner == "tie" else "original")
+        orders = await judge_both_orders(ctx.teacher, ctx.prompts, c.revision["messages"], c.text, c.original,
+                                         ctx.settings, prompt_id=c.revision.get("prompt_id"), spend=spend)
+    verdicts = [{"candidate": "revision", "other": "original"}.get(v, v) for v in orders]
     c.notes["judge"] = verdicts
     if verdicts == ["revision", "revision"]:
         return None
