@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / "tests" / "loopback_server.py"
@@ -40,6 +40,19 @@ MODEL = "gpt-4o-mini"
 
 # ---------------------------------------------------------------- one client run (in its own process)
 
+async def _timed_gather(send: Callable[[int], Awaitable[Any]], n: int) -> list[tuple[bool, float]]:
+    """Submit `send(0)` ... `send(n - 1)` at once; (succeeded, submit-to-done seconds) for each."""
+    async def one(i: int) -> tuple[bool, float]:
+        started = time.monotonic()
+        try:
+            await send(i)
+            return True, time.monotonic() - started
+        except Exception:
+            return False, time.monotonic() - started
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
 async def _distill(url: str, n: int, rpm: int | None) -> list[tuple[bool, float]]:
     from distill.teachers.base import Request
     from distill.teachers.registry import create_backend
@@ -48,17 +61,9 @@ async def _distill(url: str, n: int, rpm: int | None) -> list[tuple[bool, float]
     env = {"DISTILL_TEACHER": f"openai:{MODEL}", "DISTILL_TEACHER_BASE_URL": url,
            "DISTILL_TEACHER_API_KEY": "sk-bench-0000000000000000"}
     teacher = create_backend(resolve_settings(env=env, overrides={"rpm": rpm}))
-
-    async def one(i: int) -> tuple[bool, float]:
-        started = time.monotonic()
-        try:
-            await teacher.complete(Request(messages=({"role": "user", "content": f"prompt {i}"},), max_tokens=16))
-            return True, time.monotonic() - started
-        except Exception:
-            return False, time.monotonic() - started
-
     try:
-        return list(await asyncio.gather(*(one(i) for i in range(n))))
+        return await _timed_gather(lambda i: teacher.complete(
+            Request(messages=({"role": "user", "content": f"prompt {i}"},), max_tokens=16)), n)
     finally:
         await teacher.aclose()
 
@@ -67,29 +72,19 @@ async def _naive(url: str, n: int) -> list[tuple[bool, float]]:
     import openai
 
     client = openai.AsyncOpenAI(api_key="sk-bench-0000000000000000", base_url=url)
-
-    async def one(i: int) -> tuple[bool, float]:
-        started = time.monotonic()
-        try:
-            await client.chat.completions.create(model=MODEL, max_tokens=16,
-                                                 messages=[{"role": "user", "content": f"prompt {i}"}])
-            return True, time.monotonic() - started
-        except Exception:
-            return False, time.monotonic() - started
-
     try:
-        return list(await asyncio.gather(*(one(i) for i in range(n))))
+        return await _timed_gather(lambda i: client.chat.completions.create(
+            model=MODEL, max_tokens=16, messages=[{"role": "user", "content": f"prompt {i}"}]), n)
     finally:
         await client.close()
 
 
 def worker(client: str, url: str, n: int, rpm: int) -> dict[str, Any]:
+    import openai  # noqa: F401  (import cost outside the measurement, for every client)
+
     if client == "naive":
-        import openai  # noqa: F401  (import cost outside the measurement, as for distill)
         load = _naive(url, n)
     else:
-        import openai  # noqa: F401
-
         import distill.teachers.openai_api  # noqa: F401
         load = _distill(url, n, rpm if client == "distill" else None)
     cpu, wall = time.process_time(), time.monotonic()

@@ -393,11 +393,7 @@ class LoopbackServer:
             body = json.loads(raw)
         except json.JSONDecodeError:
             body = {}
-        with self._lock:
-            seen = Seen(endpoint, len(self._seen), body, {k.lower(): v for k, v in request.headers.items()},
-                        time.monotonic())
-            self._seen.append(seen)
-            fault = self._take_fault(endpoint)
+        seen, fault = self._record(request, endpoint, body)
         view = _view(endpoint, seen.index, body, seen.headers)
         reply = self._responder(view) if fault is None else None
         if isinstance(reply, Fault):
@@ -409,6 +405,21 @@ class LoopbackServer:
             response = await self._answer(endpoint, view, reply)
         seen.status = response.status if response is not None else None
         return response if response is not None else web.Response(status=499)  # never sent: dropped
+
+    def _record(self, request: web.Request, endpoint: str, body: dict[str, Any]) -> tuple[Seen, Fault | None]:
+        """Log a request, and take the fault queued (or drawn by chaos) for its endpoint, if any."""
+        with self._lock:
+            seen = Seen(endpoint, len(self._seen), body, {k.lower(): v for k, v in request.headers.items()},
+                        time.monotonic())
+            self._seen.append(seen)
+            return seen, self._take_fault(endpoint)
+
+    @staticmethod
+    def _drop(request: web.Request) -> None:
+        """Close the connection without answering."""
+        request.protocol.force_close()
+        if request.transport is not None:
+            request.transport.abort()
 
     def _take_fault(self, endpoint: str) -> Fault | None:
         for i, fault in enumerate(self._faults):
@@ -480,9 +491,7 @@ class LoopbackServer:
                      view: LoopbackRequest) -> web.Response | None:
         kind = fault.kind
         if kind == "drop":
-            request.protocol.force_close()
-            if request.transport is not None:
-                request.transport.abort()
+            self._drop(request)
             return None
         if kind in ("timeout", "slow"):
             await asyncio.sleep(fault.delay)
@@ -512,19 +521,13 @@ class LoopbackServer:
     async def _batch_call(self, request: web.Request, endpoint: str,
                           body: Mapping[str, Any] | None = None) -> tuple[Seen, web.Response | None]:
         """Record a batch-API request; a queued fault for `endpoint` answers it instead (or drops it)."""
-        with self._lock:
-            seen = Seen(endpoint, len(self._seen), dict(body or {}), {k.lower(): v for k, v in request.headers.items()},
-                        time.monotonic())
-            self._seen.append(seen)
-            fault = self._take_fault(endpoint)
+        seen, fault = self._record(request, endpoint, dict(body or {}))
         if fault is None:
             return seen, None
         seen.fault = str(fault.kind)
         wire = ANTHROPIC if endpoint == ANTHROPIC_BATCHES else OPENAI
         if fault.kind == "drop":
-            request.protocol.force_close()
-            if request.transport is not None:
-                request.transport.abort()
+            self._drop(request)
             return seen, web.Response(status=499)
         status = int(fault.kind) if isinstance(fault.kind, int) else 500
         seen.status = status
