@@ -27,14 +27,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from fakes import between, critique_reply, judge_reply  # noqa: E402
 from loopback_server import LoopbackRequest, LoopbackServer  # noqa: E402
 from test_train_learning import replay_prompts, rule_sets  # noqa: E402
 
 FINAL = re.compile(r"^Final answer:\s*\S", re.MULTILINE)
-
-
-def between(text: str, marker: str) -> str:
-    return text.split(f"<<<{marker}\n", 1)[1].split(f"\n{marker}>>>", 1)[0]
 
 
 def make_teacher(answers: dict[str, tuple[str, str]]):  # type: ignore[no-untyped-def]
@@ -42,16 +39,16 @@ def make_teacher(answers: dict[str, tuple[str, str]]):  # type: ignore[no-untype
         user = next(m["content"] for m in request.messages if m["role"] == "user")
         if "winner" in json.dumps(request.schema or {}):
             a, b = bool(FINAL.search(between(user, "A"))), bool(FINAL.search(between(user, "B")))
-            return json.dumps({"reason": "ends with the final answer line", "winner": "A" if a and not b else
-                               "B" if b and not a else "tie"})
+            return judge_reply("A" if a and not b else "B" if b and not a else "tie",
+                               reason="ends with the final answer line")
         question, answer = between(user, "USER"), between(user, "ANSWER")
         sentence, final = answers[question]
         if answer.strip().endswith(f"Final answer: {final}"):
-            return json.dumps({"critique": "Correct and in the required form.", "issues": [],
-                               "verdict": "acceptable", "revision": answer})
-        return json.dumps({"critique": "Answer in one sentence, then a last line 'Final answer: X'.",
-                           "issues": ["no final answer line"], "verdict": "needs_revision",
-                           "revision": f"{sentence}\nFinal answer: {final}"})
+            return critique_reply(answer, verdict="acceptable", critique="Correct and in the required form.",
+                                  issues=())
+        return critique_reply(f"{sentence}\nFinal answer: {final}", verdict="needs_revision",
+                              critique="Answer in one sentence, then a last line 'Final answer: X'.",
+                              issues=("no final answer line",))
     return teacher
 
 

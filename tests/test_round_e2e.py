@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from distill.cli import main
+from fakes import between, critique_reply, judge_reply
 from loopback_server import LoopbackRequest
 
 PROMPTS = [
@@ -29,24 +30,20 @@ PROMPTS = [
 ]
 
 
-def between(text: str, marker: str) -> str:
-    return text.split(f"<<<{marker}\n", 1)[1].split(f"\n{marker}>>>", 1)[0]
-
-
 def teacher_script(request: LoopbackRequest) -> str:
     """Deterministic critiques: some fix, one accepts, one makes it worse, some malformed."""
     user = next(m["content"] for m in request.messages if m["role"] == "user")
     if "winner" in json.dumps(request.schema or {}):
         a, b = between(user, "A"), between(user, "B")
-        return json.dumps({"reason": "scripted", "winner": "A" if "(revised)" in a else "B" if "(revised)" in b else "tie"})
+        return judge_reply("A" if "(revised)" in a else "B" if "(revised)" in b else "tie", reason="scripted")
     question, answer = between(user, "USER"), between(user, "ANSWER")
     repaired = any(m["role"] == "assistant" for m in request.messages)
 
     def revise(text: str) -> str:
-        return json.dumps({"critique": "Needs work.", "issues": ["wrong"], "verdict": "needs_revision", "revision": text})
+        return critique_reply(text, critique="Needs work.", issues=("wrong",))
 
     if "capital" in question:
-        return json.dumps({"critique": "Correct.", "issues": [], "verdict": "acceptable", "revision": answer})
+        return critique_reply(answer, verdict="acceptable", critique="Correct.", issues=())
     if "12 plus 30" in question:
         return revise("12 + 30 = 42 (revised)")
     if "9 times 9" in question:

@@ -13,11 +13,8 @@ from pathlib import Path
 
 
 from distill.cli import main
+from fakes import between
 from loopback_server import LoopbackRequest
-
-
-def between(text: str, marker: str) -> str:
-    return text.split(f"<<<{marker}\n", 1)[1].split(f"\n{marker}>>>", 1)[0]
 
 
 def yes_teacher(request: LoopbackRequest) -> str:
