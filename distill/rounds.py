@@ -102,6 +102,14 @@ def _replay_sets(config: RoundsConfig, held_cfg: RunConfig) -> tuple[list[Any], 
     return [e for i, e in enumerate(examples) if i % 4 != 3], held
 
 
+def _prompt_key(text: str) -> str:
+    """What makes two prompts the same for the leakage check: their words, case and punctuation aside
+    (`similarity.normalise`); a prompt without words is compared as written, case aside."""
+    from distill.similarity import normalise
+
+    return normalise(text) or text.strip().casefold()
+
+
 def run_rounds(config: RoundsConfig, prompts: Sequence[Prompt]) -> dict[str, Any]:
     """Run up to `config.rounds` rounds; returns the state written to rounds.json."""
     from distill.train import TrainConfig, train
@@ -109,10 +117,11 @@ def run_rounds(config: RoundsConfig, prompts: Sequence[Prompt]) -> dict[str, Any
     root = config.run.run_dir
     root.mkdir(parents=True, exist_ok=True)
     heldout = read_prompts(config.heldout)
-    overlap = {p.text.strip().casefold() for p in prompts} & {p.text.strip().casefold() for p in heldout}
+    trained = {_prompt_key(p.text) for p in prompts}
+    overlap = sorted({p.text.strip().casefold() for p in heldout if _prompt_key(p.text) in trained})
     if overlap:
         raise InputError(f"{config.heldout}: {len(overlap)} held-out prompt(s) also appear in the training prompts "
-                         f"(e.g. {sorted(overlap)[0]!r}); held-out prompts must never be trained on")
+                         f"(e.g. {overlap[0]!r}); held-out prompts must never be trained on")
     train_config = TrainConfig.from_mapping(config.train_options, source="--train-option")
     state = load_state(root)
     state.update(name=config.run.name, heldout=str(config.heldout), policy=config.policy.__dict__)
