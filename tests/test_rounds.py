@@ -82,3 +82,13 @@ def test_rounds_need_heldout_prompts_disjoint_from_training(tmp_path, capsys) ->
     train = write(tmp_path / "train.jsonl", [{"id": "a", "prompt": "Same question?"}])
     assert main(["run", str(train), "--name", "x", "--rounds", "2"]) == 2
     assert "--heldout" in capsys.readouterr().err
+
+
+def test_heldout_prompts_differing_only_in_case_spacing_or_punctuation_count_as_training_prompts(tmp_path,
+                                                                                                  capsys) -> None:
+    train = write(tmp_path / "train.jsonl", [{"id": "a", "prompt": "What is 2 + 2?"}, {"id": "b", "prompt": "Hi"}])
+    heldout = write(tmp_path / "heldout.jsonl", [{"id": "h", "prompt": "what is  2+2"}])
+    args = ["run", str(train), "--name", "x", "--runs-dir", str(tmp_path / "runs"), "--rounds", "2",
+            "--heldout", str(heldout)]
+    assert main(args) == 2
+    assert "1 held-out prompt(s) also appear in the training prompts (e.g. 'what is  2+2')" in capsys.readouterr().err
