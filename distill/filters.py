@@ -6,15 +6,26 @@ order; the first that returns a `Drop` removes the row, and its name and detail 
 parties add their own through the `distill.filters` entry-point group, and `--filters` picks
 which run and in what order.
 
+A check the user wrote (the prompt's `reference`) is the authority. When the original fails it
+and the revision passes, the row is a *verified fix*: `unchanged`, `length` (up to
+`VERIFIED_LENGTH_FACTOR` times its usual bound) and `judge` never drop it (the judge's verdicts
+are still asked for and recorded). Similarity and the judge decide only where no check exists.
+
 | filter        | drops a row when                                                             |
 |---------------|------------------------------------------------------------------------------|
-| acceptable    | every stage judged the original acceptable (or keeps it as a positive example)|
-| boilerplate   | (strips "Sure, here is the revised answer:" wrappers first) nothing is left  |
+| acceptable    | the teacher accepted the original and no check verifies it (an accepted answer|
+|               | that passes its prompt's check is kept as a verified positive example)       |
+| boilerplate   | (strips "Sure, here is the revised answer:" wrappers first) nothing is left;  |
+|               | a wrapper the check needs (quotation marks, a fence) is left in place        |
 | empty         | the text is empty, or the teacher stopped at its token limit (truncated)     |
-| unchanged     | the revision is near-identical to the original                               |
+| unchanged     | the revision equals the original up to whitespace (case, punctuation, quotes,|
+|               | list markers and line breaks all count as changes)                           |
 | length        | the revision is more than `max_length_ratio` times longer than the original  |
 | reference     | the prompt has a reference and the text fails its checks                     |
 | judge         | a pairwise judge, asked in both orders, does not prefer the revision twice   |
+
+Every pattern here runs in time linear in the text (no nested or adjacent unbounded repeats
+that could backtrack), so a 20,000-space reply costs microseconds, not seconds.
 """
 
 from __future__ import annotations
@@ -22,25 +33,29 @@ from __future__ import annotations
 import re
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib.metadata import entry_points
 from typing import Any, Awaitable, Callable, Mapping
 
 from distill.accounting import Ledger
-from distill.checks import parse_reference, run_checks
+from distill.checks import Check, parse_reference, run_checks
 from distill.errors import ConfigError
 from distill.protocol import Settings, judge_both_orders
-from distill.similarity import near_identical
 from distill.teachers.base import Teacher
 from distill.templates import PromptSet
 
 _WRAPPER_HEAD = re.compile(
-    r"^\s*(?:(?:sure|certainly|of course|okay|ok|absolutely)[,!.]?\s*)?"
+    r"(?:(?:sure|certainly|of course|okay|ok|absolutely)[,!.]?\s*)?"
     r"(?:here(?:'s| is)\s+(?:the|my|a|an|your)?\s*(?:revised|improved|corrected|updated|rewritten|final)?\s*"
     r"(?:answer|response|version|text)\s*[:.\-]|"
-    r"(?:revised|improved|corrected|final|rewritten)\s+(?:answer|response|version)\s*[:.\-])\s*",
+    r"(?:revised|improved|corrected|final|rewritten)\s+(?:answer|response|version)\s*[:.\-])",
     re.IGNORECASE)
-_WRAPPER_TAIL = re.compile(r"\s*(?:let me know if (?:you|there)[^\n]*|i hope (?:this|that) helps[^\n]*)$", re.IGNORECASE)
-_FENCED = re.compile(r"^\s*```[a-z]*\n(.*?)\n```\s*$", re.DOTALL)
+_WRAPPER_TAIL = re.compile(r"(?:let me know if (?:you|there)|i hope (?:this|that) helps)[^\n]*", re.IGNORECASE)
+_FENCE_OPEN = re.compile(r"```[a-z]*\n")
+_WHITESPACE = re.compile(r"[^\S\n]+")
+
+VERIFIED_LENGTH_FACTOR = 3.0
+"""A verified fix may be this many times longer than `length`'s usual bound before it is dropped."""
 
 
 @dataclass
@@ -50,12 +65,30 @@ class Candidate:
     revision: Mapping[str, Any]  # the row from revisions.jsonl
     text: str
     original: str
-    positive: bool = False  # True: an acceptable original kept as a positive example
+    positive: bool = False  # True: an accepted original kept as a positive example
     notes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def reference(self) -> Any:
         return self.revision.get("reference")
+
+    @cached_property
+    def checks(self) -> tuple[Check, ...]:
+        """The prompt's objective checks (none without a reference), parsed once per row."""
+        return parse_reference(self.reference) if self.reference is not None else ()
+
+    def passes(self, text: str) -> bool | None:
+        """Whether `text` passes the prompt's checks; None when the prompt has none."""
+        return run_checks(self.checks, text).passed if self.checks else None
+
+    @cached_property
+    def original_passes(self) -> bool | None:
+        return self.passes(self.original)
+
+    @property
+    def verified_fix(self) -> bool:
+        """The original fails the prompt's check and the current text passes it."""
+        return self.original_passes is False and self.passes(self.text) is True
 
 
 @dataclass(frozen=True)
@@ -70,9 +103,10 @@ class FilterContext:
 
     teacher: Teacher | None
     prompts: PromptSet | None
-    keep_acceptable: bool = False
+    keep_acceptable: bool = False  # also keep accepted answers that no check verifies
+    verified_positives: bool = True  # keep accepted answers that pass their prompt's check
     max_length_ratio: float = 3.0
-    unchanged_threshold: float = 0.95
+    unchanged_threshold: float = 1.0  # 1.0: only a revision equal up to whitespace is "unchanged"
     settings: Settings = Settings(max_tokens=256)
     ledger: Ledger | None = None  # judge calls are billed here
 
@@ -81,19 +115,49 @@ FilterFn = Callable[[Candidate, FilterContext], Awaitable[Drop | None]]
 
 
 def strip_boilerplate(text: str) -> str:
-    """Remove wrappers a teacher adds around the answer: preambles, sign-offs, a code fence."""
-    fenced = _FENCED.match(text)
-    if fenced:
-        text = fenced.group(1)
-    text = _WRAPPER_TAIL.sub("", _WRAPPER_HEAD.sub("", text, count=1)).strip()
+    """Remove wrappers a teacher adds around the answer: preambles, sign-offs, a code fence, quotes."""
+    text = text.strip()
+    if text.startswith("```") and text.endswith("```") and len(text) > 6:
+        opened = _FENCE_OPEN.match(text)
+        if opened and text[opened.end():-3].endswith("\n"):
+            text = text[opened.end():-4].strip()
+    head = _WRAPPER_HEAD.match(text)
+    if head:
+        text = text[head.end():].lstrip()
+    last_line = text.rfind("\n") + 1
+    tail = _WRAPPER_TAIL.search(text, last_line)
+    if tail and tail.end() == len(text):
+        text = text[:tail.start()].rstrip()
     if len(text) >= 2 and text[0] == text[-1] == '"' and '"' not in text[1:-1]:
         text = text[1:-1].strip()
     return text
 
 
+def whitespace_normalised(text: str) -> str:
+    """`text` with runs of spaces and tabs made one space, every line stripped and blank edges
+    removed; case, punctuation and line breaks are kept."""
+    return "\n".join(_WHITESPACE.sub(" ", line).strip() for line in text.strip().splitlines())
+
+
+def unchanged_text(original: str, revised: str, threshold: float = 1.0) -> bool:
+    """True when the texts are equal up to whitespace, or (threshold below 1) at least that similar
+    by difflib's ratio over the whitespace-normalised texts, case and punctuation included."""
+    a, b = whitespace_normalised(original), whitespace_normalised(revised)
+    if a == b:
+        return True
+    if threshold >= 1.0:
+        return False
+    import difflib
+
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() >= threshold
+
+
 async def boilerplate(c: Candidate, ctx: FilterContext) -> Drop | None:
     stripped = strip_boilerplate(c.text)
     if stripped == c.text.strip():
+        return None
+    if c.passes(c.text) is True and c.passes(stripped) is False:
+        c.notes["boilerplate_kept"] = "stripping would fail the prompt's check"
         return None
     c.notes["boilerplate_stripped"] = True
     c.text = stripped
@@ -111,42 +175,59 @@ async def empty(c: Candidate, ctx: FilterContext) -> Drop | None:
 
 
 async def acceptable(c: Candidate, ctx: FilterContext) -> Drop | None:
+    """An accepted answer is kept as a positive example when its prompt's check verifies it (or,
+    with --keep-acceptable, unverified); otherwise it is dropped, saying which case it was."""
     if c.revision.get("verdict") != "acceptable":
         return None
-    if ctx.keep_acceptable:
+    passed = c.original_passes
+    if (passed is True and ctx.verified_positives) or (ctx.keep_acceptable and passed is not False):
         c.positive, c.text = True, c.original
+        c.notes["positive"] = "verified" if passed else "unverified"
         return None
-    return Drop("acceptable", "the teacher found nothing to revise")
+    if passed is False:
+        failures = run_checks(c.checks, c.original).failures
+        return Drop("acceptable", "the teacher accepted the answer, but it fails its check: " + ", ".join(failures))
+    if passed is True:
+        return Drop("acceptable", "the teacher found nothing to revise (verified by its check; "
+                                  "verified positives are off)")
+    return Drop("acceptable", "the teacher found nothing to revise, and no check verifies the answer "
+                              "(unverified; --keep-acceptable keeps such answers)")
 
 
 async def unchanged(c: Candidate, ctx: FilterContext) -> Drop | None:
-    if c.positive or not near_identical(c.original, c.text, ctx.unchanged_threshold):
+    if c.positive or not unchanged_text(c.original, c.text, ctx.unchanged_threshold):
         return None
+    if c.verified_fix:
+        c.notes["unchanged_overruled"] = "verified fix: the original fails the check, the revision passes"
+        return None
+    if ctx.unchanged_threshold >= 1.0:
+        return Drop("unchanged", "the revision equals the original up to whitespace")
     return Drop("unchanged", f"the revision is near-identical to the original (similarity >= {ctx.unchanged_threshold})")
 
 
 async def length(c: Candidate, ctx: FilterContext) -> Drop | None:
     if c.positive:
         return None
-    limit = ctx.max_length_ratio * max(len(c.original), 200)
-    if len(c.text) > limit:
-        return Drop("length", f"the revision has {len(c.text)} characters, over {ctx.max_length_ratio}x the "
-                              f"original's {len(c.original)}")
+    bound = max(len(c.original), 200)
+    ratio = ctx.max_length_ratio * (VERIFIED_LENGTH_FACTOR if c.verified_fix else 1.0)
+    if len(c.text) > ratio * bound:
+        return Drop("length", f"the revision has {len(c.text)} characters, over {ratio:g}x the "
+                              f"original's {len(c.original)}" + (" (a verified fix)" if c.verified_fix else ""))
     return None
 
 
 async def reference(c: Candidate, ctx: FilterContext) -> Drop | None:
-    if c.reference is None:
+    if not c.checks:
         return None
-    checks = parse_reference(c.reference)
-    result = run_checks(checks, c.text)
+    result = run_checks(c.checks, c.text)
     c.notes["reference_passed"] = result.passed
-    c.notes["original_reference_passed"] = run_checks(checks, c.original).passed
+    c.notes["original_reference_passed"] = c.original_passes
     return None if result.passed else Drop("reference", "fails " + ", ".join(result.failures))
 
 
 async def judge(c: Candidate, ctx: FilterContext) -> Drop | None:
-    """Ask the judge twice, revision first and second; it must win both times (ties drop)."""
+    """Ask the judge twice, revision first and second; it must win both times (ties drop), unless
+    the row is a verified fix: then the verdicts are recorded and the check decides."""
     if c.positive:
         return None
     if ctx.teacher is None or ctx.prompts is None:
@@ -158,6 +239,9 @@ async def judge(c: Candidate, ctx: FilterContext) -> Drop | None:
     verdicts = [{"candidate": "revision", "other": "original"}.get(v, v) for v in orders]
     c.notes["judge"] = verdicts
     if verdicts == ["revision", "revision"]:
+        return None
+    if c.verified_fix:
+        c.notes["judge_overruled"] = "verified fix: the original fails the check, the revision passes"
         return None
     return Drop("judge", f"the judge did not prefer the revision in both orders ({verdicts[0]}, {verdicts[1]})")
 
