@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from distill import consistency, filters
+from distill import consistency, filters, self_training
 from distill.accounting import CostFn, Ledger, no_prices
 from distill.answer import answer_to_file
 from distill.batch import BatchMode, batch_summary, open_batches, settle, summary_line
@@ -38,6 +38,7 @@ from distill.records import JsonlSink, Prompt, content_hash, write_jsonl
 from distill.similarity import near_duplicates
 from distill.student import GenerationParams
 from distill.teachers.base import Deferred, Teacher
+from distill.teachers.none import NAME as NO_TEACHER
 from distill.templates import PromptSet, load_prompt_set
 
 
@@ -56,9 +57,13 @@ class RunConfig:
     stages: tuple[str, ...] = ()  # or an explicit list of principles (overrides chain)
     prompts_dir: str | None = None  # templates and principles; None: $DISTILL_PROMPTS or ./prompts
     filters: tuple[str, ...] = filters.DEFAULT_ORDER
-    keep_acceptable: bool = False  # keep answers the teacher accepts as positive SFT examples
+    keep_acceptable: bool = False  # also keep accepted answers that no check verifies, as positive examples
+    verified_positives: bool = True  # keep accepted answers that pass their prompt's check as positive examples
     max_length_ratio: float = 3.0  # drop revisions longer than this times the original
-    unchanged_threshold: float = 0.95  # drop revisions at least this similar to the original
+    unchanged_threshold: float = 1.0  # drop revisions this similar to the original (1.0: equal up to whitespace)
+    self_first: bool = False  # with a teacher: samples that pass their check train directly; the teacher sees the rest
+    self_keep: int = 2  # self-training: distinct verified samples kept per prompt
+    self_agreement: float = 0.6  # self-training without a reference: the majority share needed to keep it
     dedup_threshold: float | None = 0.9  # drop prompts whose 3-gram Jaccard to an earlier one is >= this
     teacher_max_tokens: int = 1024  # the teacher's reply limit per call
     concurrency: int | None = None  # rows in flight at once (default: the teacher's concurrency)
@@ -86,6 +91,7 @@ class Summary:
     ledgers: dict[str, Ledger] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)
     batches: dict[str, Any] | None = None  # batch mode: every provider batch of the run (distill.batch)
+    dataset: dict[str, int] = field(default_factory=dict)  # training rows by where they came from
 
     def table(self) -> str:
         lines = [("| stage | in | out | dropped/failed | teacher calls | cached | batch | tokens | cost "
@@ -98,6 +104,10 @@ class Summary:
                     f"{ledger.price_text(batch=False)} | {ledger.price_text(batch=True)}" if ledger else \
                 "- | - | - | - | - | - | -"
             lines.append(f"| {stage} | {c['in']} | {c['out']} | {c['in'] - c['out']} | {calls} | {c['seconds']:.1f} |")
+        if self.dataset:
+            lines.append("")
+            lines.append(f"training rows: {sum(self.dataset.values())} (" +
+                         ", ".join(f"{DATASET_SOURCES.get(k, k)} {v}" for k, v in sorted(self.dataset.items())) + ")")
         if self.rejected:
             lines.append("")
             lines.append("dropped or failed, by reason: " +
@@ -105,6 +115,18 @@ class Summary:
         if self.batches:
             lines.append(summary_line(self.batches))
         return "\n".join(lines)
+
+
+DATASET_SOURCES = {  # training rows by meta.source, and whether the prompt's check verifies them
+    "revision": "teacher revisions, no check", "revision_verified": "teacher revisions that pass their check",
+    "acceptable": "accepted answers, no check", "acceptable_verified": "accepted answers that pass their check",
+    "self_verified": "student samples that pass their check", "self_consistent": "student majority answers, no check",
+}
+
+
+def dataset_kind(meta: Mapping[str, Any]) -> str:
+    """The DATASET_SOURCES key of a training row's meta."""
+    return str(meta.get("source")) + ("_verified" if meta.get("verified") else "")
 
 
 def _log(message: str) -> None:
@@ -196,7 +218,8 @@ async def filter_stage(revisions: Sequence[Mapping[str, Any]], ctx: filters.Filt
             rejected.append(_reject_row(stage, dropped.filter, dropped.detail, **ids, round=rev.get("round")))
             continue
         meta = {**ids, "round": rev.get("round"), "teacher": rev.get("teacher"), "template_ids": rev.get("template_ids"),
-                "source": "acceptable" if cand.positive else "revision", **cand.notes}
+                "source": "acceptable" if cand.positive else "revision", **cand.notes,
+                "verified": cand.passes(cand.text) is True}
         prompt_msgs = [dict(m) for m in rev["messages"]]
         sft.append({"id": "s-" + content_hash([rev["id"], cand.text]), "prompt": prompt_msgs,
                     "completion": [{"role": "assistant", "content": cand.text}], "meta": meta})
@@ -209,15 +232,29 @@ async def filter_stage(revisions: Sequence[Mapping[str, Any]], ctx: filters.Filt
 
 # ---------------------------------------------------------------- the round
 
-def open_round_teacher(offline: bool | None, teacher: str | None = None, *, batch: bool | None = None,
-                       run_dir: Path | None = None, wait: bool = True) -> tuple[Teacher, Any]:
-    """The configured teacher behind the cache, and its settings; a missing key fails here, before any work.
-    In batch mode (`batch`, else DISTILL_TEACHER_BATCH) misses go to provider batches recorded in `run_dir`;
-    a caller that gives no `run_dir` (its stage does not run in passes) gets a live teacher."""
-    from distill.teachers import registry
+def teacher_settings(teacher: str | None = None, batch: bool | None = None) -> Any:
+    """The resolved teacher settings: `teacher` (a --teacher flag) over the config file and environment."""
     from distill.teachers.settings import resolve_settings
 
-    settings = resolve_settings(overrides={"teacher": teacher, "batch": batch})
+    return resolve_settings(overrides={"teacher": teacher, "batch": batch})
+
+
+def no_teacher(teacher: str | None = None) -> bool:
+    """True when the teacher is `none`: self-training only, no teacher calls at all."""
+    return teacher_settings(teacher).backend == NO_TEACHER
+
+
+def open_round_teacher(offline: bool | None, teacher: str | None = None, *, batch: bool | None = None,
+                       run_dir: Path | None = None, wait: bool = True) -> tuple[Teacher | None, Any]:
+    """The configured teacher behind the cache, and its settings; a missing key fails here, before any work.
+    In batch mode (`batch`, else DISTILL_TEACHER_BATCH) misses go to provider batches recorded in `run_dir`;
+    a caller that gives no `run_dir` (its stage does not run in passes) gets a live teacher.
+    The teacher `none` gives (None, settings): the round self-trains and calls no one."""
+    from distill.teachers import registry
+
+    settings = teacher_settings(teacher, batch)
+    if settings.backend == NO_TEACHER:
+        return None, settings
     offline = offline_from_env() if offline is None else offline
     if not offline:
         registry.require_key(settings)
@@ -250,7 +287,8 @@ def cost_functions(settings: Any) -> tuple[CostFn, CostFn]:
 def run_round(config: RunConfig, prompts: Sequence[Prompt], teacher: Teacher | None = None) -> Summary:
     """Answer, critique, revise and filter `prompts`; writes every artefact under `config.run_dir`.
 
-    The teacher is the configured one behind the cache unless one is given (any `Teacher`)."""
+    The teacher is the configured one behind the cache unless one is given (any `Teacher`); with
+    the teacher `none` the round self-trains (`distill.self_training`) and calls no teacher."""
     prompt_set, chain = _templates(config)
     teacher, settings = (teacher, None) if teacher else open_round_teacher(
         config.offline, config.teacher, batch=config.batch, run_dir=config.run_dir, wait=config.batch_wait)
@@ -282,21 +320,47 @@ def _templates(config: RunConfig) -> tuple[PromptSet, Any]:
     return prompt_set, chain
 
 
+def self_stage(config: RunConfig, answers: Sequence[Mapping[str, Any]], summary: Summary,
+               teacher: Teacher | None) -> tuple[list[dict], list[dict], list[dict], list[Mapping[str, Any]]]:
+    """Self-training on the student's samples: (sft, prefs, rejected, answers left for the teacher).
+    With no teacher the prompts nothing verified are rejected; with one (--self-first) they go on."""
+    t0 = time.monotonic()
+    outcome = self_training.select(answers, self_training.SelfPolicy(config.self_keep, config.self_agreement))
+    prompts = len({a["prompt_id"] for a in answers})
+    summary.counts["self"] = {"in": prompts, "out": prompts - len(outcome.unresolved),
+                              "seconds": time.monotonic() - t0}
+    if teacher is not None:
+        return outcome.sft, outcome.prefs, [], [a for a in answers if a["prompt_id"] in outcome.unresolved]
+    rejected = [_reject_row("self", "unverified", why, prompt_id=pid, round=config.round)
+                for pid, why in outcome.unresolved.items()]
+    return outcome.sft, outcome.prefs, rejected, []
+
+
 def _critique_and_filter(config: RunConfig, answers: Sequence[Mapping[str, Any]], prompt_set: PromptSet, chain: Any,
-                         teacher: Teacher, settings: Any, summary: Summary, rejected: list[dict],
+                         teacher: Teacher | None, settings: Any, summary: Summary, rejected: list[dict],
                          started: float) -> Summary:
-    samples = max((int(a.get("sample", 0)) for a in answers), default=0) + 1
-    chosen, skipped = select_stage(answers, config.skip_consistent, samples)
-    rejected = rejected + skipped
-    if samples > 1:
-        summary.counts["select"] = {"in": len(chosen) + len(skipped), "out": len(chosen), "seconds": 0.0}
-    revisions, critique_ledger, (sft, prefs, dropped, filter_ledger) = asyncio.run(
-        _teacher_stages(config, chosen, chain, prompt_set, teacher, settings))
-    summary.ledgers.update(critique=critique_ledger, filter=filter_ledger)
-    ok = sum(r.get("status") == "ok" for r in revisions)
-    summary.counts["critique"] = {"in": len(chosen), "out": ok, "seconds": critique_ledger.seconds}
-    summary.counts["filter"] = {"in": ok, "out": len(sft), "seconds": filter_ledger.seconds}
-    rejected += dropped
+    sft: list[dict] = []
+    prefs: list[dict] = []
+    to_teacher: Sequence[Mapping[str, Any]] = answers
+    if teacher is None or config.self_first:
+        sft, prefs, unverified, to_teacher = self_stage(config, answers, summary, teacher)
+        rejected = rejected + unverified
+    if teacher is not None:
+        samples = max((int(a.get("sample", 0)) for a in to_teacher), default=0) + 1
+        chosen, skipped = select_stage(to_teacher, config.skip_consistent, samples)
+        rejected = rejected + skipped
+        if samples > 1:
+            summary.counts["select"] = {"in": len(chosen) + len(skipped), "out": len(chosen), "seconds": 0.0}
+        revisions, critique_ledger, (taught, taught_prefs, dropped, filter_ledger) = asyncio.run(
+            _teacher_stages(config, chosen, chain, prompt_set, teacher, settings))
+        summary.ledgers.update(critique=critique_ledger, filter=filter_ledger)
+        ok = sum(r.get("status") == "ok" for r in revisions)
+        summary.counts["critique"] = {"in": len(chosen), "out": ok, "seconds": critique_ledger.seconds}
+        summary.counts["filter"] = {"in": ok, "out": len(taught), "seconds": filter_ledger.seconds}
+        sft, prefs, rejected = sft + taught, prefs + taught_prefs, rejected + dropped
+    for row in sft:
+        kind = dataset_kind(row["meta"])
+        summary.dataset[kind] = summary.dataset.get(kind, 0) + 1
     for row in rejected:
         summary.rejected[row["filter"]] = summary.rejected.get(row["filter"], 0) + 1
     run_dir = config.run_dir
@@ -305,7 +369,7 @@ def _critique_and_filter(config: RunConfig, answers: Sequence[Mapping[str, Any]]
     write_jsonl(run_dir / "rejected.jsonl", rejected)
     summary.batches = batch_summary(run_dir, settings)
     write_manifest(run_dir, config, prompt_set, chain, answers, teacher, settings, summary,
-                   time.monotonic() - started, len(prefs))
+                   time.monotonic() - started, len(sft), len(prefs))
     return summary
 
 
@@ -320,6 +384,7 @@ async def _teacher_stages(config: RunConfig, chosen: list[dict], chain: Any, pro
         raise_offline_misses(teacher)
         fledger = Ledger("filter", cost_fn=cost, batch_cost_fn=batch_cost)
         ctx = filters.FilterContext(teacher=teacher, prompts=prompt_set, keep_acceptable=config.keep_acceptable,
+                                    verified_positives=config.verified_positives,
                                     max_length_ratio=config.max_length_ratio,
                                     unchanged_threshold=config.unchanged_threshold,
                                     settings=Settings(max_tokens=min(config.teacher_max_tokens, 512)), ledger=fledger)
@@ -381,7 +446,8 @@ def _bar(stage: str, total: int) -> Any:
 
 
 def write_manifest(run_dir: Path, config: RunConfig, prompt_set: PromptSet, chain: Any, answers: Sequence[dict],
-                   teacher: Teacher, settings: Any, summary: Summary, seconds: float, prefs: int) -> None:
+                   teacher: Teacher | None, settings: Any, summary: Summary, seconds: float, sft: int,
+                   prefs: int) -> None:
     student = answers[0].get("model") if answers else None
     manifest = {
         "name": config.name,
@@ -390,11 +456,11 @@ def write_manifest(run_dir: Path, config: RunConfig, prompt_set: PromptSet, chai
         "config": config.to_dict(),
         "templates": prompt_set.ids(),
         "chain": [p.name for p in chain],
-        "models": {"student": student, "teacher": dict(teacher.identity()),
+        "models": {"student": student, "teacher": dict(teacher.identity()) if teacher is not None else None,
                    "teacher_name": settings.name if settings is not None else teacher_key(teacher)},
         "counts": {stage: {k: v for k, v in c.items() if k != "seconds"} for stage, c in summary.counts.items()},
         "rejected_by_filter": summary.rejected,
-        "dataset": {"sft": summary.counts["filter"]["out"], "prefs": prefs},
+        "dataset": {"sft": sft, "prefs": prefs, "by_source": summary.dataset},
         "teacher_usage": {stage: ledger.to_dict() for stage, ledger in summary.ledgers.items()},
         "batches": summary.batches,
         "timings_s": {**{stage: round(c["seconds"], 3) for stage, c in summary.counts.items()},

@@ -36,6 +36,12 @@ def _interval(metric: dict[str, Any] | None) -> str:
     return interval_text(d["mean"], d["low"], d["high"])
 
 
+def _pass_rates(metric: dict[str, Any] | None) -> str:
+    if not metric or "current_pass_rate" not in metric:
+        return "-"
+    return f"{metric['current_pass_rate']:.1%} -> {metric['new_pass_rate']:.1%}"
+
+
 def summary_rows(state: dict[str, Any]) -> list[list[str]]:
     rows = []
     for r in state.get("rounds", []):
@@ -45,9 +51,10 @@ def summary_rows(state: dict[str, Any]) -> list[list[str]]:
         training = r.get("training", {})
         rows.append([
             str(r["round"]),
-            str(counts.get("filter", {}).get("out", 0)),
+            str(r.get("new_examples", counts.get("filter", {}).get("out", 0))),
             str(r.get("train_examples", 0)),
             f"{training.get('final_loss'):.3f}" if training.get("final_loss") is not None else "-",
+            _pass_rates(metrics.get("checks")),
             _interval(metrics.get("checks")), _interval(metrics.get("judge")), _interval(metrics.get("fidelity")),
             f"{forgetting['nll_increase']:+.1%}" if forgetting.get("nll_increase") is not None else "-",
             f"{forgetting['kl']:.4f}" if forgetting.get("kl") is not None else "-",
@@ -56,8 +63,8 @@ def summary_rows(state: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-HEADER = ["round", "survivors", "train examples", "final loss", "checks delta [95% CI]", "judge delta [95% CI]",
-          "fidelity delta [95% CI]", "replay NLL", "KL", "decision"]
+HEADER = ["round", "new examples", "train examples", "final loss", "held-out pass rate", "checks delta [95% CI]",
+          "judge delta [95% CI]", "fidelity delta [95% CI]", "replay NLL", "KL", "decision"]
 
 
 def summary_table(state: dict[str, Any]) -> str:

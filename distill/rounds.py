@@ -8,7 +8,8 @@ promoted only if the gate says so (`distill.gate`); otherwise the run stops, kee
 adapter, and says why. Everything lands under `runs/NAME/`:
 
     heldout/          a round on the held-out prompts with the base student: its teacher
-                      revisions measure fidelity (never trained on)
+                      revisions measure fidelity (never trained on); with the teacher `none`
+                      (self-training) only the base student's greedy answers
     replay/           the base student's own answers to general prompts (`--replay`): three
                       quarters are mixed into training against forgetting, the other quarter
                       measures forgetting (without `--replay`, the base answers to the held-out
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from distill.gate import Policy, decide
-from distill.pipeline import RunConfig, open_round_teacher, run_round
+from distill.pipeline import RunConfig, no_teacher, open_round_teacher, run_round
 from distill.errors import InputError
 from distill.records import Prompt, _read_text, read_answers, read_prompts, write_jsonl
 
@@ -86,17 +87,13 @@ def _replay_from_answers(rows: Sequence[dict[str, Any]]) -> list[Any]:
 
 def _replay_sets(config: RoundsConfig, held_cfg: RunConfig) -> tuple[list[Any], list[Any]]:
     """(training replay, forgetting set): the base student's own answers to general prompts."""
-    from distill.answer import answer_to_file
-    from distill.student import GenerationParams
     from distill.examples import read_replay
 
     if config.replay is None:
         return [], _replay_from_answers(read_answers(held_cfg.run_dir / "answers.jsonl"))
     chats, replay_prompts = read_replay(config.replay)
     out = config.run.run_dir / "replay" / "answers.jsonl"
-    params = GenerationParams(max_new_tokens=config.run.generation.max_new_tokens)
-    answered = answer_to_file(replay_prompts, out, params, source=config.run.student,
-                              batch_size=config.run.batch_size) if replay_prompts else []
+    answered = _base_answers(config, replay_prompts, out) if replay_prompts else []
     examples = list(chats) + _replay_from_answers(answered)
     held = [e for i, e in enumerate(examples) if i % 4 == 3]
     return [e for i, e in enumerate(examples) if i % 4 != 3], held
@@ -126,10 +123,16 @@ def run_rounds(config: RoundsConfig, prompts: Sequence[Prompt]) -> dict[str, Any
     state = load_state(root)
     state.update(name=config.run.name, heldout=str(config.heldout), policy=config.policy.__dict__)
 
-    _log("held-out reference round: the base student answers the held-out prompts, the teacher revises")
     held_cfg = replace(config.run, name=f"{config.run.name}/heldout", adapter=None, round=0)
-    run_round(held_cfg, heldout)
-    revisions = _examples(held_cfg.run_dir / "sft.jsonl")
+    self_only = no_teacher(config.run.teacher)
+    if self_only:  # no teacher: no revisions to measure fidelity with; the base answers measure forgetting
+        _log("held-out: the base student answers the held-out prompts (greedy; no teacher)")
+        _base_answers(config, heldout, held_cfg.run_dir / "answers.jsonl")
+        revisions: list[Any] = []
+    else:
+        _log("held-out reference round: the base student answers the held-out prompts, the teacher revises")
+        run_round(held_cfg, heldout)
+        revisions = _examples(held_cfg.run_dir / "sft.jsonl")
     replay, forgetting_set = _replay_sets(config, held_cfg)
 
     finished = [r for r in state["rounds"] if r.get("finished")]
@@ -144,7 +147,8 @@ def run_rounds(config: RoundsConfig, prompts: Sequence[Prompt]) -> dict[str, Any
         fresh = _examples(round_cfg.run_dir / "sft.jsonl")
         data = [e for k in range(1, number) for e in _examples(root / f"round-{k}" / "sft.jsonl")] + fresh
         record: dict[str, Any] = {"round": number, "adapter": None, "counts": summary.counts,
-                                  "rejected": summary.rejected, "train_examples": len(data)}
+                                  "rejected": summary.rejected, "dataset": summary.dataset,
+                                  "new_examples": len(fresh), "train_examples": len(data)}
         if not fresh:
             record.update(finished=True, decision={"promote": False, "reasons": [
                 f"no new training example survived the filters in round {number}; nothing new to learn"]})
@@ -156,7 +160,8 @@ def run_rounds(config: RoundsConfig, prompts: Sequence[Prompt]) -> dict[str, Any
             train(data, adapter, train_config, student=config.run.student, replay=replay, restart=adapter.exists())
         record["adapter"] = str(adapter)
         record["training"] = json.loads((adapter / "training.json").read_text(encoding="utf-8"))
-        evaluation = _evaluate(config, number, current, adapter, heldout, revisions, forgetting_set, round_cfg.run_dir)
+        evaluation = _evaluate(config, number, current, adapter, heldout, revisions, forgetting_set, round_cfg.run_dir,
+                               judge=config.judge and not self_only)
         decision = decide(evaluation.metrics, config.policy)
         record.update(finished=True, metrics=evaluation.to_dict()["metrics"], warnings=evaluation.warnings,
                       decision=decision.to_dict())
@@ -176,8 +181,17 @@ def run_rounds(config: RoundsConfig, prompts: Sequence[Prompt]) -> dict[str, Any
     return state
 
 
+def _base_answers(config: RoundsConfig, prompts: Sequence[Prompt], output: Path) -> list[dict[str, Any]]:
+    """The base student's greedy answers to `prompts` into `output` (replay and forgetting sets)."""
+    from distill.answer import answer_to_file
+    from distill.student import GenerationParams
+
+    params = GenerationParams(max_new_tokens=config.run.generation.max_new_tokens)
+    return answer_to_file(prompts, output, params, source=config.run.student, batch_size=config.run.batch_size)
+
+
 def _evaluate(config: RoundsConfig, number: int, current: str | None, adapter: Path, heldout: Sequence[Prompt],
-              revisions: Sequence[Any], forgetting_set: Sequence[Any], round_dir: Path) -> Any:
+              revisions: Sequence[Any], forgetting_set: Sequence[Any], round_dir: Path, *, judge: bool) -> Any:
     from distill.evaluate import evaluate
     from distill.student import Student
     from distill.templates import load_prompt_set
@@ -185,7 +199,7 @@ def _evaluate(config: RoundsConfig, number: int, current: str | None, adapter: P
     cur = Student.load(config.run.student, adapter=current)
     new = Student.load(config.run.student, adapter=adapter)
     teacher = identity = None
-    if config.judge:
+    if judge:
         teacher, _ = open_round_teacher(config.run.offline, config.run.teacher)
         identity = teacher.identity()
     result = evaluate(cur, new, heldout, teacher=teacher, prompt_set=load_prompt_set(config.run.prompts_dir),

@@ -148,3 +148,18 @@ def test_self_consistency_skips_prompts_the_student_agrees_on(tmp_path, tiny_mod
     skipped = [r for r in read(cfg.run_dir / "rejected.jsonl") if r["filter"] == "consistent"]
     # near-greedy sampling: the samples agree, so both prompts are skipped and the teacher is not asked
     assert {r["prompt_id"] for r in skipped} == {"fix", "ok"} and "100%" in skipped[0]["reason"]
+
+
+def test_verified_positives_are_kept_by_default_and_can_be_turned_off(tmp_path) -> None:
+    answers = answer_rows({"fix": "6 x 7 = 42", "ok": "Hello!"})  # both accepted; only "fix" has a check
+    cfg = RunConfig(name="r", runs_dir=tmp_path, stages=("facts",))
+    summary = critique_answers(cfg, answers, teacher=ScriptedTeacher(script))
+    [row] = read(cfg.run_dir / "sft.jsonl")
+    assert row["meta"]["prompt_id"] == "fix" and row["meta"]["source"] == "acceptable" and row["meta"]["verified"]
+    assert row["meta"]["positive"] == "verified" and not (cfg.run_dir / "prefs.jsonl").read_text()
+    assert "accepted answers that pass their check 1" in summary.table()
+    [rejected] = read(cfg.run_dir / "rejected.jsonl")
+    assert rejected["prompt_id"] == "ok" and "unverified" in rejected["reason"]
+    off = RunConfig(name="off", runs_dir=tmp_path, stages=("facts",), verified_positives=False)
+    critique_answers(off, answers, teacher=ScriptedTeacher(script))
+    assert not (off.run_dir / "sft.jsonl").read_text()

@@ -56,7 +56,7 @@ def test_a_malformed_teacher_names_the_variable(value: str) -> None:
 
 
 def test_an_unknown_backend_lists_the_installed_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown teacher backend 'opanai'; installed: anthropic, local, openai"):
+    with pytest.raises(ConfigError, match="unknown teacher backend 'opanai'; installed: anthropic, local, none, openai"):
         resolve_settings(env={"DISTILL_TEACHER": "opanai:gpt-4o"})
 
 

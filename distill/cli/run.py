@@ -47,7 +47,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", required=True, help="run name: artefacts go to RUNS_DIR/NAME/")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live (default ./runs)")
     t = p.add_argument_group("teacher")
-    t.add_argument("--teacher", default=None, help="backend:model, overriding DISTILL_TEACHER (e.g. openai:gpt-4o-mini)")
+    t.add_argument("--teacher", default=None,
+                   help="backend:model, overriding DISTILL_TEACHER (e.g. openai:gpt-4o-mini); 'none' self-trains: "
+                        "no teacher calls, the student's own samples that pass their prompt's check are the data")
     t.add_argument("--offline", action="store_true", default=None,
                    help="never call the teacher: replay from the cache; a miss is an error (also DISTILL_OFFLINE=1)")
     t.add_argument("--chain", default="default", help="chain of principles from principles.toml (default 'default')")
@@ -65,13 +67,28 @@ def _common(p: argparse.ArgumentParser) -> None:
     f.add_argument("--filters", default=None,
                    help=lambda: f"comma-separated filters in order (default {','.join(_default_filters())})")
     f.add_argument("--keep-acceptable", action="store_true",
-                   help="keep answers the teacher accepts as positive examples instead of dropping them")
+                   help="also keep accepted answers that no check verifies as positive examples (default: dropped)")
+    f.add_argument("--no-verified-positives", dest="verified_positives", action="store_false",
+                   help="drop accepted answers even when they pass their prompt's check (default: kept as "
+                        "positive examples)")
     f.add_argument("--max-length-ratio", type=float, default=3.0, help="drop revisions longer than this x original")
-    f.add_argument("--unchanged-threshold", type=float, default=0.95, help="drop revisions this similar to the original")
+    f.add_argument("--unchanged-threshold", type=float, default=1.0,
+                   help="drop revisions at least this similar to the original, by difflib ratio over the text with "
+                        "whitespace normalised (default 1.0: only a revision equal up to whitespace; a change of "
+                        "case, punctuation or line breaks counts)")
     f.add_argument("--dedup-threshold", type=float, default=0.9,
                    help="drop near-duplicate prompts at this 3-gram Jaccard (0 turns it off)")
     f.add_argument("--skip-consistent", type=float, default=None,
                    help="with --samples > 1: skip prompts whose samples agree at least this often (e.g. 0.8)")
+    s = p.add_argument_group("self-training (--teacher none, or --self-first with a teacher)")
+    s.add_argument("--self-first", action="store_true",
+                   help="with a teacher and --samples K: samples that pass their prompt's check become training "
+                        "rows directly; the teacher is asked only about prompts where no sample passes")
+    s.add_argument("--self-keep", type=int, default=2,
+                   help="distinct passing samples kept per prompt (default 2)")
+    s.add_argument("--self-agreement", type=float, default=0.6,
+                   help="prompts without a reference: keep the majority answer when at least this share of the "
+                        "samples agrees with it (default 0.6)")
 
 
 def _default_filters() -> tuple[str, ...]:
@@ -128,8 +145,9 @@ def _config(args: argparse.Namespace, generation=None):  # type: ignore[no-untyp
         prompts_dir=args.prompts_dir,
         filters=(_default_filters() if args.filters is None
                  else tuple(s.strip() for s in args.filters.split(",") if s.strip())),
-        keep_acceptable=args.keep_acceptable, max_length_ratio=args.max_length_ratio,
-        unchanged_threshold=args.unchanged_threshold,
+        keep_acceptable=args.keep_acceptable, verified_positives=args.verified_positives,
+        max_length_ratio=args.max_length_ratio, unchanged_threshold=args.unchanged_threshold,
+        self_first=args.self_first, self_keep=args.self_keep, self_agreement=args.self_agreement,
         dedup_threshold=args.dedup_threshold or None, teacher_max_tokens=args.teacher_max_tokens,
         concurrency=args.concurrency, offline=args.offline, teacher=args.teacher,
         batch=args.batch, batch_wait=not args.no_wait,

@@ -26,7 +26,7 @@ def _description() -> str:
     from distill.teachers.registry import GROUP
 
     return (f"List the teacher backends registered in the entry-point group {GROUP!r}: distill's own "
-            "(openai, anthropic, local) and any installed by other packages. Select one with "
+            "(openai, anthropic, local, and none for self-training) and any installed by other packages. Select one with "
             "DISTILL_TEACHER=BACKEND:MODEL.")
 
 

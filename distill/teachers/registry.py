@@ -26,7 +26,7 @@ from distill.teachers.base import Teacher
 from distill.teachers.settings import TeacherSettings
 
 GROUP = "distill.teachers"
-BUILTIN = ("anthropic", "local", "openai")
+BUILTIN = ("anthropic", "local", "none", "openai")
 
 
 @runtime_checkable

@@ -247,12 +247,14 @@ def _parse(knob: _Knob, raw: Any, where: str) -> Any:
 
 
 def parse_teacher(value: str, where: str = ENV_TEACHER) -> tuple[str, str]:
-    """`backend:model` -> (backend, model); a bare `local` means local:default."""
+    """`backend:model` -> (backend, model); a bare `local` means local:default, a bare `none` no teacher."""
     text = value.strip()
     backend, sep, model = text.partition(":")
     backend, model = backend.strip().lower(), model.strip()
     if not sep and backend == "local":
         return "local", "default"
+    if not sep and backend == "none":  # no teacher: self-training only (distill.teachers.none)
+        return "none", "none"
     if not backend or not model:
         raise ConfigError(f"{where}={value!r}: expected BACKEND:MODEL, e.g. openai:gpt-4o-mini, "
                           "anthropic:claude-sonnet-4-5, local:default or local:/path/to/model")
