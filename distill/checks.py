@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -205,7 +206,8 @@ def _is_number(v: Any) -> bool:
 def _number(v: Any) -> str | None:
     if not _is_number(v):
         return f"expected a number, got {v!r}"
-    return None if math.isfinite(v) else f"expected a finite number, got {v!r}"
+    finite = math.isfinite(v) if isinstance(v, float) else abs(v) <= sys.float_info.max  # a huge int too
+    return None if finite else f"expected a finite number, got {v!r}"
 
 
 def _tolerance(v: Any) -> str | None:
@@ -216,7 +218,8 @@ def _tolerance(v: Any) -> str | None:
 
 
 def _count(v: Any) -> str | None:
-    if not _is_number(v) or not math.isfinite(v) or v != int(v) or v < 0:
+    integral = isinstance(v, int) or (isinstance(v, float) and v.is_integer())  # 3.0 is 3; NaN, inf are not
+    if not _is_number(v) or not integral or v < 0:
         return f"expected a non-negative integer, got {v!r}"
     return None
 

@@ -155,6 +155,7 @@ def test_failures_name_the_check() -> None:
     ({"type": "bullets", "count": float("nan")}, "reference.count: expected a non-negative integer, got nan"),
     ({"type": "max_words", "value": float("inf")}, "reference.value: expected a non-negative integer, got inf"),
     ({"type": "min_words", "value": -3}, "reference.value: expected a non-negative integer"),
+    ({"type": "numeric", "value": 10**400}, "reference.value: expected a finite number"),
     ({"type": "regex", "pattern": "a", "timeout": 0}, "reference.timeout: expected seconds above 0"),
     ({"type": "regex", "pattern": "a", "timeout": 3600}, "reference.timeout: expected seconds above 0"),
 ])
