@@ -1,0 +1,390 @@
+"""The instruction-following prompt sets under prompts/instructions/, and what a good answer to each is.
+
+Each prompt is a plain question plus one verifiable instruction in the style of IFEval (lowercase,
+capital letters, N bullet points, one word, a word limit, an end phrase, no commas, only a number,
+double quotation marks, a <<title>>, a start phrase), with that instruction as the prompt's
+`reference` check. Training and held-out prompts ask about different topics (everyday life vs.
+space, geography, history, technology, art and money), so a held-out pass is the instruction
+learned, not a memorised answer. `general.jsonl` holds plain factual questions with a check of the
+answer's content, for measuring forgetting.
+
+The question bank also holds a correct short answer, one sentence and four facts per question:
+what a scripted teacher (bench/learning.py) writes when it repairs an answer to follow the
+instruction. Nothing here is random at run time; the files are rebuilt byte for byte by
+
+    python bench/instruction_sets.py          # writes prompts/instructions/*.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "prompts" / "instructions"
+
+
+@dataclass(frozen=True)
+class Question:
+    text: str
+    short: str  # a correct one-word (or one-number) answer
+    sentence: str  # a correct answer in one sentence of at most 14 words
+    facts: tuple[str, ...] = ()  # four correct short facts (open questions)
+    number: int | None = None  # numeric questions
+
+
+def Q(text: str, short: str, sentence: str) -> Question:  # noqa: N802 - a short constructor for the tables
+    return Question(text, short, sentence)
+
+
+def N(text: str, number: int, sentence: str) -> Question:  # noqa: N802
+    return Question(text, str(number), sentence, number=number)
+
+
+def O(text: str, sentence: str, *facts: str) -> Question:  # noqa: N802
+    return Question(text, sentence.split()[0], sentence, tuple(facts))
+
+
+# ---------------------------------------------------------------- training topics: everyday life
+
+TRAIN_SHORT = [
+    Q("What animal says moo?", "Cow", "A cow says moo."),
+    Q("What animal has a long trunk?", "Elephant", "The elephant has a long trunk."),
+    Q("What do bees make?", "Honey", "Bees make honey."),
+    Q("What is a baby dog called?", "Puppy", "A baby dog is called a puppy."),
+    Q("What fruit is yellow and curved?", "Banana", "A banana is yellow and curved."),
+    Q("What is the main ingredient of guacamole?", "Avocado", "The main ingredient of guacamole is avocado."),
+    Q("What vegetable is orange and long and grows underground?", "Carrot", "A carrot is orange and long."),
+    Q("What white drink comes from cows?", "Milk", "Milk is a white drink that comes from cows."),
+    Q("What falls from the clouds when it is very cold?", "Snow", "Snow falls from the clouds when it is very cold."),
+    Q("What is frozen water called?", "Ice", "Frozen water is called ice."),
+    Q("Which season comes after winter?", "Spring", "Spring comes after winter."),
+    Q("What board game has kings, queens and knights?", "Chess", "Chess has kings, queens and knights."),
+    Q("In which room do people usually cook?", "Kitchen", "People usually cook in the kitchen."),
+    Q("What organ pumps blood around the body?", "Heart", "The heart pumps blood around the body."),
+    Q("What vehicle runs on rails?", "Train", "A train runs on rails."),
+    Q("What color are most leaves in summer?", "Green", "Most leaves are green in summer."),
+]
+TRAIN_NUMBER = [
+    N("How many days are in a week?", 7, "There are 7 days in a week."),
+    N("What is 7 plus 5?", 12, "7 plus 5 is 12."),
+    N("How many sides does a triangle have?", 3, "A triangle has 3 sides."),
+    N("What is 9 times 3?", 27, "9 times 3 is 27."),
+    N("How many legs does a dog have?", 4, "A dog has 4 legs."),
+    N("How many hours are in a day?", 24, "There are 24 hours in a day."),
+    N("What is 15 minus 6?", 9, "15 minus 6 is 9."),
+    N("How many wheels does a bicycle have?", 2, "A bicycle has 2 wheels."),
+    N("How many minutes are in an hour?", 60, "There are 60 minutes in an hour."),
+    N("What is 20 plus 13?", 33, "20 plus 13 is 33."),
+    N("What is 8 times 7?", 56, "8 times 7 is 56."),
+    N("How many eggs are in a dozen?", 12, "There are 12 eggs in a dozen."),
+    N("What is 50 minus 18?", 32, "50 minus 18 is 32."),
+    N("How many legs does a chicken have?", 2, "A chicken has 2 legs."),
+    N("What is 6 times 6?", 36, "6 times 6 is 36."),
+    N("How many months have 31 days?", 7, "Seven months have 31 days."),
+]
+TRAIN_OPEN = [
+    O("Describe a forest.", "A forest is a large area full of trees and wild animals.",
+      "Tall trees grow close together", "Birds and deer live there", "The ground is covered with leaves",
+      "It is cool and shady"),
+    O("Why is sleep important?", "Sleep lets the body rest and the brain store memories.",
+      "Sleep helps the body repair itself", "It helps you remember what you learned", "It keeps your mood steady",
+      "It gives you energy for the next day"),
+    O("Give advice for learning to cook.", "Start with simple recipes and practice a little every day.",
+      "Begin with easy recipes", "Read the whole recipe first", "Prepare all ingredients before cooking",
+      "Taste your food as you go"),
+    O("What makes a good friend?", "A good friend is kind, honest and there when you need help.",
+      "A good friend listens to you", "They tell you the truth", "They help when things are hard",
+      "They are happy when you succeed"),
+    O("Describe a rainy day.", "On a rainy day gray clouds cover the sky and the streets get wet.",
+      "Gray clouds fill the sky", "Raindrops tap on the windows", "People carry umbrellas",
+      "Puddles form on the ground"),
+    O("Why do people keep pets?", "People keep pets for company, comfort and fun.",
+      "Pets give people company", "They make people feel calm", "They are fun to play with",
+      "Caring for them teaches responsibility"),
+    O("Explain why exercise is healthy.", "Exercise makes the heart and muscles strong and improves mood.",
+      "It makes the heart stronger", "It builds strong muscles", "It helps you sleep better",
+      "It lifts your mood"),
+    O("Describe a farm.", "A farm is land where people grow crops and raise animals.",
+      "Farmers grow crops in fields", "Cows and chickens live there", "There is often a big red barn",
+      "Tractors help with the work"),
+    O("What should you pack for a picnic?", "Pack food, drinks, a blanket and napkins for a picnic.",
+      "Sandwiches and fruit", "Bottles of water", "A blanket to sit on", "Napkins and a trash bag"),
+    O("Explain how to care for a houseplant.", "Give a houseplant water, light and a pot that drains well.",
+      "Water it when the soil is dry", "Put it near a bright window", "Use a pot with drainage holes",
+      "Remove dead leaves"),
+    O("Why is breakfast important?", "Breakfast gives the body energy to start the day.",
+      "It gives you energy in the morning", "It helps you focus at school or work", "It keeps you from overeating later",
+      "It provides important nutrients"),
+    O("Give tips for staying warm in winter.", "Wear layers, a hat and gloves, and drink warm drinks.",
+      "Wear several layers of clothes", "Put on a hat and gloves", "Drink warm drinks",
+      "Keep moving to stay warm"),
+    O("Explain why bees are important.", "Bees carry pollen between flowers so plants can make fruit.",
+      "Bees pollinate flowers", "Many fruits need bees to grow", "Bees make honey",
+      "They help wild plants spread"),
+    O("Describe a soccer match.", "In a soccer match two teams try to kick the ball into the goal.",
+      "Two teams of eleven players play", "Players kick the ball", "The team with more goals wins",
+      "Fans cheer from the stands"),
+    O("How can you keep your teeth healthy?", "Brush twice a day, floss and eat less sugar.",
+      "Brush your teeth twice a day", "Floss every day", "Eat less sugar", "Visit the dentist regularly"),
+    O("Describe a morning at the beach.", "In the morning the beach is quiet and the waves are calm.",
+      "The sand is cool", "Waves roll gently onto the shore", "Seagulls fly overhead", "Few people are around"),
+]
+
+# ---------------------------------------------------------------- held-out topics: space, geography, history, technology, art, money
+
+HELDOUT_SHORT = [
+    Q("Which planet do we live on?", "Earth", "We live on the planet Earth."),
+    Q("What star gives Earth its daylight?", "Sun", "The Sun gives Earth its daylight."),
+    Q("What is the coldest continent on Earth?", "Antarctica", "Antarctica is the coldest continent on Earth."),
+    Q("What is the capital city of Italy?", "Rome", "Rome is the capital city of Italy."),
+    Q("What musical instrument has black and white keys?", "Piano", "The piano has black and white keys."),
+    Q("What do astronauts ride into space?", "Rocket", "Astronauts ride a rocket into space."),
+    Q("What is the largest desert in Africa?", "Sahara", "The Sahara is the largest desert in Africa."),
+    Q("What device do people use to browse websites?", "Computer", "People use a computer to browse websites."),
+]
+HELDOUT_NUMBER = [
+    N("How many planets are in our solar system?", 8, "There are 8 planets in our solar system."),
+    N("How many continents are there on Earth?", 7, "There are 7 continents on Earth."),
+    N("What is 10 plus 15?", 25, "10 plus 15 is 25."),
+    N("How many strings does a standard guitar have?", 6, "A standard guitar has 6 strings."),
+    N("What is 100 divided by 4?", 25, "100 divided by 4 is 25."),
+    N("How many cents are in one dollar?", 100, "There are 100 cents in one dollar."),
+    N("What is 11 times 4?", 44, "11 times 4 is 44."),
+    N("How many years are in a century?", 100, "There are 100 years in a century."),
+]
+HELDOUT_OPEN = [
+    O("Describe the night sky.", "The night sky is dark and full of stars and the moon.",
+      "Stars twinkle everywhere", "The moon shines brightly", "Planets look like bright dots", "It is quiet and dark"),
+    O("Why is the ocean important?", "The ocean makes oxygen, feeds people and shapes the weather.",
+      "It produces much of our oxygen", "It is home to many animals", "It gives people food", "It affects the weather"),
+    O("Explain what a computer does.", "A computer stores information and follows instructions very quickly.",
+      "It stores information", "It runs programs", "It does math very fast", "It connects to the internet"),
+    O("Describe a museum.", "A museum is a building where people look at art and history.",
+      "It holds paintings and statues", "It shows objects from history", "Visitors walk through quiet halls",
+      "Guides explain the exhibits"),
+    O("Why do people save money?", "People save money for emergencies and for big plans.",
+      "Saving helps in emergencies", "It pays for big purchases", "It prepares you for retirement",
+      "It reduces stress"),
+    O("Describe a big city.", "A big city is crowded with people, cars and tall buildings.",
+      "Tall buildings line the streets", "Traffic is busy", "Many people walk on the sidewalks",
+      "There are shops and restaurants"),
+    O("Explain why learning history is useful.", "History shows how the past shaped the world we live in.",
+      "It explains how things came to be", "It teaches lessons from mistakes", "It helps us understand other cultures",
+      "It makes us better citizens"),
+    O("What makes a good song?", "A good song has a catchy melody and meaningful words.",
+      "A catchy melody", "Meaningful lyrics", "A steady rhythm", "Emotion in the voice"),
+]
+
+
+# ---------------------------------------------------------------- the instructions
+
+@dataclass(frozen=True)
+class Kind:
+    """One verifiable instruction: how it is phrased, which questions it fits, its check."""
+
+    name: str
+    phrasings: tuple[str, ...]
+    fits: str  # "short", "number", "open" or "any" (short or open)
+
+
+KINDS = (
+    Kind("lowercase", ("{q} Your entire response should be in English, and in all lowercase letters. "
+                       "No capital letters are allowed.",
+                       "{q} Write your whole answer in lowercase letters only."), "any"),
+    Kind("uppercase", ("{q} Your entire response should be in English, and in all capital letters.",
+                       "{q} Answer using capital letters only."), "any"),
+    Kind("bullets", ("{q} Your answer must contain exactly {n} bullet points. Use the markdown bullet points "
+                     "such as:\n* This is point 1.",
+                     "{q} Answer with exactly {n} bullet points, each on its own line starting with \"- \"."), "open"),
+    Kind("one_word", ("{q} Answer with one word only.", "{q} Reply with a single word and nothing else."), "short"),
+    Kind("word_limit", ("{q} Answer in fewer than {n} words.", "{q} Keep your answer under {n} words."), "any"),
+    Kind("end_phrase", ("{q} Finish your response with this exact phrase: {p} No other words should follow "
+                        "this phrase.",
+                        "{q} End your answer with the exact sentence \"{p}\""), "any"),
+    Kind("no_comma", ("{q} Do not use any commas in your response.",
+                      "{q} In your entire response, refrain from the use of any commas."), "open"),
+    Kind("only_number", ("{q} Reply with only the number, nothing else.", "{q} Answer with just a number."),
+         "number"),
+    Kind("quotation", ("{q} Wrap your entire response with double quotation marks.",
+                       "{q} Put your whole answer inside double quotation marks."), "any"),
+    Kind("title", ("{q} Your answer must contain a title, wrapped in double angular brackets, such as "
+                   "<<poem of joy>>.",
+                   "{q} Start with a title in double angular brackets, like <<my title>>."), "open"),
+    Kind("start_phrase", ("{q} Begin your answer with the words \"{p}\"", "{q} Your answer must start with \"{p}\""),
+         "any"),
+)
+END_PHRASES = ("Is there anything else I can help with?", "Have a nice day.", "That is all.")
+START_PHRASES = ("In short:", "Quick answer:", "Here is my answer:")
+
+
+def check_of(kind: str, n: int | None, phrase: str | None, question: Question) -> Any:
+    """The reference check of one prompt."""
+    return {
+        "lowercase": {"type": "lowercase"},
+        "uppercase": {"type": "uppercase"},
+        "bullets": {"type": "bullets", "count": n},
+        "one_word": [{"type": "min_words", "value": 1}, {"type": "max_words", "value": 1}],
+        "word_limit": [{"type": "min_words", "value": 1}, {"type": "max_words", "value": (n or 0) - 1}],
+        "end_phrase": {"type": "ends_with", "value": phrase},
+        "no_comma": [{"type": "no_comma"}, {"type": "min_words", "value": 3}],
+        "only_number": [{"type": "regex", "pattern": r"^\s*-?\d+(?:\.\d+)?\s*$"},
+                        {"type": "numeric", "value": question.number}],
+        "quotation": {"type": "quotation"},
+        "title": {"type": "title"},
+        "start_phrase": {"type": "starts_with", "value": phrase},
+    }[kind]
+
+
+def repaired(kind: str, n: int | None, phrase: str | None, question: Question) -> str:
+    """What a teacher writes: a correct answer that follows the instruction exactly."""
+    s = question.sentence
+    if kind == "lowercase":
+        return s.lower()
+    if kind == "uppercase":
+        return s.upper()
+    if kind == "bullets":
+        return "\n".join(f"- {fact}." for fact in question.facts[:n])
+    if kind == "one_word":
+        return question.short
+    if kind == "word_limit":
+        return s
+    if kind == "end_phrase":
+        return f"{s} {phrase}"
+    if kind == "no_comma":
+        return s.replace(",", "")
+    if kind == "only_number":
+        return question.short
+    if kind == "quotation":
+        return f'"{s}"'
+    if kind == "title":
+        return f"<<{question.text.rstrip('.?')}>>\n{s}"
+    if kind == "start_phrase":
+        return f"{phrase} {s}"
+    raise ValueError(kind)
+
+
+def _pool(fits: str, short: list[Question], number: list[Question], open_: list[Question]) -> list[Question]:
+    return {"short": short, "number": number, "open": open_, "any": short + open_}[fits]
+
+
+def build(split: str, per_kind: int, short: list[Question], number: list[Question], open_: list[Question],
+          seed: int, kinds: tuple[Kind, ...] = KINDS) -> list[dict[str, Any]]:
+    """`per_kind` prompts of every kind over the split's questions, each with its check and meta."""
+    rng = random.Random(seed)
+    rows = []
+    for kind in kinds:
+        pool = _pool(kind.fits, short, number, open_)
+        chosen = rng.sample(pool, per_kind) if per_kind <= len(pool) else [pool[i % len(pool)] for i in range(per_kind)]
+        for i, question in enumerate(chosen):
+            n = {"bullets": rng.choice((2, 3, 4)), "word_limit": rng.choice((15, 20, 25))}.get(kind.name)
+            phrase = {"end_phrase": rng.choice(END_PHRASES), "start_phrase": rng.choice(START_PHRASES)}.get(kind.name)
+            prompt = kind.phrasings[i % len(kind.phrasings)].format(q=question.text, n=n, p=phrase)
+            rows.append({"id": f"{split}-{kind.name}-{i + 1:02d}", "prompt": prompt,
+                         "reference": check_of(kind.name, n, phrase, question),
+                         "meta": {"kind": kind.name, "question": question.text,
+                                  **({"n": n} if n is not None else {}), **({"phrase": phrase} if phrase else {})}})
+    return rows
+
+
+# ---------------------------------------------------------------- general knowledge (forgetting)
+
+GENERAL = [
+    ("What is the capital of Japan?", "Tokyo"), ("What is the capital of Germany?", "Berlin"),
+    ("What is the capital of Spain?", "Madrid"), ("What is the capital of Egypt?", "Cairo"),
+    ("What is the capital of Canada?", "Ottawa"), ("What is the capital of Russia?", "Moscow"),
+    ("What is the capital of the United Kingdom?", "London"), ("What is the capital of China?", "Beijing"),
+    ("What is the capital of Greece?", "Athens"), ("What is the capital of Portugal?", "Lisbon"),
+    ("Which planet is known as the Red Planet?", "Mars"), ("What is the largest planet in our solar system?", "Jupiter"),
+    ("Which planet has famous rings?", "Saturn"), ("What is the closest planet to the Sun?", "Mercury"),
+    ("What gas do humans breathe in to live?", "oxygen"), ("What is the chemical formula of water?", "H2O"),
+    ("What is the boiling point of water in degrees Celsius at sea level?", "100"),
+    ("How many legs does an insect have?", "6"), ("What is the largest mammal on Earth?", "whale"),
+    ("What is the fastest land animal?", "cheetah"), ("What do caterpillars turn into?", "butterfl"),
+    ("Which animal is known as the king of the jungle?", "lion"), ("What do pandas mainly eat?", "bamboo"),
+    ("Who wrote the play Hamlet?", "Shakespeare"), ("Who painted the Mona Lisa?", "Leonardo"),
+    ("Who developed the theory of relativity?", "Einstein"), ("Who was the first president of the United States?",
+                                                              "Washington"),
+    ("What language is mainly spoken in Brazil?", "Portuguese"), ("What language is mainly spoken in Mexico?",
+                                                                   "Spanish"),
+    ("What is the longest river in Africa?", "Nile"), ("What is the tallest mountain in the world?", "Everest"),
+    ("On which continent is Australia?", "Australia"), ("Which country is home to the kangaroo?", "Australia"),
+    ("What is the freezing point of water in degrees Fahrenheit?", "32"),
+    ("What is 12 times 12?", "144"), ("What is 25 plus 17?", "42"), ("What is 81 divided by 9?", "9"),
+    ("What is 1000 minus 1?", "999"), ("What is half of 50?", "25"), ("What is 3 squared?", "9"),
+    ("How many days are in a leap year?", "366"), ("How many sides does a hexagon have?", "6"),
+    ("How many players are on a soccer team on the field?", "11"), ("How many colors are in a rainbow?", "7"),
+    ("What is the main gas in the air we breathe?", "nitrogen"), ("What force keeps us on the ground?", "gravity"),
+    ("What part of the plant makes food using sunlight?", "lea"), ("What is the hardest natural substance?",
+                                                                   "diamond"),
+    ("What do you call a shape with four equal sides and four right angles?", "square"),
+    ("What is the opposite of hot?", "cold"), ("What is the opposite of up?", "down"),
+    ("What is the plural of mouse?", "mice"), ("What is the past tense of go?", "went"),
+    ("What color do you get by mixing blue and yellow?", "green"), ("What color do you get by mixing red and white?",
+                                                                    "pink"),
+    ("Which metal is liquid at room temperature?", "mercury"), ("What is the largest organ of the human body?",
+                                                                 "skin"),
+    ("How many bones does an adult human have?", "206"), ("What organ do humans use to breathe?", "lung"),
+    ("What is the currency of Japan?", "yen"), ("What is the currency of the United States?", "dollar"),
+    ("Which ocean lies between Europe and North America?", "Atlantic"),
+    ("What is the largest country in the world by area?", "Russia"),
+    ("In which country are the pyramids of Giza?", "Egypt"), ("What is the capital of Australia?", "Canberra"),
+    ("Which city is known as the Big Apple?", "New York"), ("What is the smallest prime number?", "2"),
+    ("What do we call animals that eat only plants?", "herbivore"), ("What is the young of a cat called?", "kitten"),
+    ("What is the main ingredient of bread?", "flour"), ("Which vitamin do we get from sunlight?", "D"),
+    ("What instrument measures temperature?", "thermometer"), ("Who invented the telephone?", "Bell"),
+    ("What is the capital of Kenya?", "Nairobi"), ("What is the square root of 64?", "8"),
+    ("How many hours are in two days?", "48"), ("What is the largest bird in the world?", "ostrich"),
+    ("Which planet is closest in size to Earth?", "Venus"), ("What is the name of our galaxy?", "Milky Way"),
+    ("What do bees collect from flowers?", "nectar"),
+]
+
+
+def general_rows() -> list[dict[str, Any]]:
+    return [{"id": f"general-{i + 1:02d}", "prompt": q, "reference": {"type": "contains", "value": a},
+             "meta": {"kind": "general"}} for i, (q, a) in enumerate(GENERAL)]
+
+
+def _demo_kinds() -> tuple[Kind, ...]:
+    """The kinds `make demo` self-trains on: those the base student follows in some samples at
+    temperature 1 but rarely greedily (measured: bullets 21% of samples, one word 8%, no commas 19%,
+    a word limit 62%; lowercase, capital letters and quotation marks 0%, so self-training has nothing
+    to amplify there and they need a teacher). Bullets are asked for without a literal example
+    bullet, which the student copies verbatim."""
+    by_name = {k.name: k for k in KINDS}
+    bullets = Kind("bullets", (by_name["bullets"].phrasings[1],), "open")
+    return (bullets, by_name["one_word"], by_name["no_comma"], by_name["word_limit"])
+
+
+def sets() -> dict[str, list[dict[str, Any]]]:
+    return {
+        "train.jsonl": build("train", 16, TRAIN_SHORT, TRAIN_NUMBER, TRAIN_OPEN, seed=1),
+        "heldout.jsonl": build("heldout", 8, HELDOUT_SHORT, HELDOUT_NUMBER, HELDOUT_OPEN, seed=2),
+        "general.jsonl": general_rows(),
+        "demo-train.jsonl": build("demo-train", 16, TRAIN_SHORT, TRAIN_NUMBER, TRAIN_OPEN, seed=3,
+                                  kinds=_demo_kinds()),
+        "demo-heldout.jsonl": build("demo-heldout", 8, HELDOUT_SHORT, HELDOUT_NUMBER, HELDOUT_OPEN, seed=4,
+                                    kinds=_demo_kinds()),
+    }
+
+
+def question_index() -> dict[str, Question]:
+    """Every question of every split by its text (what the scripted teacher looks answers up in)."""
+    return {q.text: q for group in (TRAIN_SHORT, TRAIN_NUMBER, TRAIN_OPEN, HELDOUT_SHORT, HELDOUT_NUMBER, HELDOUT_OPEN)
+            for q in group}
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name, rows in sets().items():
+        (OUT / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        print(f"{OUT / name}: {len(rows)} prompts", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The shipped instruction-following prompt sets: valid, large enough, disjoint, reproducible, and
+every scripted repair really follows its instruction (so the learning benchmark's teacher is right)."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from distill.records import read_prompts
+from distill.checks import run_checks
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import instruction_sets  # noqa: E402
+
+FILES = ROOT / "prompts" / "instructions"
+
+
+def test_the_files_are_what_the_generator_writes() -> None:
+    for name, rows in instruction_sets.sets().items():
+        import json
+
+        expected = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        assert (FILES / name).read_text(encoding="utf-8") == expected, f"rebuild with python bench/instruction_sets.py"
+
+
+@pytest.mark.parametrize("name, at_least, kinds", [
+    ("train.jsonl", 150, 10), ("heldout.jsonl", 60, 10), ("demo-train.jsonl", 60, 4), ("demo-heldout.jsonl", 30, 4)])
+def test_sets_are_valid_and_big_enough(name: str, at_least: int, kinds: int) -> None:
+    prompts = read_prompts(FILES / name)  # validates every reference
+    assert len(prompts) >= at_least
+    by_kind = Counter(p.meta["kind"] for p in prompts)
+    assert len(by_kind) >= kinds and min(by_kind.values()) >= 8
+
+
+def test_heldout_questions_are_on_other_topics_than_training() -> None:
+    train = {p.meta["question"] for p in read_prompts(FILES / "train.jsonl")}
+    for name in ("heldout.jsonl", "demo-heldout.jsonl"):
+        assert not train & {p.meta["question"] for p in read_prompts(FILES / name)}
+    general = {p.text for p in read_prompts(FILES / "general.jsonl")}
+    assert len(general) >= 80 and not general & train
+
+
+def test_every_scripted_repair_follows_its_instruction() -> None:
+    questions = instruction_sets.question_index()
+    for name in ("train.jsonl", "heldout.jsonl", "demo-train.jsonl", "demo-heldout.jsonl"):
+        for p in read_prompts(FILES / name):
+            meta = p.meta
+            text = instruction_sets.repaired(meta["kind"], meta.get("n"), meta.get("phrase"), questions[meta["question"]])
+            result = run_checks(p.checks, text)
+            assert result.passed, (p.id, text, result.failures)
