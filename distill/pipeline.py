@@ -339,7 +339,7 @@ async def critique_stage(config: RunConfig, chosen: list[dict], chain: Any, prom
     revisions_sink = JsonlSink(run_dir / "revisions.jsonl", reuse_finished=True)
     critiques_sink = JsonlSink(run_dir / "critiques.jsonl", reuse_finished=True)
     tkey = teacher_key(teacher)
-    wanted = [revision_id(a["id"], chain, tkey) for a in chosen]
+    wanted = [revision_id(a, chain, tkey, prompt_set, Settings(max_tokens=config.teacher_max_tokens)) for a in chosen]
     bar = _bar("critique", len(chosen))
     bar.update(sum(1 for rid in wanted if revisions_sink.done.get(rid, {}).get("status") == "ok"))
 
