@@ -47,6 +47,7 @@ JUDGE_SCHEMA: dict[str, Any] = {
 
 _MARKERS = re.compile(r"<<<|>>>")
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+_TOO_DEEP = "the reply's JSON is nested too deeply to read"
 
 
 class ProtocolError(ValueError):
@@ -152,11 +153,15 @@ def extract_json(text: str) -> dict[str, Any]:
             return value
     except json.JSONDecodeError:
         pass
+    except RecursionError:
+        raise ProtocolError(_TOO_DEEP) from None
     for match in re.finditer(r"\{", stripped):
         try:
             value, _ = decoder.raw_decode(stripped, match.start())
         except json.JSONDecodeError:
             continue
+        except RecursionError:
+            raise ProtocolError(_TOO_DEEP) from None
         if isinstance(value, dict):
             return value
     raise ProtocolError("the reply contains no JSON object" if "{" not in text else "the reply's JSON is malformed")
@@ -205,16 +210,28 @@ def parse_judgement(text: str) -> Judgement:
 T = TypeVar("T")
 
 
+def _parsed(parse: Callable[[str], T], text: str) -> T:
+    """`parse(text)`, with any failure to read the reply turned into a ProtocolError: a reply is
+    data from outside, and however it breaks the parser (too deep, too odd) it fails its row only."""
+    try:
+        return parse(text)
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"the reply could not be read ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
 async def ask(teacher: Teacher, prompts: PromptSet, request: Request, parse: Callable[[str], T]) -> tuple[T, list[Completion]]:
-    """Send `request`; on an unparseable reply send one repair request; else ProtocolFailure."""
+    """Send `request`; on an unparseable reply send one repair request; else ProtocolFailure.
+    Any failure of `parse` on a reply counts as unparseable."""
     completions = [await teacher.complete(request)]
     try:
-        return parse(completions[0].text), completions
+        return _parsed(parse, completions[0].text), completions
     except ProtocolError as first:
         repair = repair_request(prompts, request, completions[0].text, str(first))
         completions.append(await teacher.complete(repair))
         try:
-            return parse(completions[1].text), completions
+            return _parsed(parse, completions[1].text), completions
         except ProtocolError as second:
             raise ProtocolFailure(f"unparseable teacher reply after one repair: {second}", completions) from None
 

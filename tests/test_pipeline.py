@@ -167,6 +167,20 @@ def test_an_edited_template_or_teacher_token_limit_revises_again(tmp_path) -> No
     assert rerun(teacher_max_tokens=2048) == set()
 
 
+def test_a_reply_nested_too_deeply_fails_its_row_only(tmp_path) -> None:
+    def nested(request) -> str:
+        return "[" * 1000 if request.prompt_id == "broken" else script(request)
+
+    answers = answer_rows({"fix": "It is 41.", "broken": "Red.", "ok": "Hello!"})
+    cfg = RunConfig(name="r", runs_dir=tmp_path, stages=("facts",))
+    for _ in range(2):  # and again on a re-run, where the same replies come back (as from the cache)
+        critique_answers(cfg, answers, teacher=ScriptedTeacher(nested))
+        revisions = {r["prompt_id"]: r for r in read(cfg.run_dir / "revisions.jsonl")}
+        assert {k: r["status"] for k, r in revisions.items()} == {"fix": "ok", "broken": "failed", "ok": "ok"}
+        assert revisions["broken"]["reason"] == "unparseable_reply"
+        assert "nested too deeply" in revisions["broken"]["detail"]
+
+
 def test_keep_acceptable_adds_positive_examples_without_prefs(tmp_path) -> None:
     cfg = RunConfig(name="r", runs_dir=tmp_path, stages=("facts",), keep_acceptable=True)
     critique_answers(cfg, answer_rows({"fix": "It is 41.", "ok": "Hello!"}), teacher=ScriptedTeacher(script))

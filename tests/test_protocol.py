@@ -101,6 +101,34 @@ def test_two_bad_replies_fail_with_the_reason() -> None:
     assert len(teacher.requests) == 2
 
 
+NESTED = ["[" * 1000, '{"critique": ' + "[" * 100_000, '{"a": ' * 5000]
+
+
+@pytest.mark.parametrize("nested", NESTED, ids=["array", "inside-an-object", "objects"])
+def test_a_reply_nested_too_deeply_is_a_parse_failure_repaired_once(nested: str) -> None:
+    replies = iter([nested, critique_reply("4")])
+    teacher = ScriptedTeacher(lambda r: next(replies))
+    request = critique_request(PROMPTS, MESSAGES, "5", PROMPTS.chain()[0])
+    parsed, completions = asyncio.run(ask(teacher, PROMPTS, request, lambda t: parse_critique(t, "5")))
+    assert parsed.revision == "4" and len(completions) == 2
+    assert "nested too deeply" in teacher.requests[1].messages[-1]["content"]
+    teacher = ScriptedTeacher(lambda r: nested)
+    with pytest.raises(ProtocolFailure, match="after one repair: the reply's JSON is nested too deeply"):
+        asyncio.run(ask(teacher, PROMPTS, request, lambda t: parse_critique(t, "5")))
+    assert len(teacher.requests) == 2
+
+
+def test_any_failure_to_read_a_reply_is_a_parse_failure() -> None:
+    def fussy(text: str) -> str:
+        return {"a": "fine"}[text]  # a parser that breaks with KeyError on anything unexpected
+
+    teacher = ScriptedTeacher(lambda r: "odd")
+    request = critique_request(PROMPTS, MESSAGES, "5", PROMPTS.chain()[0])
+    with pytest.raises(ProtocolFailure, match="could not be read \\(KeyError"):
+        asyncio.run(ask(teacher, PROMPTS, request, fussy))
+    assert len(teacher.requests) == 2
+
+
 def test_judge_both_orders_swaps_positions_and_reports_per_order() -> None:
     def prefers_good(request) -> str:
         user = request.messages[-1]["content"]
