@@ -122,7 +122,7 @@ def _reject_row(stage: str, filter_name: str, detail: str, **ids: Any) -> dict[s
 def dedup_stage(prompts: Sequence[Prompt], threshold: float | None) -> tuple[list[Prompt], list[dict]]:
     if threshold is None:
         return list(prompts), []
-    dups = near_duplicates([p.text for p in prompts], threshold)
+    dups = near_duplicates([p.messages for p in prompts], threshold)
     rejected = [_reject_row("prompts", "near_duplicate", f"near-duplicate of prompt {prompts[j].id!r}",
                             prompt_id=prompts[i].id) for i, j in sorted(dups.items())]
     return [p for i, p in enumerate(prompts) if i not in dups], rejected

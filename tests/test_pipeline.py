@@ -181,6 +181,21 @@ def test_a_reply_nested_too_deeply_fails_its_row_only(tmp_path) -> None:
         assert "nested too deeply" in revisions["broken"]["detail"]
 
 
+def test_dedup_keeps_distinct_conversations_and_distinct_wordless_prompts() -> None:
+    from distill.pipeline import dedup_stage
+
+    rows = [{"id": "prime", "messages": [{"role": "user", "content": "Is 7 a prime number?"},
+                                         {"role": "assistant", "content": "Yes."},
+                                         {"role": "user", "content": "Are you sure?"}]},
+            {"id": "paris", "messages": [{"role": "user", "content": "Is Paris in Italy?"},
+                                         {"role": "assistant", "content": "Yes."},
+                                         {"role": "user", "content": "Are you sure?"}]},
+            {"id": "q", "prompt": "???"}, {"id": "bang", "prompt": "!!!"}, {"id": "q-again", "prompt": "???"}]
+    kept, rejected = dedup_stage([parse_prompt(r) for r in rows], 0.9)
+    assert [p.id for p in kept] == ["prime", "paris", "q", "bang"]
+    assert [(r["prompt_id"], r["reason"]) for r in rejected] == [("q-again", "near-duplicate of prompt 'q'")]
+
+
 def test_keep_acceptable_adds_positive_examples_without_prefs(tmp_path) -> None:
     cfg = RunConfig(name="r", runs_dir=tmp_path, stages=("facts",), keep_acceptable=True)
     critique_answers(cfg, answer_rows({"fix": "It is 41.", "ok": "Hello!"}), teacher=ScriptedTeacher(script))
