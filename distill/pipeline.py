@@ -38,6 +38,7 @@ from distill.records import JsonlSink, Prompt, content_hash, write_jsonl
 from distill.similarity import near_duplicates
 from distill.student import GenerationParams
 from distill.teachers.base import Deferred, Teacher
+from distill.teachers.settings import masked_identity
 from distill.templates import PromptSet, load_prompt_set
 
 
@@ -390,7 +391,7 @@ def write_manifest(run_dir: Path, config: RunConfig, prompt_set: PromptSet, chai
         "config": config.to_dict(),
         "templates": prompt_set.ids(),
         "chain": [p.name for p in chain],
-        "models": {"student": student, "teacher": dict(teacher.identity()),
+        "models": {"student": student, "teacher": masked_identity(teacher.identity()),
                    "teacher_name": settings.name if settings is not None else teacher_key(teacher)},
         "counts": {stage: {k: v for k, v in c.items() if k != "seconds"} for stage, c in summary.counts.items()},
         "rejected_by_filter": summary.rejected,
