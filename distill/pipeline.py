@@ -34,7 +34,7 @@ from distill.cache import CachedTeacher, OfflineMiss, offline_from_env, open_tea
 from distill.critique import revise_all, revision_id, teacher_key
 from distill.errors import CacheError, QuotaExhausted, TeacherError
 from distill.protocol import ProtocolFailure, Settings
-from distill.records import JsonlSink, Prompt, content_hash, write_jsonl
+from distill.records import JsonlSink, Prompt, content_hash, run_lock, write_jsonl
 from distill.similarity import near_duplicates
 from distill.student import GenerationParams
 from distill.teachers.base import Deferred, Teacher
@@ -251,29 +251,33 @@ def cost_functions(settings: Any) -> tuple[CostFn, CostFn]:
 def run_round(config: RunConfig, prompts: Sequence[Prompt], teacher: Teacher | None = None) -> Summary:
     """Answer, critique, revise and filter `prompts`; writes every artefact under `config.run_dir`.
 
-    The teacher is the configured one behind the cache unless one is given (any `Teacher`)."""
-    prompt_set, chain = _templates(config)
-    teacher, settings = (teacher, None) if teacher else open_round_teacher(
-        config.offline, config.teacher, batch=config.batch, run_dir=config.run_dir, wait=config.batch_wait)
-    summary, started = Summary(), time.monotonic()
-    kept, rejected = dedup_stage(prompts, config.dedup_threshold)
-    summary.counts["prompts"] = {"in": len(prompts), "out": len(kept), "seconds": time.monotonic() - started}
-    t0 = time.monotonic()
-    answers = answer_to_file(kept, config.run_dir / "answers.jsonl", config.generation, source=config.student,
-                             adapter=config.adapter, batch_size=config.batch_size, round_=config.round)
-    summary.counts["answer"] = {"in": len(kept), "out": len(answers), "seconds": time.monotonic() - t0}
-    return _critique_and_filter(config, answers, prompt_set, chain, teacher, settings, summary, rejected, started)
+    The teacher is the configured one behind the cache unless one is given (any `Teacher`).
+    Another process working on the same run directory is an error (`records.run_lock`)."""
+    with run_lock(config.run_dir):
+        prompt_set, chain = _templates(config)
+        teacher, settings = (teacher, None) if teacher else open_round_teacher(
+            config.offline, config.teacher, batch=config.batch, run_dir=config.run_dir, wait=config.batch_wait)
+        summary, started = Summary(), time.monotonic()
+        kept, rejected = dedup_stage(prompts, config.dedup_threshold)
+        summary.counts["prompts"] = {"in": len(prompts), "out": len(kept), "seconds": time.monotonic() - started}
+        t0 = time.monotonic()
+        answers = answer_to_file(kept, config.run_dir / "answers.jsonl", config.generation, source=config.student,
+                                 adapter=config.adapter, batch_size=config.batch_size, round_=config.round)
+        summary.counts["answer"] = {"in": len(kept), "out": len(answers), "seconds": time.monotonic() - t0}
+        return _critique_and_filter(config, answers, prompt_set, chain, teacher, settings, summary, rejected, started)
 
 
 def critique_answers(config: RunConfig, answers: Sequence[Mapping[str, Any]], teacher: Teacher | None = None) -> Summary:
     """Critique, revise and filter existing answers (from `distill answer`) into `config.run_dir`."""
-    prompt_set, chain = _templates(config)
-    teacher, settings = (teacher, None) if teacher else open_round_teacher(
-        config.offline, config.teacher, batch=config.batch, run_dir=config.run_dir, wait=config.batch_wait)
-    write_jsonl(config.run_dir / "answers.jsonl", answers)
-    summary = Summary()
-    summary.counts["answer"] = {"in": len(answers), "out": len(answers), "seconds": 0.0}
-    return _critique_and_filter(config, answers, prompt_set, chain, teacher, settings, summary, [], time.monotonic())
+    with run_lock(config.run_dir):
+        prompt_set, chain = _templates(config)
+        teacher, settings = (teacher, None) if teacher else open_round_teacher(
+            config.offline, config.teacher, batch=config.batch, run_dir=config.run_dir, wait=config.batch_wait)
+        write_jsonl(config.run_dir / "answers.jsonl", answers)
+        summary = Summary()
+        summary.counts["answer"] = {"in": len(answers), "out": len(answers), "seconds": 0.0}
+        return _critique_and_filter(config, answers, prompt_set, chain, teacher, settings, summary, [],
+                                    time.monotonic())
 
 
 def _templates(config: RunConfig) -> tuple[PromptSet, Any]:

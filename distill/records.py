@@ -4,23 +4,30 @@ Every stage of distill reads and writes JSONL. Input files are validated whole b
 loads, and every bad line is reported as `FILE:LINE: reason` in one error, so a user fixes them
 all in one pass. Rows without an `id` get a stable one: a hash of their content, the same on
 every machine and every run. Outputs are written so that a crash never leaves a half-written
-file under the final name (see `JsonlSink`).
+file under the final name (see `JsonlSink`), and `run_lock` keeps a second process off a run
+directory that one is already working in.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import socket
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from distill.checks import Check, parse_reference
-from distill.errors import InputError
+from distill.errors import InputError, RunInUse
 
 ROLES = ("system", "user", "assistant")
 MAX_REPORTED_ERRORS = 50
+RUN_LOCK = ".run.lock"
 
 
 def canonical_json(value: Any) -> str:
@@ -221,17 +228,20 @@ class JsonlSink:
     """Append rows to `PATH.partial`, flushed per write; `commit()` renames it to PATH.
 
     A crash leaves only the `.partial` file, never a truncated final file. Re-opening the same
-    sink resumes: `done` holds the rows already written (a torn last line is dropped), so a
-    caller skips their work and nothing is computed or written twice. With `reuse_finished`, the
-    rows of a finished PATH from an earlier run count as done too (read, not copied: PATH stays
-    until `commit` replaces it, so a crash before then loses none of them, and `commit` keeps
-    them); an unreadable finished file is ignored and its rows redone.
+    sink resumes: `done` holds every valid row already written, so a caller skips their work and
+    nothing is computed or written twice. A bad line (torn by a crash, or garbled) costs only its
+    own row: it is reported on stderr as `FILE:LINE` (and listed in `skipped`), the rows after it
+    are kept, and the partial file is rewritten with the valid rows before anything is appended.
+    With `reuse_finished`, the rows of a finished PATH from an earlier run count as done too
+    (read, not copied: PATH stays until `commit` replaces it, so a crash before then loses none
+    of them, and `commit` keeps them); an unreadable finished file is ignored and its rows redone.
     """
 
     def __init__(self, path: str | os.PathLike[str], key: str = "id", *, reuse_finished: bool = False):
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.key = key
+        self.skipped: list[str] = []  # FILE:LINE: why, for each line of the partial file not kept
         self.done: dict[str, dict[str, Any]] = self._recover()
         self._fh = None
         if reuse_finished:
@@ -251,20 +261,33 @@ class JsonlSink:
         if not self.partial.exists():
             return {}
         rows: dict[str, dict[str, Any]] = {}
-        good_bytes = 0
-        with self.partial.open("rb") as fh:
-            for raw in fh:
-                if not raw.endswith(b"\n"):
-                    break  # torn write from a crash: drop it
-                try:
-                    row = json.loads(raw)
-                except json.JSONDecodeError:
-                    break
-                rows[str(row[self.key])] = row
-                good_bytes += len(raw)
-        with self.partial.open("r+b") as fh:
-            fh.truncate(good_bytes)
+        lines = self.partial.read_bytes().split(b"\n")  # the last item is what follows the last newline
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = self._row(raw, torn=number == len(lines))
+            except ValueError as exc:
+                self.skipped.append(f"{self.partial}:{number}: {exc}")
+                continue
+            rows[str(row[self.key])] = row
+        if self.skipped:
+            for line in self.skipped:
+                print(f"distill: {line}; skipped, its row is done again", file=sys.stderr)
+            write_jsonl(self.partial, rows.values())
         return rows
+
+    def _row(self, raw: bytes, *, torn: bool) -> dict[str, Any]:
+        """One line of the partial file as a row; ValueError saying why it cannot be kept."""
+        if torn:
+            raise ValueError("torn write (the process stopped in the middle of this line)")
+        try:
+            row = json.loads(raw)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, nested too deeply
+            raise ValueError(f"not a JSON row ({str(exc)[:100]})") from None
+        if not isinstance(row, dict) or self.key not in row:
+            raise ValueError(f"not a row with a {self.key!r} field")
+        return row
 
     def write(self, rows: Iterable[Mapping[str, Any]]) -> None:
         rows = list(rows)
@@ -305,3 +328,29 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]])
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     return path
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold the run directory's lock (an exclusive `flock` on RUN_DIR/.run.lock, the mechanism
+    batches.json uses) while the block runs. A second process on the same run fails at once with
+    RunInUse naming the holder, instead of corrupting its `.partial` files and paying twice. The
+    lock dies with its process, so a killed run leaves nothing stale behind."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / RUN_LOCK
+    with open(path, "a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise RunInUse(f"{run_dir}: in use by {holder} (lock {path}); two processes on one run would "
+                           "corrupt each other's files and pay the teacher twice. Wait for it to finish, stop "
+                           "it, or choose another run name") from None
+        fh.seek(0)
+        fh.truncate()
+        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        fh.write(f"process {os.getpid()} on {socket.gethostname()} since {started}\n")
+        fh.flush()
+        yield path

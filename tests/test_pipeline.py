@@ -196,6 +196,22 @@ def test_dedup_keeps_distinct_conversations_and_distinct_wordless_prompts() -> N
     assert [(r["prompt_id"], r["reason"]) for r in rejected] == [("q-again", "near-duplicate of prompt 'q'")]
 
 
+def test_a_second_process_on_the_same_run_fails_fast_naming_the_first(tmp_path, tiny_model_dir, prompts) -> None:
+    import os
+
+    from distill.errors import RunInUse
+    from distill.records import run_lock
+
+    cfg = config(tmp_path, tiny_model_dir)
+    teacher = ScriptedTeacher(script)
+    with run_lock(cfg.run_dir):  # as another process running the same round would
+        with pytest.raises(RunInUse, match=f"in use by process {os.getpid()} on "):
+            run_round(cfg, prompts, teacher=teacher)
+        with pytest.raises(RunInUse, match=f"in use by process {os.getpid()} on "):
+            critique_answers(cfg, answer_rows({"fix": "It is 41."}), teacher=teacher)
+    assert teacher.requests == [] and not list(cfg.run_dir.glob("*.jsonl*"))  # nothing done, nothing written
+
+
 def test_keep_acceptable_adds_positive_examples_without_prefs(tmp_path) -> None:
     cfg = RunConfig(name="r", runs_dir=tmp_path, stages=("facts",), keep_acceptable=True)
     critique_answers(cfg, answer_rows({"fix": "It is 41.", "ok": "Hello!"}), teacher=ScriptedTeacher(script))
