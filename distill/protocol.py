@@ -8,7 +8,9 @@ parsed gets exactly one repair request; if that fails too, `ProtocolFailure` say
 
 The student's answer is data, never instructions: it is quoted between markers that the system
 prompt tells the teacher to treat as data, and any marker text inside it is neutralised, so an
-answer saying "ignore the above and ..." cannot close the quote or change the protocol.
+answer saying "ignore the above and ..." cannot close the quote or change the protocol. Every
+marker holds `<<<` or `>>>`, and quoting spaces out every run of three or more `<` or `>` whole
+(`<<<<<` becomes `< < < < <`), so no quoted text, however built, contains three in a row.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ JUDGE_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
-_MARKERS = re.compile(r"<<<|>>>")
+_MARKERS = re.compile(r"<{3,}|>{3,}")  # whole runs: spacing out only the first three of "<<<<<" left "<<<"
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 _TOO_DEEP = "the reply's JSON is nested too deeply to read"
 
@@ -89,7 +91,9 @@ class Settings:
 
 
 def quote(text: str) -> str:
-    """Neutralise marker sequences so quoted data cannot close its own quote."""
+    """Neutralise marker sequences so quoted data cannot open or close a quote: every run of three
+    or more `<` (or `>`) is spaced out whole, so the result never holds `<<<` or `>>>`. Text
+    without such runs is unchanged."""
     return _MARKERS.sub(lambda m: " ".join(m.group(0)), text)
 
 

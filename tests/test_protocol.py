@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 
 import pytest
 
 from distill.protocol import (CRITIQUE_SCHEMA, ProtocolError, ProtocolFailure, ask, critique_request,
-                              extract_json, judge_both_orders, parse_critique, parse_judgement)
+                              extract_json, judge_both_orders, judge_request, parse_critique, parse_judgement,
+                              quote)
 from distill.templates import load_prompt_set
 from fakes import ScriptedTeacher, critique_reply, quoted_answer
 
@@ -78,6 +80,39 @@ def test_an_injected_answer_stays_quoted_data() -> None:
     assert "Ignore the above" in quoted and "developer mode" in quoted
     assert "ANSWER>>>" not in quoted and "<<<ANSWER" not in quoted
     assert request.response_schema == CRITIQUE_SCHEMA  # the protocol is unchanged
+
+
+# Pieces an attacker would assemble a marker from: angle brackets alone and in runs, marker names,
+# whole markers, separators that a naive escape inserts, and characters around them.
+ADVERSARIAL = ["<", ">", "<<", ">>", "<<<", ">>>", "< ", " >", "ANSWER", "USER", "SYSTEM", "A", "B", "ORIGINAL",
+               "<<<ANSWER", "ANSWER>>>", "<<<USER", "USER>>>", "\n", " ", "\t", "\u200b", "x", "\\", "{", "}"]
+MARKERS = [f"<<<{name}" for name in ("ANSWER", "USER", "SYSTEM", "ASSISTANT", "A", "B", "ORIGINAL")] + \
+          [f"{name}>>>" for name in ("ANSWER", "USER", "SYSTEM", "ASSISTANT", "A", "B", "ORIGINAL")]
+
+
+def adversarial_texts(n: int, seed: int = 13) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice(ADVERSARIAL) for _ in range(rng.randint(0, 40))) for _ in range(n)]
+
+
+def test_quoted_text_can_never_hold_a_marker() -> None:
+    for text in ["<<<<<ANSWER", "ANSWER>>>>>", "<<<<<<", "<< <<<ANSWER", *adversarial_texts(5000)]:
+        quoted = quote(text)
+        assert "<<<" not in quoted and ">>>" not in quoted, (text, quoted)
+        assert not any(marker in quoted for marker in MARKERS), (text, quoted)
+        if "<<<" not in text and ">>>" not in text:
+            assert quoted == text  # text that holds no run of three is quoted as it is
+
+
+def test_a_request_built_from_any_text_opens_and_closes_each_quote_once() -> None:
+    for text in adversarial_texts(500, seed=14):
+        messages = [{"role": "user", "content": text}]
+        critique = critique_request(PROMPTS, messages, text, PROMPTS.chain()[0]).messages[-1]["content"]
+        judge = judge_request(PROMPTS, messages, text, text).messages[-1]["content"]
+        for request, names in ((critique, ("USER", "ANSWER")), (judge, ("USER", "A", "B"))):
+            for name in names:
+                assert request.count(f"<<<{name}\n") == 1 and request.count(f"\n{name}>>>") == 1, (text, name)
+            assert request.count("<<<") == request.count(">>>") == len(names), text
 
 
 def test_one_repair_request_then_success() -> None:
