@@ -202,9 +202,40 @@ def _iter_lenient(path: Path, errors: list[str]) -> Iterator[tuple[int, Any]]:
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line)
+            obj = json.loads(line)
         except json.JSONDecodeError as exc:
             errors.append(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        except RecursionError:
+            errors.append(f"{path}:{number}: invalid JSON (nested too deeply)")
+            continue
+        surrogate = lone_surrogate(obj)
+        if surrogate is not None:
+            errors.append(f"{path}:{number}: {surrogate}")
+            continue
+        yield number, obj
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """Where a decoded JSON value holds a lone surrogate (`"\\ud800"`: valid JSON, invalid Unicode,
+    which no UTF-8 file or hash can take), as a sentence naming the field; None if nowhere."""
+    stack: list[tuple[str, str, Any]] = [("", "the row", value)]  # (field path, what to call it, value)
+    while stack:
+        path, label, item = stack.pop()
+        if isinstance(item, dict):
+            for key, inner in reversed(item.items()):
+                inner_path = f"{path}.{key}" if path else str(key)
+                stack.append((inner_path, f"field {inner_path!r}", inner))
+                stack.append((path, f"a key of field {path!r}" if path else "a field name", key))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", f"field '{path}[{i}]'", inner) for i, inner in reversed(list(enumerate(item))))
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return (f"{label}: a lone surrogate (\\u{ord(item[exc.start]):04x} at character {exc.start}) is not "
+                        "valid Unicode; remove that escape or complete its pair")
+    return None
 
 
 def _read_text(path: Path) -> str:

@@ -62,6 +62,23 @@ def test_every_bad_line_is_reported_with_file_and_line(tmp_path: Path) -> None:
     assert f"{f}:1:" not in message
 
 
+def test_a_lone_surrogate_is_rejected_at_load_time_with_file_and_line(tmp_path: Path) -> None:
+    f = write_lines(tmp_path / "p.jsonl", [
+        json.dumps({"id": "pair", "prompt": "a smile \U0001F600"}),  # written as the escaped pair: valid
+        '{"id": "half", "prompt": "half a smile \\ud83d"}',
+        '{"id": "deep", "messages": [{"role": "user", "content": "x \\udfff"}]}',
+        '{"id": "key", "prompt": "q", "meta": {"\\udc80": 1}}',
+    ])
+    assert "\\ud83d\\ude00" in f.read_text()
+    with pytest.raises(InputError) as err:
+        read_prompts(f)
+    message = str(err.value)
+    assert message.startswith("3 bad line(s)") and f"{f}:1:" not in message
+    assert f"{f}:2: field 'prompt': a lone surrogate (\\ud83d at character 13) is not valid Unicode" in message
+    assert f"{f}:3: field 'messages[0].content': a lone surrogate (\\udfff" in message
+    assert f"{f}:4: a key of field 'meta': a lone surrogate (\\udc80" in message
+
+
 @pytest.mark.parametrize("content, reason", [
     (b"", "the file is empty"),
     (b"\n  \n", "the file is empty"),
