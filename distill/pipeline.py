@@ -34,7 +34,7 @@ from distill.cache import CachedTeacher, OfflineMiss, offline_from_env, open_tea
 from distill.critique import revise_all, revision_id, teacher_key
 from distill.errors import CacheError, QuotaExhausted, TeacherError
 from distill.protocol import ProtocolFailure, Settings
-from distill.records import JsonlSink, Prompt, content_hash, run_lock, write_jsonl
+from distill.records import JsonlSink, Prompt, content_hash, run_lock, write_atomic, write_jsonl
 from distill.similarity import near_duplicates
 from distill.student import GenerationParams
 from distill.teachers.base import Deferred, Teacher
@@ -405,4 +405,4 @@ def write_manifest(run_dir: Path, config: RunConfig, prompt_set: PromptSet, chai
         "timings_s": {**{stage: round(c["seconds"], 3) for stage, c in summary.counts.items()},
                       "total": round(seconds, 3)},
     }
-    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+    write_atomic(run_dir / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")

@@ -3,8 +3,8 @@
 Every stage of distill reads and writes JSONL. Input files are validated whole before any model
 loads, and every bad line is reported as `FILE:LINE: reason` in one error, so a user fixes them
 all in one pass. Rows without an `id` get a stable one: a hash of their content, the same on
-every machine and every run. Outputs are written so that a crash never leaves a half-written
-file under the final name (see `JsonlSink`), and `run_lock` keeps a second process off a run
+every machine and every run. Outputs are written so that a crash, or a power loss, never leaves a
+half-written file under the final name (see `JsonlSink` and `atomic_file`), and `run_lock` keeps a second process off a run
 directory that one is already working in.
 """
 
@@ -327,6 +327,7 @@ class JsonlSink:
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = self.partial.open("a", encoding="utf-8")
+            fsync_dir(self.path.parent)  # the partial file's name survives a power loss too
         for row in rows:
             self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             self.done[str(row[self.key])] = dict(row)
@@ -348,17 +349,59 @@ class JsonlSink:
 
 
 def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write rows atomically: to a temporary file beside PATH, fsync, then rename over PATH."""
+    """Write rows atomically and durably (see `atomic_file`)."""
+    with atomic_file(path) as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return Path(path)
+
+
+def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Replace PATH with `text` atomically and durably (see `atomic_file`): every state file
+    (manifest.json, eval.json, rounds.json, training.json) is written this way."""
+    with atomic_file(path) as fh:
+        fh.write(text)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Any]:
+    """A text file to write that replaces PATH only once the block ends without error: written to a
+    temporary file beside PATH, fsynced, renamed over PATH, and the directory fsynced (the rename
+    itself survives a power loss). A crash, an error or a power cut at any point leaves the old
+    PATH or the new one, never a mix, a truncated file or none; an error removes the temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """Flush a directory's entries (new names, renames) to disk."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_files(directory: str | os.PathLike[str]) -> None:
+    """Flush every file directly in `directory`, then the directory itself (for files that a
+    library wrote, such as an adapter's, before a rename or a marker file depends on them)."""
+    for path in Path(directory).iterdir():
+        if path.is_file():
+            with path.open("rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(directory)
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 from distill.gate import Policy, decide
 from distill.pipeline import RunConfig, open_round_teacher, run_round
 from distill.errors import InputError
-from distill.records import Prompt, _read_text, read_answers, read_prompts, write_jsonl
+from distill.records import Prompt, _read_text, read_answers, read_prompts, write_atomic, write_jsonl
 
 STATE = "rounds.json"
 
@@ -66,9 +66,7 @@ def load_state(root: Path) -> dict[str, Any]:
 
 
 def save_state(root: Path, state: dict[str, Any]) -> None:
-    tmp = root / f".{STATE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(root / STATE)
+    write_atomic(root / STATE, json.dumps(state, indent=2, default=str) + "\n")
 
 
 def _examples(path: Path) -> list[Any]:
@@ -191,8 +189,7 @@ def _evaluate(config: RoundsConfig, number: int, current: str | None, adapter: P
     result = evaluate(cur, new, heldout, teacher=teacher, prompt_set=load_prompt_set(config.run.prompts_dir),
                       revisions=revisions, replay=forgetting_set, max_new_tokens=config.eval_max_new_tokens,
                       teacher_identity=identity, close_teacher=True)
-    (round_dir / "eval.json").write_text(json.dumps({"round": number, "current": current or "base",
-                                                     "new": str(adapter), **result.to_dict()}, indent=2) + "\n",
-                                         encoding="utf-8")
+    write_atomic(round_dir / "eval.json", json.dumps({"round": number, "current": current or "base",
+                                                      "new": str(adapter), **result.to_dict()}, indent=2) + "\n")
     write_jsonl(round_dir / "eval_rows.jsonl", ({"round": number, **row} for row in result.rows))
     return result

@@ -55,7 +55,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from distill.errors import ConfigError, InputError, ModelError
 from distill.examples import (IGNORE, Encoded, Example, answer_replay, collate, encode_all, head_logits,
                               read_examples, summed_kl)
-from distill.records import MAX_REPORTED_ERRORS, Prompt, content_hash, write_jsonl
+from distill.records import (MAX_REPORTED_ERRORS, Prompt, content_hash, fsync_dir, fsync_files, write_atomic,
+                             write_jsonl)
 from distill.student import Student, weights_sha256
 
 CHECKPOINTS = "checkpoints"
@@ -315,8 +316,10 @@ def save_checkpoint(output_dir: Path, step: int, peft_model: Any, optimizer: Any
     peft_model.save_pretrained(tmp)
     torch.save({"step": step, "fingerprint": fingerprint, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}, tmp / STATE_FILE)
+    fsync_files(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    fsync_dir(root)
     for old in checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -742,10 +745,9 @@ def _summary(session: _Session, base: Student, data: _Data, totals: _Totals, sta
 def _save_adapter(model: Any, output_dir: Path, summary: dict[str, Any]) -> None:
     """Adapter files, then training.json (its presence marks a finished run), then drop the checkpoints."""
     model.save_pretrained(output_dir)
+    fsync_files(output_dir)  # the adapter is on disk before training.json says it is finished
     summary["adapter_sha256"] = weights_sha256(output_dir)
-    tmp = output_dir / f".{TRAINING_FILE}.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, output_dir / TRAINING_FILE)
+    write_atomic(output_dir / TRAINING_FILE, json.dumps(summary, indent=2) + "\n")
     shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)
 
 
