@@ -1,8 +1,9 @@
 """The answer stage: the student answers a list of prompts into a JSONL file, resumably.
 
 Answers stream to `OUTPUT.partial` after every batch. Rows already present, in the partial file
-or in a finished OUTPUT from an earlier run, are reused when they come from the same model (the
-weights hash) and the same generation parameters; only the rest is generated, and the student
+or in a finished OUTPUT from an earlier run, are reused when they answer the same prompt (its id,
+conversation and reference: an edited prompt is answered again) with the same model (the weights
+hash) and the same generation parameters; only the rest is generated, and the student
 is not even loaded when nothing is left to do. OUTPUT is written, in input order, only once
 every prompt has its answers.
 """
@@ -17,10 +18,15 @@ from distill.records import JsonlSink, Prompt
 from distill.student import GenerationParams, ModelIdentity, Student, model_identity
 
 
-def _reusable(rows: Any, identity: ModelIdentity, params: GenerationParams) -> dict[tuple[str, int], dict]:
+def _reusable(rows: Any, prompts: Sequence[Prompt], identity: ModelIdentity,
+              params: GenerationParams) -> dict[tuple[str, int], dict]:
+    """The stored answers still valid for `prompts`: same prompt (conversation and reference, not
+    just its id), same model, same generation parameters."""
     generation = params.to_dict()
+    asked = {p.id: ([dict(m) for m in p.messages], p.reference) for p in prompts}
     return {(r["prompt_id"], r["sample"]): r for r in rows
-            if r.get("model", {}).get("key") == identity.key and r.get("generation") == generation}
+            if r.get("model", {}).get("key") == identity.key and r.get("generation") == generation
+            and asked.get(r["prompt_id"]) == (r.get("messages"), r.get("reference"))}
 
 
 def answer_to_file(prompts: Sequence[Prompt], output: Path, params: GenerationParams, *,
@@ -29,7 +35,7 @@ def answer_to_file(prompts: Sequence[Prompt], output: Path, params: GenerationPa
     """Answer every prompt `params.samples` times into `output`; returns the rows in input order."""
     identity = student.identity if student is not None else model_identity(source, adapter)[1]
     sink = JsonlSink(output, reuse_finished=True)
-    reused = _reusable(sink.done.values(), identity, params)
+    reused = _reusable(sink.done.values(), prompts, identity, params)
     wanted = [(p.id, k) for p in prompts for k in range(params.samples)]
     missing = [key for key in wanted if key not in reused]
     if missing:
@@ -44,7 +50,7 @@ def answer_to_file(prompts: Sequence[Prompt], output: Path, params: GenerationPa
                 sink.write(_with_round(a.to_row(), round_) for a in batch)
         finally:
             sink.close()
-    by_key = _reusable(sink.done.values(), identity, params)
+    by_key = _reusable(sink.done.values(), prompts, identity, params)
     rows = [by_key[key] for key in wanted]
     sink.commit([str(r["id"]) for r in rows])
     return rows

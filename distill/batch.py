@@ -66,7 +66,7 @@ from distill.records import content_hash, write_jsonl
 from distill.teachers.base import Completion, Deferred, Request, Teacher, Usage
 from distill.teachers.batches import BatchClient, BatchState, LostBatch, Outcome, batch_client, split
 from distill.teachers.pricing import PriceTable
-from distill.teachers.settings import TeacherSettings
+from distill.teachers.settings import TeacherSettings, mask_url
 
 BOOK = "batches.json"
 FOLDER = "batches"
@@ -260,7 +260,7 @@ class BatchQueue:
         self.wait = wait
         self.poll_s = settings.batch_poll
         self.max_poll_s = max(settings.batch_poll, min(settings.batch_poll * 10, MAX_POLL_S))
-        self.endpoint = str(identity.get("base_url") or "")
+        self.endpoint = mask_url(str(identity.get("base_url") or ""))  # recorded: credentials masked
         self._identity = dict(identity)
         self._sleep = sleep
         self._client = client if client is not None else batch_client(settings)  # no batch API: fails here

@@ -306,7 +306,7 @@ class CacheStore:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect on a new file
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable, never corrupt on crash
+            conn.execute("PRAGMA synchronous = FULL")  # WAL + FULL: a committed answer survives a power loss
             if self.max_size_bytes is not None:
                 page_size = conn.execute("PRAGMA page_size").fetchone()[0]
                 conn.execute(f"PRAGMA max_page_count = {max(1, self.max_size_bytes // page_size)}")

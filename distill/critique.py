@@ -17,7 +17,7 @@ again once the batch has answered.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 from distill.accounting import Ledger
@@ -37,8 +37,20 @@ class StageOutcome:
     critiques: list[dict[str, Any]]
 
 
-def revision_id(answer_id: str, chain: tuple[Principle, ...], teacher_key: str) -> str:
-    return "r-" + content_hash({"answer": answer_id, "chain": [p.id for p in chain], "teacher": teacher_key})
+REVISION_TEMPLATES = ("system", "critique", "repair")  # the templates a critique request is built from
+
+
+def revision_id(answer: Mapping[str, Any], chain: tuple[Principle, ...], teacher_key: str, prompts: PromptSet,
+                settings: Settings) -> str:
+    """The id of an answer's revision: a hash of everything that shapes it (the answer's id, text,
+    conversation and reference; the chain's principles; the system, critique and repair templates;
+    the teacher; its decoding settings, the token limit included). A re-run reuses a stored
+    revision only when all of them are unchanged."""
+    return "r-" + content_hash({
+        "answer": answer["id"], "text": answer["answer"], "messages": answer["messages"],
+        "reference": answer.get("reference"), "chain": [p.id for p in chain],
+        "templates": [prompts.templates[name].id for name in REVISION_TEMPLATES], "teacher": teacher_key,
+        "settings": asdict(settings)})
 
 
 def teacher_key(teacher: Teacher) -> str:
@@ -52,7 +64,7 @@ async def revise_one(answer: Mapping[str, Any], chain: tuple[Principle, ...], te
     """Run the chain on one answer; failures become a 'failed' row, except an exhausted quota.
     `tkey` and `rid` (the teacher's key and the revision id) are derived here unless the caller has them."""
     tkey = tkey or teacher_key(teacher)
-    rid = rid or revision_id(answer["id"], chain, tkey)
+    rid = rid or revision_id(answer, chain, tkey, prompts, settings)
     messages = answer["messages"]
     current, critiques, last_finish = answer["answer"], [], None
     base = {"answer_id": answer["id"], "prompt_id": answer["prompt_id"], "round": round_}
@@ -107,7 +119,7 @@ async def revise_all(answers: Iterable[Mapping[str, Any]], chain: tuple[Principl
     Returns the answers left waiting on a provider batch (batch mode; nothing is written for them)."""
     tkey = teacher_key(teacher)
     done = {rid for rid, row in revisions.done.items() if row.get("status") == "ok"}
-    todo = [(a, rid) for a in answers if (rid := revision_id(a["id"], chain, tkey)) not in done]
+    todo = [(a, rid) for a in answers if (rid := revision_id(a, chain, tkey, prompts, settings)) not in done]
     queue: asyncio.Queue[tuple[Mapping[str, Any], str]] = asyncio.Queue()
     for item in todo:
         queue.put_nowait(item)

@@ -11,6 +11,7 @@ into exit codes; library callers catch `DistillError`.
     ├── TeacherError    a teacher call failed for good (after retries, or not retryable)
     │   └── QuotaExhausted  the provider says the account is out of credit: stop the batch
     ├── CacheError      the teacher-call cache is corrupt, unwritable, or misses offline
+    ├── RunInUse        another process is working on the same run directory
     └── BatchesPending  not a failure: provider batches are still running (--no-wait); run again later
 """
 
@@ -62,3 +63,8 @@ class BatchesPending(DistillError):
     (EX_TEMPFAIL, "try again later"), so scripts can tell it from success and from errors."""
 
     exit_code = 75
+
+
+class RunInUse(DistillError):
+    """Another live process holds the run directory's lock (`records.run_lock`); the message names
+    it. Two processes on one run would corrupt each other's files and pay the teacher twice."""

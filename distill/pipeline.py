@@ -34,11 +34,12 @@ from distill.cache import CachedTeacher, OfflineMiss, offline_from_env, open_tea
 from distill.critique import revise_all, revision_id, teacher_key
 from distill.errors import CacheError, QuotaExhausted, TeacherError
 from distill.protocol import ProtocolFailure, Settings
-from distill.records import JsonlSink, Prompt, content_hash, write_jsonl
+from distill.records import JsonlSink, Prompt, content_hash, run_lock, write_atomic, write_jsonl
 from distill.similarity import near_duplicates
 from distill.student import GenerationParams
 from distill.teachers.base import Deferred, Teacher
 from distill.teachers.none import NAME as NO_TEACHER
+from distill.teachers.settings import masked_identity
 from distill.templates import PromptSet, load_prompt_set
 
 
@@ -144,7 +145,7 @@ def _reject_row(stage: str, filter_name: str, detail: str, **ids: Any) -> dict[s
 def dedup_stage(prompts: Sequence[Prompt], threshold: float | None) -> tuple[list[Prompt], list[dict]]:
     if threshold is None:
         return list(prompts), []
-    dups = near_duplicates([p.text for p in prompts], threshold)
+    dups = near_duplicates([p.messages for p in prompts], threshold)
     rejected = [_reject_row("prompts", "near_duplicate", f"near-duplicate of prompt {prompts[j].id!r}",
                             prompt_id=prompts[i].id) for i, j in sorted(dups.items())]
     return [p for i, p in enumerate(prompts) if i not in dups], rejected
@@ -288,29 +289,33 @@ def run_round(config: RunConfig, prompts: Sequence[Prompt], teacher: Teacher | N
     """Answer, critique, revise and filter `prompts`; writes every artefact under `config.run_dir`.
 
     The teacher is the configured one behind the cache unless one is given (any `Teacher`); with
-    the teacher `none` the round self-trains (`distill.self_training`) and calls no teacher."""
-    prompt_set, chain = _templates(config)
-    teacher, settings = (teacher, None) if teacher else open_round_teacher(
-        config.offline, config.teacher, batch=config.batch, run_dir=config.run_dir, wait=config.batch_wait)
-    summary, started = Summary(), time.monotonic()
-    kept, rejected = dedup_stage(prompts, config.dedup_threshold)
-    summary.counts["prompts"] = {"in": len(prompts), "out": len(kept), "seconds": time.monotonic() - started}
-    t0 = time.monotonic()
-    answers = answer_to_file(kept, config.run_dir / "answers.jsonl", config.generation, source=config.student,
-                             adapter=config.adapter, batch_size=config.batch_size, round_=config.round)
-    summary.counts["answer"] = {"in": len(kept), "out": len(answers), "seconds": time.monotonic() - t0}
-    return _critique_and_filter(config, answers, prompt_set, chain, teacher, settings, summary, rejected, started)
+    the teacher `none` the round self-trains (`distill.self_training`) and calls no teacher.
+    Another process working on the same run directory is an error (`records.run_lock`)."""
+    with run_lock(config.run_dir):
+        prompt_set, chain = _templates(config)
+        teacher, settings = (teacher, None) if teacher else open_round_teacher(
+            config.offline, config.teacher, batch=config.batch, run_dir=config.run_dir, wait=config.batch_wait)
+        summary, started = Summary(), time.monotonic()
+        kept, rejected = dedup_stage(prompts, config.dedup_threshold)
+        summary.counts["prompts"] = {"in": len(prompts), "out": len(kept), "seconds": time.monotonic() - started}
+        t0 = time.monotonic()
+        answers = answer_to_file(kept, config.run_dir / "answers.jsonl", config.generation, source=config.student,
+                                 adapter=config.adapter, batch_size=config.batch_size, round_=config.round)
+        summary.counts["answer"] = {"in": len(kept), "out": len(answers), "seconds": time.monotonic() - t0}
+        return _critique_and_filter(config, answers, prompt_set, chain, teacher, settings, summary, rejected, started)
 
 
 def critique_answers(config: RunConfig, answers: Sequence[Mapping[str, Any]], teacher: Teacher | None = None) -> Summary:
     """Critique, revise and filter existing answers (from `distill answer`) into `config.run_dir`."""
-    prompt_set, chain = _templates(config)
-    teacher, settings = (teacher, None) if teacher else open_round_teacher(
-        config.offline, config.teacher, batch=config.batch, run_dir=config.run_dir, wait=config.batch_wait)
-    write_jsonl(config.run_dir / "answers.jsonl", answers)
-    summary = Summary()
-    summary.counts["answer"] = {"in": len(answers), "out": len(answers), "seconds": 0.0}
-    return _critique_and_filter(config, answers, prompt_set, chain, teacher, settings, summary, [], time.monotonic())
+    with run_lock(config.run_dir):
+        prompt_set, chain = _templates(config)
+        teacher, settings = (teacher, None) if teacher else open_round_teacher(
+            config.offline, config.teacher, batch=config.batch, run_dir=config.run_dir, wait=config.batch_wait)
+        write_jsonl(config.run_dir / "answers.jsonl", answers)
+        summary = Summary()
+        summary.counts["answer"] = {"in": len(answers), "out": len(answers), "seconds": 0.0}
+        return _critique_and_filter(config, answers, prompt_set, chain, teacher, settings, summary, [],
+                                    time.monotonic())
 
 
 def _templates(config: RunConfig) -> tuple[PromptSet, Any]:
@@ -404,7 +409,7 @@ async def critique_stage(config: RunConfig, chosen: list[dict], chain: Any, prom
     revisions_sink = JsonlSink(run_dir / "revisions.jsonl", reuse_finished=True)
     critiques_sink = JsonlSink(run_dir / "critiques.jsonl", reuse_finished=True)
     tkey = teacher_key(teacher)
-    wanted = [revision_id(a["id"], chain, tkey) for a in chosen]
+    wanted = [revision_id(a, chain, tkey, prompt_set, Settings(max_tokens=config.teacher_max_tokens)) for a in chosen]
     bar = _bar("critique", len(chosen))
     bar.update(sum(1 for rid in wanted if revisions_sink.done.get(rid, {}).get("status") == "ok"))
 
@@ -456,7 +461,8 @@ def write_manifest(run_dir: Path, config: RunConfig, prompt_set: PromptSet, chai
         "config": config.to_dict(),
         "templates": prompt_set.ids(),
         "chain": [p.name for p in chain],
-        "models": {"student": student, "teacher": dict(teacher.identity()) if teacher is not None else None,
+        "models": {"student": student,
+                   "teacher": masked_identity(teacher.identity()) if teacher is not None else None,
                    "teacher_name": settings.name if settings is not None else teacher_key(teacher)},
         "counts": {stage: {k: v for k, v in c.items() if k != "seconds"} for stage, c in summary.counts.items()},
         "rejected_by_filter": summary.rejected,
@@ -466,4 +472,4 @@ def write_manifest(run_dir: Path, config: RunConfig, prompt_set: PromptSet, chai
         "timings_s": {**{stage: round(c["seconds"], 3) for stage, c in summary.counts.items()},
                       "total": round(seconds, 3)},
     }
-    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+    write_atomic(run_dir / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")

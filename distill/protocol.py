@@ -8,7 +8,9 @@ parsed gets exactly one repair request; if that fails too, `ProtocolFailure` say
 
 The student's answer is data, never instructions: it is quoted between markers that the system
 prompt tells the teacher to treat as data, and any marker text inside it is neutralised, so an
-answer saying "ignore the above and ..." cannot close the quote or change the protocol.
+answer saying "ignore the above and ..." cannot close the quote or change the protocol. Every
+marker holds `<<<` or `>>>`, and quoting spaces out every run of three or more `<` or `>` whole
+(`<<<<<` becomes `< < < < <`), so no quoted text, however built, contains three in a row.
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ JUDGE_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
-_MARKERS = re.compile(r"<<<|>>>")
+_MARKERS = re.compile(r"<{3,}|>{3,}")  # whole runs: spacing out only the first three of "<<<<<" left "<<<"
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+_TOO_DEEP = "the reply's JSON is nested too deeply to read"
 
 
 class ProtocolError(ValueError):
@@ -88,7 +91,9 @@ class Settings:
 
 
 def quote(text: str) -> str:
-    """Neutralise marker sequences so quoted data cannot close its own quote."""
+    """Neutralise marker sequences so quoted data cannot open or close a quote: every run of three
+    or more `<` (or `>`) is spaced out whole, so the result never holds `<<<` or `>>>`. Text
+    without such runs is unchanged."""
     return _MARKERS.sub(lambda m: " ".join(m.group(0)), text)
 
 
@@ -152,11 +157,15 @@ def extract_json(text: str) -> dict[str, Any]:
             return value
     except json.JSONDecodeError:
         pass
+    except RecursionError:
+        raise ProtocolError(_TOO_DEEP) from None
     for match in re.finditer(r"\{", stripped):
         try:
             value, _ = decoder.raw_decode(stripped, match.start())
         except json.JSONDecodeError:
             continue
+        except RecursionError:
+            raise ProtocolError(_TOO_DEEP) from None
         if isinstance(value, dict):
             return value
     raise ProtocolError("the reply contains no JSON object" if "{" not in text else "the reply's JSON is malformed")
@@ -205,16 +214,28 @@ def parse_judgement(text: str) -> Judgement:
 T = TypeVar("T")
 
 
+def _parsed(parse: Callable[[str], T], text: str) -> T:
+    """`parse(text)`, with any failure to read the reply turned into a ProtocolError: a reply is
+    data from outside, and however it breaks the parser (too deep, too odd) it fails its row only."""
+    try:
+        return parse(text)
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"the reply could not be read ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
 async def ask(teacher: Teacher, prompts: PromptSet, request: Request, parse: Callable[[str], T]) -> tuple[T, list[Completion]]:
-    """Send `request`; on an unparseable reply send one repair request; else ProtocolFailure."""
+    """Send `request`; on an unparseable reply send one repair request; else ProtocolFailure.
+    Any failure of `parse` on a reply counts as unparseable."""
     completions = [await teacher.complete(request)]
     try:
-        return parse(completions[0].text), completions
+        return _parsed(parse, completions[0].text), completions
     except ProtocolError as first:
         repair = repair_request(prompts, request, completions[0].text, str(first))
         completions.append(await teacher.complete(repair))
         try:
-            return parse(completions[1].text), completions
+            return _parsed(parse, completions[1].text), completions
         except ProtocolError as second:
             raise ProtocolFailure(f"unparseable teacher reply after one repair: {second}", completions) from None
 

@@ -3,24 +3,31 @@
 Every stage of distill reads and writes JSONL. Input files are validated whole before any model
 loads, and every bad line is reported as `FILE:LINE: reason` in one error, so a user fixes them
 all in one pass. Rows without an `id` get a stable one: a hash of their content, the same on
-every machine and every run. Outputs are written so that a crash never leaves a half-written
-file under the final name (see `JsonlSink`).
+every machine and every run. Outputs are written so that a crash, or a power loss, never leaves a
+half-written file under the final name (see `JsonlSink` and `atomic_file`), and `run_lock` keeps a second process off a run
+directory that one is already working in.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import socket
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from distill.checks import Check, parse_reference
-from distill.errors import InputError
+from distill.errors import InputError, RunInUse
 
 ROLES = ("system", "user", "assistant")
 MAX_REPORTED_ERRORS = 50
+RUN_LOCK = ".run.lock"
 
 
 def canonical_json(value: Any) -> str:
@@ -195,9 +202,40 @@ def _iter_lenient(path: Path, errors: list[str]) -> Iterator[tuple[int, Any]]:
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line)
+            obj = json.loads(line)
         except json.JSONDecodeError as exc:
             errors.append(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        except RecursionError:
+            errors.append(f"{path}:{number}: invalid JSON (nested too deeply)")
+            continue
+        surrogate = lone_surrogate(obj)
+        if surrogate is not None:
+            errors.append(f"{path}:{number}: {surrogate}")
+            continue
+        yield number, obj
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """Where a decoded JSON value holds a lone surrogate (`"\\ud800"`: valid JSON, invalid Unicode,
+    which no UTF-8 file or hash can take), as a sentence naming the field; None if nowhere."""
+    stack: list[tuple[str, str, Any]] = [("", "the row", value)]  # (field path, what to call it, value)
+    while stack:
+        path, label, item = stack.pop()
+        if isinstance(item, dict):
+            for key, inner in reversed(item.items()):
+                inner_path = f"{path}.{key}" if path else str(key)
+                stack.append((inner_path, f"field {inner_path!r}", inner))
+                stack.append((path, f"a key of field {path!r}" if path else "a field name", key))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", f"field '{path}[{i}]'", inner) for i, inner in reversed(list(enumerate(item))))
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return (f"{label}: a lone surrogate (\\u{ord(item[exc.start]):04x} at character {exc.start}) is not "
+                        "valid Unicode; remove that escape or complete its pair")
+    return None
 
 
 def _read_text(path: Path) -> str:
@@ -221,17 +259,20 @@ class JsonlSink:
     """Append rows to `PATH.partial`, flushed per write; `commit()` renames it to PATH.
 
     A crash leaves only the `.partial` file, never a truncated final file. Re-opening the same
-    sink resumes: `done` holds the rows already written (a torn last line is dropped), so a
-    caller skips their work and nothing is computed or written twice. With `reuse_finished`, the
-    rows of a finished PATH from an earlier run count as done too (read, not copied: PATH stays
-    until `commit` replaces it, so a crash before then loses none of them, and `commit` keeps
-    them); an unreadable finished file is ignored and its rows redone.
+    sink resumes: `done` holds every valid row already written, so a caller skips their work and
+    nothing is computed or written twice. A bad line (torn by a crash, or garbled) costs only its
+    own row: it is reported on stderr as `FILE:LINE` (and listed in `skipped`), the rows after it
+    are kept, and the partial file is rewritten with the valid rows before anything is appended.
+    With `reuse_finished`, the rows of a finished PATH from an earlier run count as done too
+    (read, not copied: PATH stays until `commit` replaces it, so a crash before then loses none
+    of them, and `commit` keeps them); an unreadable finished file is ignored and its rows redone.
     """
 
     def __init__(self, path: str | os.PathLike[str], key: str = "id", *, reuse_finished: bool = False):
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.key = key
+        self.skipped: list[str] = []  # FILE:LINE: why, for each line of the partial file not kept
         self.done: dict[str, dict[str, Any]] = self._recover()
         self._fh = None
         if reuse_finished:
@@ -251,20 +292,33 @@ class JsonlSink:
         if not self.partial.exists():
             return {}
         rows: dict[str, dict[str, Any]] = {}
-        good_bytes = 0
-        with self.partial.open("rb") as fh:
-            for raw in fh:
-                if not raw.endswith(b"\n"):
-                    break  # torn write from a crash: drop it
-                try:
-                    row = json.loads(raw)
-                except json.JSONDecodeError:
-                    break
-                rows[str(row[self.key])] = row
-                good_bytes += len(raw)
-        with self.partial.open("r+b") as fh:
-            fh.truncate(good_bytes)
+        lines = self.partial.read_bytes().split(b"\n")  # the last item is what follows the last newline
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = self._row(raw, torn=number == len(lines))
+            except ValueError as exc:
+                self.skipped.append(f"{self.partial}:{number}: {exc}")
+                continue
+            rows[str(row[self.key])] = row
+        if self.skipped:
+            for line in self.skipped:
+                print(f"distill: {line}; skipped, its row is done again", file=sys.stderr)
+            write_jsonl(self.partial, rows.values())
         return rows
+
+    def _row(self, raw: bytes, *, torn: bool) -> dict[str, Any]:
+        """One line of the partial file as a row; ValueError saying why it cannot be kept."""
+        if torn:
+            raise ValueError("torn write (the process stopped in the middle of this line)")
+        try:
+            row = json.loads(raw)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, nested too deeply
+            raise ValueError(f"not a JSON row ({str(exc)[:100]})") from None
+        if not isinstance(row, dict) or self.key not in row:
+            raise ValueError(f"not a row with a {self.key!r} field")
+        return row
 
     def write(self, rows: Iterable[Mapping[str, Any]]) -> None:
         rows = list(rows)
@@ -273,6 +327,7 @@ class JsonlSink:
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = self.partial.open("a", encoding="utf-8")
+            fsync_dir(self.path.parent)  # the partial file's name survives a power loss too
         for row in rows:
             self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             self.done[str(row[self.key])] = dict(row)
@@ -294,14 +349,82 @@ class JsonlSink:
 
 
 def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write rows atomically: to a temporary file beside PATH, fsync, then rename over PATH."""
+    """Write rows atomically and durably (see `atomic_file`)."""
+    with atomic_file(path) as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return Path(path)
+
+
+def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Replace PATH with `text` atomically and durably (see `atomic_file`): every state file
+    (manifest.json, eval.json, rounds.json, training.json) is written this way."""
+    with atomic_file(path) as fh:
+        fh.write(text)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Any]:
+    """A text file to write that replaces PATH only once the block ends without error: written to a
+    temporary file beside PATH, fsynced, renamed over PATH, and the directory fsynced (the rename
+    itself survives a power loss). A crash, an error or a power cut at any point leaves the old
+    PATH or the new one, never a mix, a truncated file or none; an error removes the temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """Flush a directory's entries (new names, renames) to disk."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_files(directory: str | os.PathLike[str]) -> None:
+    """Flush every file directly in `directory`, then the directory itself (for files that a
+    library wrote, such as an adapter's, before a rename or a marker file depends on them)."""
+    for path in Path(directory).iterdir():
+        if path.is_file():
+            with path.open("rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(directory)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold the run directory's lock (an exclusive `flock` on RUN_DIR/.run.lock, the mechanism
+    batches.json uses) while the block runs. A second process on the same run fails at once with
+    RunInUse naming the holder, instead of corrupting its `.partial` files and paying twice. The
+    lock dies with its process, so a killed run leaves nothing stale behind."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / RUN_LOCK
+    with open(path, "a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise RunInUse(f"{run_dir}: in use by {holder} (lock {path}); two processes on one run would "
+                           "corrupt each other's files and pay the teacher twice. Wait for it to finish, stop "
+                           "it, or choose another run name") from None
+        fh.seek(0)
+        fh.truncate()
+        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        fh.write(f"process {os.getpid()} on {socket.gethostname()} since {started}\n")
         fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+        yield path

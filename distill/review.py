@@ -6,6 +6,12 @@ the prompt, the student's original answer, the teacher's revision, and empty `de
 `edited`). `import_decisions` reads the CSV back, validates every row (FILE:LINE errors), and
 writes `sft.reviewed.jsonl` with the accepted rows and the edited ones (their completion
 replaced). `distill train RUN --reviewed` then trains on reviewed rows only.
+
+The texts come from the student and the teacher, so a cell could be a spreadsheet formula
+(`=HYPERLINK(...)`) that runs when the sheet is opened. As OWASP recommends against CSV
+injection, a cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage return is written
+with a leading `'`, which spreadsheets show as text; import takes it off again. A text that
+already starts with `'` before such a character gets one more, so the round trip is exact.
 """
 
 from __future__ import annotations
@@ -20,6 +26,23 @@ from distill.records import read_rows, write_jsonl
 COLUMNS = ("id", "prompt", "original", "revision", "decision", "edited", "note")
 DECISIONS = ("accept", "reject", "edit")
 REVIEWED = "sft.reviewed.jsonl"
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
+
+
+def _is_formula_like(text: str) -> bool:
+    """True when `text`, after any leading apostrophes, starts like a formula (so it gets a `'`)."""
+    first = text.lstrip("'")[:1]
+    return first != "" and first in FORMULA_START
+
+
+def to_cell(text: str) -> str:
+    """A text as a CSV cell a spreadsheet will not execute: `'` before a formula-like start."""
+    return "'" + text if _is_formula_like(text) else text
+
+
+def from_cell(cell: str) -> str:
+    """The text `to_cell` made `cell` from (a cell typed by a person comes back as it is)."""
+    return cell[1:] if cell.startswith("'") and _is_formula_like(cell[1:]) else cell
 
 
 def _rows(path: Path, parse: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
@@ -60,9 +83,9 @@ def export(run_dir: Path, out: Path) -> int:
         writer.writeheader()
         for row in sft:
             writer.writerow({
-                "id": row["id"], "prompt": row["prompt"][-1]["content"],
-                "original": answers.get(row["meta"].get("answer_id"), ""),
-                "revision": row["completion"][0]["content"], "decision": "", "edited": "", "note": "",
+                "id": to_cell(str(row["id"])), "prompt": to_cell(row["prompt"][-1]["content"]),
+                "original": to_cell(answers.get(row["meta"].get("answer_id"), "")),
+                "revision": to_cell(row["completion"][0]["content"]), "decision": "", "edited": "", "note": "",
             })
     return len(sft)
 
@@ -79,11 +102,16 @@ def import_decisions(run_dir: Path, reviewed: Path) -> dict[str, int]:
             missing = [c for c in ("id", "decision", "edited") if c not in (reader.fieldnames or [])]
             if missing:
                 raise InputError(f"{reviewed}:1: missing column {missing[0]!r}; expected {', '.join(COLUMNS)}")
-            for row in reader:
+            first_line: dict[str, int] = {}
+            for cells in reader:
                 line = reader.line_num
+                row = {k: from_cell(v) if isinstance(v, str) else v for k, v in cells.items() if k is not None}
                 decision = (row.get("decision") or "").strip().lower()
                 if row["id"] not in sft:
                     errors.append(f"{reviewed}:{line}: id {row['id']!r} is not in {run_dir / 'sft.jsonl'}")
+                elif row["id"] in first_line:
+                    errors.append(f"{reviewed}:{line}: duplicate id {row['id']!r} (first on line "
+                                  f"{first_line[row['id']]}); keep one row per id")
                 elif decision == "":
                     counts["undecided"] += 1
                 elif decision not in DECISIONS:
@@ -94,6 +122,7 @@ def import_decisions(run_dir: Path, reviewed: Path) -> dict[str, int]:
                     counts[decision] += 1
                     if decision != "reject":
                         kept.append(_apply(sft[row["id"]], decision, row))
+                first_line.setdefault(row["id"], line)
     except FileNotFoundError:
         raise InputError(f"{reviewed}: no such file") from None
     except UnicodeDecodeError:

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 from distill.gate import Policy, decide
 from distill.pipeline import RunConfig, no_teacher, open_round_teacher, run_round
 from distill.errors import InputError
-from distill.records import Prompt, _read_text, read_answers, read_prompts, write_jsonl
+from distill.records import Prompt, _read_text, read_answers, read_prompts, run_lock, write_atomic, write_jsonl
 
 STATE = "rounds.json"
 
@@ -67,9 +67,7 @@ def load_state(root: Path) -> dict[str, Any]:
 
 
 def save_state(root: Path, state: dict[str, Any]) -> None:
-    tmp = root / f".{STATE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(root / STATE)
+    write_atomic(root / STATE, json.dumps(state, indent=2, default=str) + "\n")
 
 
 def _examples(path: Path) -> list[Any]:
@@ -108,11 +106,17 @@ def _prompt_key(text: str) -> str:
 
 
 def run_rounds(config: RoundsConfig, prompts: Sequence[Prompt]) -> dict[str, Any]:
-    """Run up to `config.rounds` rounds; returns the state written to rounds.json."""
-    from distill.train import TrainConfig, train
-
+    """Run up to `config.rounds` rounds; returns the state written to rounds.json. Another process
+    working on the same run is an error (`records.run_lock`), as for a single round."""
     root = config.run.run_dir
     root.mkdir(parents=True, exist_ok=True)
+    with run_lock(root):
+        return _run_rounds(config, prompts, root)
+
+
+def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> dict[str, Any]:
+    from distill.train import TrainConfig, train
+
     heldout = read_prompts(config.heldout)
     trained = {_prompt_key(p.text) for p in prompts}
     overlap = sorted({p.text.strip().casefold() for p in heldout if _prompt_key(p.text) in trained})
@@ -205,8 +209,7 @@ def _evaluate(config: RoundsConfig, number: int, current: str | None, adapter: P
     result = evaluate(cur, new, heldout, teacher=teacher, prompt_set=load_prompt_set(config.run.prompts_dir),
                       revisions=revisions, replay=forgetting_set, max_new_tokens=config.eval_max_new_tokens,
                       teacher_identity=identity, close_teacher=True)
-    (round_dir / "eval.json").write_text(json.dumps({"round": number, "current": current or "base",
-                                                     "new": str(adapter), **result.to_dict()}, indent=2) + "\n",
-                                         encoding="utf-8")
+    write_atomic(round_dir / "eval.json", json.dumps({"round": number, "current": current or "base",
+                                                      "new": str(adapter), **result.to_dict()}, indent=2) + "\n")
     write_jsonl(round_dir / "eval_rows.jsonl", ({"round": number, **row} for row in result.rows))
     return result

@@ -31,7 +31,10 @@ Why it is built this way:
   AMX, where it trains 2x faster than float32 and learns the same; see `native_bf16`), float32
   elsewhere. No gradient checkpointing by default: a 135M model does not need the memory.
 - Checkpoints (adapter, optimizer, scheduler, step) are written every `save_every` steps and on
-  Ctrl-C; running the same command again resumes from the last one. Data order is a pure function
+  Ctrl-C; running the same command again resumes from the last one. A checkpoint's state file is
+  read with torch's weights-only unpickler (tensors and plain containers, nothing callable), so a
+  `state.pt` planted in an output directory cannot run code; one that does not load that way is
+  refused before anything else is read. Data order is a pure function
   of (seed, epoch), so a resumed run sees exactly the batches the uninterrupted run would have seen.
 """
 
@@ -49,10 +52,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from distill.errors import ConfigError, InputError
+from distill.errors import ConfigError, InputError, ModelError
 from distill.examples import (IGNORE, Encoded, Example, answer_replay, collate, encode_all, head_logits,
                               read_examples, summed_kl)
-from distill.records import MAX_REPORTED_ERRORS, Prompt, content_hash, write_jsonl
+from distill.records import (MAX_REPORTED_ERRORS, Prompt, content_hash, fsync_dir, fsync_files, write_atomic,
+                             write_jsonl)
 from distill.student import Student, weights_sha256
 
 CHECKPOINTS = "checkpoints"
@@ -312,8 +316,10 @@ def save_checkpoint(output_dir: Path, step: int, peft_model: Any, optimizer: Any
     peft_model.save_pretrained(tmp)
     torch.save({"step": step, "fingerprint": fingerprint, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}, tmp / STATE_FILE)
+    fsync_files(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    fsync_dir(root)
     for old in checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -325,7 +331,7 @@ def load_checkpoint(path: Path, peft_model: Any, optimizer: Any, scheduler: Any)
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    state = read_state(path)
     weights = load_file(path / "adapter_model.safetensors", device=str(next(peft_model.parameters()).device))
     set_peft_model_state_dict(peft_model, weights)
     optimizer.load_state_dict(state["optimizer"])
@@ -334,14 +340,30 @@ def load_checkpoint(path: Path, peft_model: Any, optimizer: Any, scheduler: Any)
     return int(state["step"])
 
 
+def read_state(checkpoint: Path) -> dict[str, Any]:
+    """A checkpoint's state (step, fingerprint, optimizer, scheduler, RNG), read weights-only: the
+    unpickler builds tensors and plain containers and refuses everything else, so a planted file
+    cannot run code. ModelError naming the file if it does not load that way."""
+    import torch
+
+    path = checkpoint / STATE_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # refused by the weights-only unpickler, truncated, not a torch file
+        raise ModelError(f"{path}: not a checkpoint state distill wrote ({type(exc).__name__}); it was not loaded. "
+                         f"Delete {checkpoint}, or pass --restart (restart=True) to start over") from None
+    if not isinstance(state, dict):
+        raise ModelError(f"{path}: expected a checkpoint state (a dict), got {type(state).__name__}; delete "
+                         f"{checkpoint}, or pass --restart (restart=True) to start over")
+    return state
+
+
 def resume_point(output_dir: Path, fingerprint: str) -> Path | None:
     """The newest checkpoint of this very run, None if none; ConfigError if it belongs to another run."""
     found = checkpoints(output_dir)
     if not found:
         return None
-    import torch
-
-    state = torch.load(found[-1] / STATE_FILE, map_location="cpu", weights_only=False)
+    state = read_state(found[-1])
     if state.get("fingerprint") != fingerprint:
         raise ConfigError(f"{found[-1]}: this checkpoint is from a run with other data, base model or options; "
                           "re-run with the same ones to resume, or pass --restart (restart=True) to start over")
@@ -723,10 +745,9 @@ def _summary(session: _Session, base: Student, data: _Data, totals: _Totals, sta
 def _save_adapter(model: Any, output_dir: Path, summary: dict[str, Any]) -> None:
     """Adapter files, then training.json (its presence marks a finished run), then drop the checkpoints."""
     model.save_pretrained(output_dir)
+    fsync_files(output_dir)  # the adapter is on disk before training.json says it is finished
     summary["adapter_sha256"] = weights_sha256(output_dir)
-    tmp = output_dir / f".{TRAINING_FILE}.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, output_dir / TRAINING_FILE)
+    write_atomic(output_dir / TRAINING_FILE, json.dumps(summary, indent=2) + "\n")
     shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)
 
 

@@ -122,6 +122,96 @@ def test_a_rerun_resumes_without_redoing_finished_rows(tmp_path, tiny_model_dir,
     assert len(read(cfg.run_dir / "revisions.jsonl")) == 5
 
 
+def critique_calls(teacher: ScriptedTeacher) -> set[str]:
+    return {r.prompt_id for r in teacher.requests if not is_judge(r)}
+
+
+def test_an_edited_prompt_or_reference_is_answered_and_revised_again(tmp_path, tiny_model_dir, prompts) -> None:
+    cfg = config(tmp_path, tiny_model_dir)
+    run_round(cfg, prompts, teacher=ScriptedTeacher(script))
+    worse = {"id": "worse", "prompt": "What is 5 plus 6?", "reference": {"type": "numeric", "value": 11}}
+    edited = [parse_prompt({**ROWS[0], "reference": "42"}), prompts[1], parse_prompt(worse), *prompts[3:]]
+    again = ScriptedTeacher(script)
+    run_round(cfg, edited, teacher=again)
+    answers = {a["prompt_id"]: a for a in read(cfg.run_dir / "answers.jsonl")}
+    revisions = {r["prompt_id"]: r for r in read(cfg.run_dir / "revisions.jsonl")}
+    for row in (answers, revisions):
+        assert row["worse"]["messages"] == [{"role": "user", "content": "What is 5 plus 6?"}]
+        assert row["worse"]["reference"] == {"type": "numeric", "value": 11} and row["fix"]["reference"] == "42"
+    # the two edited prompts are critiqued again (and the failed row retried); the rest is reused
+    assert critique_calls(again) == {"fix", "worse", "broken"}
+
+
+def test_an_edited_template_or_teacher_token_limit_revises_again(tmp_path) -> None:
+    from dataclasses import replace
+    import shutil
+
+    from distill.templates import default_prompts_dir
+
+    prompts_dir = tmp_path / "prompts"
+    shutil.copytree(default_prompts_dir(), prompts_dir)
+    answers = answer_rows({"fix": "It is 41.", "ok": "Hello!"})
+    cfg = RunConfig(name="r", runs_dir=tmp_path / "runs", stages=("facts",), prompts_dir=str(prompts_dir))
+
+    def rerun(**changes) -> set[str]:
+        teacher = ScriptedTeacher(script)
+        critique_answers(replace(cfg, **changes), answers, teacher=teacher)
+        return critique_calls(teacher)
+
+    assert rerun() == {"fix", "ok"}
+    assert rerun() == set()  # nothing changed: every revision is reused
+    assert rerun(teacher_max_tokens=2048) == {"fix", "ok"}
+    critique = prompts_dir / "templates" / "critique.md"
+    critique.write_text(critique.read_text() + "\nBe strict.\n")
+    assert rerun(teacher_max_tokens=2048) == {"fix", "ok"}
+    assert rerun(teacher_max_tokens=2048) == set()
+
+
+def test_a_reply_nested_too_deeply_fails_its_row_only(tmp_path) -> None:
+    def nested(request) -> str:
+        return "[" * 1000 if request.prompt_id == "broken" else script(request)
+
+    answers = answer_rows({"fix": "It is 41.", "broken": "Red.", "ok": "Hello!"})
+    cfg = RunConfig(name="r", runs_dir=tmp_path, stages=("facts",))
+    for _ in range(2):  # and again on a re-run, where the same replies come back (as from the cache)
+        critique_answers(cfg, answers, teacher=ScriptedTeacher(nested))
+        revisions = {r["prompt_id"]: r for r in read(cfg.run_dir / "revisions.jsonl")}
+        assert {k: r["status"] for k, r in revisions.items()} == {"fix": "ok", "broken": "failed", "ok": "ok"}
+        assert revisions["broken"]["reason"] == "unparseable_reply"
+        assert "nested too deeply" in revisions["broken"]["detail"]
+
+
+def test_dedup_keeps_distinct_conversations_and_distinct_wordless_prompts() -> None:
+    from distill.pipeline import dedup_stage
+
+    rows = [{"id": "prime", "messages": [{"role": "user", "content": "Is 7 a prime number?"},
+                                         {"role": "assistant", "content": "Yes."},
+                                         {"role": "user", "content": "Are you sure?"}]},
+            {"id": "paris", "messages": [{"role": "user", "content": "Is Paris in Italy?"},
+                                         {"role": "assistant", "content": "Yes."},
+                                         {"role": "user", "content": "Are you sure?"}]},
+            {"id": "q", "prompt": "???"}, {"id": "bang", "prompt": "!!!"}, {"id": "q-again", "prompt": "???"}]
+    kept, rejected = dedup_stage([parse_prompt(r) for r in rows], 0.9)
+    assert [p.id for p in kept] == ["prime", "paris", "q", "bang"]
+    assert [(r["prompt_id"], r["reason"]) for r in rejected] == [("q-again", "near-duplicate of prompt 'q'")]
+
+
+def test_a_second_process_on_the_same_run_fails_fast_naming_the_first(tmp_path, tiny_model_dir, prompts) -> None:
+    import os
+
+    from distill.errors import RunInUse
+    from distill.records import run_lock
+
+    cfg = config(tmp_path, tiny_model_dir)
+    teacher = ScriptedTeacher(script)
+    with run_lock(cfg.run_dir):  # as another process running the same round would
+        with pytest.raises(RunInUse, match=f"in use by process {os.getpid()} on "):
+            run_round(cfg, prompts, teacher=teacher)
+        with pytest.raises(RunInUse, match=f"in use by process {os.getpid()} on "):
+            critique_answers(cfg, answer_rows({"fix": "It is 41."}), teacher=teacher)
+    assert teacher.requests == [] and not list(cfg.run_dir.glob("*.jsonl*"))  # nothing done, nothing written
+
+
 def test_keep_acceptable_adds_positive_examples_without_prefs(tmp_path) -> None:
     cfg = RunConfig(name="r", runs_dir=tmp_path, stages=("facts",), keep_acceptable=True)
     critique_answers(cfg, answer_rows({"fix": "It is 41.", "ok": "Hello!"}), teacher=ScriptedTeacher(script))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 
 import pytest
 
 from distill.protocol import (CRITIQUE_SCHEMA, ProtocolError, ProtocolFailure, ask, critique_request,
-                              extract_json, judge_both_orders, parse_critique, parse_judgement)
+                              extract_json, judge_both_orders, judge_request, parse_critique, parse_judgement,
+                              quote)
 from distill.templates import load_prompt_set
 from fakes import ScriptedTeacher, critique_reply, quoted_answer
 
@@ -80,6 +82,39 @@ def test_an_injected_answer_stays_quoted_data() -> None:
     assert request.response_schema == CRITIQUE_SCHEMA  # the protocol is unchanged
 
 
+# Pieces an attacker would assemble a marker from: angle brackets alone and in runs, marker names,
+# whole markers, separators that a naive escape inserts, and characters around them.
+ADVERSARIAL = ["<", ">", "<<", ">>", "<<<", ">>>", "< ", " >", "ANSWER", "USER", "SYSTEM", "A", "B", "ORIGINAL",
+               "<<<ANSWER", "ANSWER>>>", "<<<USER", "USER>>>", "\n", " ", "\t", "\u200b", "x", "\\", "{", "}"]
+MARKERS = [f"<<<{name}" for name in ("ANSWER", "USER", "SYSTEM", "ASSISTANT", "A", "B", "ORIGINAL")] + \
+          [f"{name}>>>" for name in ("ANSWER", "USER", "SYSTEM", "ASSISTANT", "A", "B", "ORIGINAL")]
+
+
+def adversarial_texts(n: int, seed: int = 13) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice(ADVERSARIAL) for _ in range(rng.randint(0, 40))) for _ in range(n)]
+
+
+def test_quoted_text_can_never_hold_a_marker() -> None:
+    for text in ["<<<<<ANSWER", "ANSWER>>>>>", "<<<<<<", "<< <<<ANSWER", *adversarial_texts(5000)]:
+        quoted = quote(text)
+        assert "<<<" not in quoted and ">>>" not in quoted, (text, quoted)
+        assert not any(marker in quoted for marker in MARKERS), (text, quoted)
+        if "<<<" not in text and ">>>" not in text:
+            assert quoted == text  # text that holds no run of three is quoted as it is
+
+
+def test_a_request_built_from_any_text_opens_and_closes_each_quote_once() -> None:
+    for text in adversarial_texts(500, seed=14):
+        messages = [{"role": "user", "content": text}]
+        critique = critique_request(PROMPTS, messages, text, PROMPTS.chain()[0]).messages[-1]["content"]
+        judge = judge_request(PROMPTS, messages, text, text).messages[-1]["content"]
+        for request, names in ((critique, ("USER", "ANSWER")), (judge, ("USER", "A", "B"))):
+            for name in names:
+                assert request.count(f"<<<{name}\n") == 1 and request.count(f"\n{name}>>>") == 1, (text, name)
+            assert request.count("<<<") == request.count(">>>") == len(names), text
+
+
 def test_one_repair_request_then_success() -> None:
     replies = iter(["I think it's fine!", critique_reply("4")])
     teacher = ScriptedTeacher(lambda r: next(replies))
@@ -98,6 +133,34 @@ def test_two_bad_replies_fail_with_the_reason() -> None:
     request = critique_request(PROMPTS, MESSAGES, "5", PROMPTS.chain()[0])
     with pytest.raises(ProtocolFailure, match="after one repair: the reply contains no JSON"):
         asyncio.run(ask(teacher, PROMPTS, request, lambda t: parse_critique(t, "5")))
+    assert len(teacher.requests) == 2
+
+
+NESTED = ["[" * 1000, '{"critique": ' + "[" * 100_000, '{"a": ' * 5000]
+
+
+@pytest.mark.parametrize("nested", NESTED, ids=["array", "inside-an-object", "objects"])
+def test_a_reply_nested_too_deeply_is_a_parse_failure_repaired_once(nested: str) -> None:
+    replies = iter([nested, critique_reply("4")])
+    teacher = ScriptedTeacher(lambda r: next(replies))
+    request = critique_request(PROMPTS, MESSAGES, "5", PROMPTS.chain()[0])
+    parsed, completions = asyncio.run(ask(teacher, PROMPTS, request, lambda t: parse_critique(t, "5")))
+    assert parsed.revision == "4" and len(completions) == 2
+    assert "nested too deeply" in teacher.requests[1].messages[-1]["content"]
+    teacher = ScriptedTeacher(lambda r: nested)
+    with pytest.raises(ProtocolFailure, match="after one repair: the reply's JSON is nested too deeply"):
+        asyncio.run(ask(teacher, PROMPTS, request, lambda t: parse_critique(t, "5")))
+    assert len(teacher.requests) == 2
+
+
+def test_any_failure_to_read_a_reply_is_a_parse_failure() -> None:
+    def fussy(text: str) -> str:
+        return {"a": "fine"}[text]  # a parser that breaks with KeyError on anything unexpected
+
+    teacher = ScriptedTeacher(lambda r: "odd")
+    request = critique_request(PROMPTS, MESSAGES, "5", PROMPTS.chain()[0])
+    with pytest.raises(ProtocolFailure, match="could not be read \\(KeyError"):
+        asyncio.run(ask(teacher, PROMPTS, request, fussy))
     assert len(teacher.requests) == 2
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from distill.errors import InputError
-from distill.records import JsonlSink, Prompt, content_hash, read_prompts, write_jsonl
+from distill.records import JsonlSink, Prompt, content_hash, read_prompts, run_lock, write_jsonl
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:
@@ -57,6 +60,23 @@ def test_every_bad_line_is_reported_with_file_and_line(tmp_path: Path) -> None:
         assert f"{f}:{line}: " in message and reason in message, (line, reason, message)
     assert message.startswith("12 bad line(s)")
     assert f"{f}:1:" not in message
+
+
+def test_a_lone_surrogate_is_rejected_at_load_time_with_file_and_line(tmp_path: Path) -> None:
+    f = write_lines(tmp_path / "p.jsonl", [
+        json.dumps({"id": "pair", "prompt": "a smile \U0001F600"}),  # written as the escaped pair: valid
+        '{"id": "half", "prompt": "half a smile \\ud83d"}',
+        '{"id": "deep", "messages": [{"role": "user", "content": "x \\udfff"}]}',
+        '{"id": "key", "prompt": "q", "meta": {"\\udc80": 1}}',
+    ])
+    assert "\\ud83d\\ude00" in f.read_text()
+    with pytest.raises(InputError) as err:
+        read_prompts(f)
+    message = str(err.value)
+    assert message.startswith("3 bad line(s)") and f"{f}:1:" not in message
+    assert f"{f}:2: field 'prompt': a lone surrogate (\\ud83d at character 13) is not valid Unicode" in message
+    assert f"{f}:3: field 'messages[0].content': a lone surrogate (\\udfff" in message
+    assert f"{f}:4: a key of field 'meta': a lone surrogate (\\udc80" in message
 
 
 @pytest.mark.parametrize("content, reason", [
@@ -114,6 +134,36 @@ def test_sink_resumes_and_drops_a_torn_last_line(tmp_path: Path) -> None:
     again.commit(order=["3", "1", "2"])
     assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["3", "1", "2"]
     assert not again.partial.exists()
+
+
+def test_sink_keeps_every_valid_row_and_reports_each_bad_line(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out.jsonl"
+    partial = tmp_path / "out.jsonl.partial"
+    partial.write_text('{"id": "1", "v": 1}\n{"id": "2", "v"\n{"id": "3", "v": 3}\n["no id"]\n'
+                       '{"id": "4", "v": 4}\n{"id": "5", "v"', encoding="utf-8")
+    sink = JsonlSink(out)
+    assert sink.done == {"1": {"id": "1", "v": 1}, "3": {"id": "3", "v": 3}, "4": {"id": "4", "v": 4}}
+    assert [line.split(": ", 1)[0] for line in sink.skipped] == [f"{partial}:2", f"{partial}:4", f"{partial}:6"]
+    assert "torn write" in sink.skipped[2]
+    err = capsys.readouterr().err
+    assert all(f"{partial}:{n}: " in err for n in (2, 4, 6))
+    sink.write([{"id": "2", "v": 2}, {"id": "5", "v": 5}])  # appended on a clean line
+    sink.close()
+    assert [json.loads(x)["id"] for x in partial.read_text().splitlines()] == ["1", "3", "4", "2", "5"]
+    assert JsonlSink(out).skipped == []
+
+
+LOCK_AND_EXIT = "import sys\nfrom distill.records import run_lock\nwith run_lock(sys.argv[1]):\n    pass"
+
+
+def test_run_lock_keeps_a_second_process_off_the_run_and_names_the_first(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "r"
+    with run_lock(run):
+        other = subprocess.run([sys.executable, "-c", LOCK_AND_EXIT, str(run)], capture_output=True, text=True)
+        assert other.returncode != 0 and "RunInUse" in other.stderr
+        assert f"in use by process {os.getpid()} on " in other.stderr
+    again = subprocess.run([sys.executable, "-c", LOCK_AND_EXIT, str(run)], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr  # released when the block ends
 
 
 def test_write_jsonl_is_atomic(tmp_path: Path) -> None:

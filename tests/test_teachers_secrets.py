@@ -62,3 +62,41 @@ def test_a_key_never_leaks(provider: str, loopback: LoopbackServer, tmp_path: Pa
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), f"the key leaked into {path}"
+
+
+URL_SECRET = "url-token-SECRET-0123456789"
+
+
+def test_credentials_in_a_base_url_are_masked_wherever_it_is_shown_or_recorded(
+        loopback_teacher: LoopbackServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    from distill.pipeline import RunConfig, critique_answers
+    from test_round_e2e import teacher_script
+
+    monkeypatch.chdir(tmp_path)
+    url = loopback_teacher.openai_url.replace("http://", f"http://reviewer:{URL_SECRET}@")
+    monkeypatch.setenv("DISTILL_TEACHER_BASE_URL", url + "?api-key=" + URL_SECRET)
+    for args in (["config"], ["config", "--json"], ["config", "--identity", "--json"]):
+        assert main(args) == 0
+    shown = capsys.readouterr()
+    assert URL_SECRET not in shown.out + shown.err
+    assert "http://***@127.0.0.1" in shown.out and "api-key=***" in shown.out  # masked, not dropped
+
+    # a round records the base URL in manifest.json, and in batch mode in batches.json, before
+    # anything is sent (aiohttp, the SDKs' transport here, then refuses a URL with credentials)
+    monkeypatch.setenv("DISTILL_TEACHER", "anthropic:claude-haiku-4-5")
+    monkeypatch.setenv("DISTILL_TEACHER_MAX_RETRIES", "0")
+    monkeypatch.setenv("DISTILL_TEACHER_BASE_URL",
+                       loopback_teacher.anthropic_url.replace("http://", f"http://reviewer:{URL_SECRET}@"))
+    answers = [{"id": "a-cap", "prompt_id": "cap", "sample": 0, "answer": "Paris.",
+                "messages": [{"role": "user", "content": "What is the capital of France?"}]}]
+    live = RunConfig(name="live", runs_dir=tmp_path / "runs", chain="quick", filters=("acceptable",))
+    critique_answers(live, answers)
+    batch = RunConfig(name="batch", runs_dir=tmp_path / "runs", chain="quick", batch=True, filters=("acceptable",))
+    with pytest.raises(TeacherError):
+        critique_answers(batch, answers)
+    for path in (live.run_dir / "manifest.json", live.run_dir / "revisions.jsonl", batch.run_dir / "batches.json"):
+        text = path.read_text(encoding="utf-8")
+        assert URL_SECRET not in text, f"the base URL's credentials leaked into {path.name}"
+    assert "http://***@127.0.0.1" in (live.run_dir / "manifest.json").read_text(encoding="utf-8")
+    assert "http://***@127.0.0.1" in (batch.run_dir / "batches.json").read_text(encoding="utf-8")

@@ -269,3 +269,17 @@ def test_distill_config_identity_of_the_local_default(capsys: pytest.CaptureFixt
     identity = json.loads(capsys.readouterr().out)["identity"]
     assert identity["weights_sha256"] == embedded.read_identity(embedded.ensure_converted())["weights_sha256"]
     assert identity["path"].endswith("smollm2-135m-instruct")
+
+
+@pytest.mark.parametrize("url, masked", [
+    ("https://user:token@host.example/v1", "https://***@host.example/v1"),
+    ("https://token@host.example:8443/v1", "https://***@host.example:8443/v1"),
+    ("https://user:p@ss@host.example/v1", "https://***@host.example/v1"),  # an unescaped @ in the password
+    ("https://host.example/v1?api-key=abc&api-version=2024", "https://host.example/v1?api-key=***&api-version=***"),
+    ("http://localhost:8000/v1", "http://localhost:8000/v1"),
+    ("failed: POST http://u:pw@10.0.0.1/v1/chat (refused)", "failed: POST http://***@10.0.0.1/v1/chat (refused)"),
+])
+def test_mask_url_masks_the_credentials_of_every_url_and_only_them(url: str, masked: str) -> None:
+    from distill.teachers.settings import mask_url
+
+    assert mask_url(url) == masked and mask_url(masked) == masked

@@ -289,6 +289,37 @@ def test_a_checkpoint_of_another_run_or_a_finished_adapter_is_not_silently_reuse
         train(word_examples(), out, changed, student=tiny_model_dir)
 
 
+class PlantedPayload:
+    """Unpickling this object calls `open(path, "w")`: it creates a file. A pickle that runs code."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.path), "w"))
+
+
+def test_a_planted_checkpoint_state_is_refused_without_running_its_code(tiny_model_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    out, marker = tmp_path / "out", tmp_path / "written-by-the-pickle"
+    planted = out / "checkpoints" / "step-000001"
+    planted.mkdir(parents=True)
+    torch.save({"step": 1, "fingerprint": "whatever", "payload": PlantedPayload(marker)}, planted / "state.pt")
+    with pytest.raises(ModelError, match=r"step-000001/state.pt: not a checkpoint state distill wrote.*--restart"):
+        train(word_examples(), out, TrainConfig(max_steps=2, **FAST), student=tiny_model_dir)
+    assert not marker.exists()
+
+
+def test_no_module_unpickles_files() -> None:
+    """Run directories come from elsewhere: nothing in distill may unpickle what it reads."""
+    root = Path(__file__).resolve().parent.parent / "distill"
+    found = [f"{path.relative_to(root.parent)}:{n}" for path in sorted(root.rglob("*.py"))
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+             if re.search(r"weights_only\s*=\s*False|pickle\.loads?\(|torch\.load\((?![^)]*weights_only=True)",
+                          line)]
+    assert found == []
+
+
 # ---------------------------------------------------------------- the adapter's layout
 
 def test_adapter_loads_with_peft_and_has_the_layout_vllm_serves(trained, tiny_model_dir: Path) -> None:

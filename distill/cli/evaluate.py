@@ -59,7 +59,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from distill.evaluate import evaluate
     from distill.gate import decide
     from distill.pipeline import open_round_teacher
-    from distill.records import read_prompts
+    from distill.records import read_prompts, write_atomic
     from distill.student import Student
     from distill.templates import load_prompt_set
     from distill.examples import read_examples
@@ -84,8 +84,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(("PROMOTE: " if decision.promote else "REFUSE: ") + "; ".join(decision.reasons))
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        write_atomic(args.output, json.dumps(data, indent=2) + "\n")
     return 0
 
 

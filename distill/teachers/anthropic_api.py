@@ -45,7 +45,7 @@ class AnthropicTeacher:
         self.pacer = Pacer(concurrency=settings.concurrency, rpm=settings.rpm, tpm=settings.tpm)
         self.retry = RetryLoop(settings.name, max_retries=settings.max_retries)
         self.prices = PriceTable.load(settings.prices_file)
-        self._redact = settings.api_key.redact if settings.api_key is not None else str
+        self._redact = settings.redact
 
     def identity(self) -> Mapping[str, Any]:
         return identity(self.settings)

@@ -57,7 +57,7 @@ class OpenAITeacher:
         self.pacer = Pacer(concurrency=settings.concurrency, rpm=settings.rpm, tpm=settings.tpm)
         self.retry = RetryLoop(settings.name, max_retries=settings.max_retries)
         self.prices = PriceTable.load(settings.prices_file)
-        self._redact = settings.api_key.redact if settings.api_key is not None else str
+        self._redact = settings.redact
         self.json_mode = "json_schema" if settings.json_mode == "auto" else settings.json_mode
         self._step_down = settings.json_mode == "auto"
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 from distill.errors import ConfigError
 from distill.teachers.base import Teacher
-from distill.teachers.settings import TeacherSettings
+from distill.teachers.settings import TeacherSettings, masked_identity
 
 GROUP = "distill.teachers"
 BUILTIN = ("anthropic", "local", "none", "openai")
@@ -125,8 +125,9 @@ def require_key(settings: TeacherSettings, backend: Backend | None = None) -> No
 
 def backend_identity(settings: TeacherSettings) -> dict[str, Any]:
     """Provider and resolved model identity (part of the cache key). Builds no client, loads no
-    model; for local models this is the model directory and a SHA-256 of its weights."""
-    return load_backend(settings.backend).identity(settings)
+    model; for local models this is the model directory and a SHA-256 of its weights. It is
+    recorded (manifests, batch records) and shown, so credentials in a base URL are masked."""
+    return masked_identity(load_backend(settings.backend).identity(settings))
 
 
 def create_backend(settings: TeacherSettings) -> Teacher:

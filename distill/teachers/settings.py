@@ -35,13 +35,17 @@ The config file is TOML with a `[teacher]` table whose keys are the field names 
 name the variable holding one with `api_key_env = "MY_VLLM_KEY"`.
 
 Keys are wrapped in `Secret`, whose repr and str are masked and which refuses to be pickled, so a
-key cannot reach a log line, an error message or a file by accident. Each resolved value records
-its source (flag, config file, environment variable or default) for `distill config`.
+key cannot reach a log line, an error message or a file by accident. A base URL may carry
+credentials too (`https://user:token@host/v1`, `?api-key=...`): `mask_url` masks them wherever a
+base URL is shown or recorded (`distill config`, manifest.json, batches.json, model identities,
+error messages). Each resolved value records its source (flag, config file, environment variable
+or default) for `distill config`.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -98,6 +102,29 @@ class Secret:
         raise TypeError("an API key (Secret) cannot be pickled or stored")
 
 
+_URL = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<authority>[^\s/?#]*)(?P<path>[^\s?#]*)"
+                  r"(?:\?(?P<query>[^\s#]*))?")
+_QUERY_VALUE = re.compile(r"=[^&;]*")
+
+
+def mask_url(text: str) -> str:
+    """`text` with the credentials of every URL in it masked: the user and password before `@`
+    become `***` and every query value becomes `***` (`https://***@host/v1?api-key=***`). The
+    scheme, host, port and path stay, enough to tell endpoints apart. Masking twice changes nothing."""
+    def masked(match: re.Match[str]) -> str:
+        authority = match["authority"]
+        if "@" in authority:
+            authority = "***@" + authority.rpartition("@")[2]
+        query = "" if match["query"] is None else "?" + _QUERY_VALUE.sub("=***", match["query"])
+        return match["scheme"] + authority + match["path"] + query
+    return _URL.sub(masked, text)
+
+
+def masked_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """A model identity with `mask_url` applied to each text value (a base URL is the usual one)."""
+    return {k: mask_url(v) if isinstance(v, str) else v for k, v in identity.items()}
+
+
 @dataclass(frozen=True)
 class TeacherSettings:
     """The resolved teacher configuration. `sources` maps each field to where its value came from."""
@@ -152,14 +179,20 @@ class TeacherSettings:
         return "set " + " or ".join(self.key_env or (ENV_API_KEY,))
 
     def display(self) -> dict[str, Any]:
-        """Every field as plain data for printing: the key masked, sources left out."""
+        """Every field as plain data for printing: the key and the base URL's credentials masked,
+        sources left out."""
         out: dict[str, Any] = {}
         for f in fields(self):
             if f.name in ("sources", "key_env"):
                 continue
             value = getattr(self, f.name)
-            out[f.name] = value.masked() if isinstance(value, Secret) else value
+            out[f.name] = value.masked() if isinstance(value, Secret) else \
+                mask_url(value) if f.name == "base_url" and value is not None else value
         return out
+
+    def redact(self, text: str) -> str:
+        """`text` (an error message, a provider's reply) with the key and any URL credentials masked."""
+        return mask_url(self.api_key.redact(text) if self.api_key is not None else text)
 
 
 # ---------------------------------------------------------------- parsing values
