@@ -165,7 +165,7 @@ def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> 
         record["adapter"] = str(adapter)
         record["training"] = json.loads((adapter / "training.json").read_text(encoding="utf-8"))
         evaluation = _evaluate(config, number, current, adapter, heldout, revisions, forgetting_set, round_cfg.run_dir,
-                               judge=config.judge and not self_only)
+                               judge=not self_only)
         decision = decide(evaluation.metrics, config.policy)
         record.update(finished=True, metrics=evaluation.to_dict()["metrics"], warnings=evaluation.warnings,
                       decision=decision.to_dict())
@@ -195,7 +195,9 @@ def _base_answers(config: RoundsConfig, prompts: Sequence[Prompt], output: Path)
 
 
 def _evaluate(config: RoundsConfig, number: int, current: str | None, adapter: Path, heldout: Sequence[Prompt],
-              revisions: Sequence[Any], forgetting_set: Sequence[Any], round_dir: Path, *, judge: bool) -> Any:
+              revisions: Sequence[Any], forgetting_set: Sequence[Any], round_dir: Path, *,
+              judge: bool = True) -> Any:
+    """Evaluate `adapter` against the current student; the judge runs when `judge` and the config allow it."""
     from distill.evaluate import evaluate
     from distill.student import Student
     from distill.templates import load_prompt_set
@@ -203,7 +205,7 @@ def _evaluate(config: RoundsConfig, number: int, current: str | None, adapter: P
     cur = Student.load(config.run.student, adapter=current)
     new = Student.load(config.run.student, adapter=adapter)
     teacher = identity = None
-    if judge:
+    if judge and config.judge:
         teacher, _ = open_round_teacher(config.run.offline, config.run.teacher)
         identity = teacher.identity()
     result = evaluate(cur, new, heldout, teacher=teacher, prompt_set=load_prompt_set(config.run.prompts_dir),
