@@ -104,3 +104,30 @@ def test_self_first_asks_the_teacher_only_where_no_sample_passes(tmp_path: Path)
     sft = {r["meta"]["prompt_id"]: r["meta"] for r in read(cfg.run_dir / "sft.jsonl")}
     assert sft["solved"]["source"] == "self" and sft["free"]["source"] == "self_consistent"
     assert sft["unsolved"]["source"] == "revision" and sft["unsolved"]["verified"] is True
+
+
+def test_rounds_with_teacher_none_answer_heldout_greedily_and_need_no_teacher(peaked_model_dir, tmp_path,
+                                                                             capsys) -> None:
+    from distill.cli import main
+
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"id": f"t{i}", "prompt": f"Question {i}?", "reference": {"type": "lowercase"}})
+                             + "\n" for i in range(4)), encoding="utf-8")
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps({"id": f"h{i}", "prompt": f"Held-out {i}?", "reference": "yes"}) + "\n"
+                               for i in range(3)), encoding="utf-8")
+    code = main(["run", str(train), "--name", "self", "--runs-dir", str(tmp_path / "runs"), "--teacher", "none",
+                 "--student", str(peaked_model_dir), "--samples", "3", "--temperature", "1.0", "--max-new-tokens", "4",
+                 "--rounds", "1", "--heldout", str(heldout), "--eval-max-new-tokens", "4", "--dedup-threshold", "0"])
+    assert code == 0
+    root = tmp_path / "runs" / "self"
+    held = read(root / "heldout" / "answers.jsonl")
+    assert len(held) == 3 and all(r["generation"]["temperature"] == 0 and r["sample"] == 0 for r in held)
+    assert not (root / "heldout" / "revisions.jsonl").exists()  # no teacher: nothing to revise
+    assert len(read(root / "round-1" / "answers.jsonl")) == 12  # 4 prompts x 3 samples
+    # a random model never ends its turn within 4 tokens: no complete sample, nothing learned, and it says so
+    [record] = json.loads((root / "rounds.json").read_text())["rounds"]
+    assert record["decision"]["promote"] is False and "nothing new to learn" in record["decision"]["reasons"][0]
+    assert record["rejected"] == {"unverified": 4}
+    assert (record["counts"]["self"]["in"], record["counts"]["self"]["out"]) == (4, 0)
+    assert "round 1 refused" in capsys.readouterr().out
