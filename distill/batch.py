@@ -381,8 +381,9 @@ class BatchQueue:
             self.book.write_requests(name, [self._request_row(fresh[i][0], fresh[i][1]) for i in group])
             size = sum(len(lines[i]) for i in group)
             self.book.add(Part(name, client.provider, self.settings.name, self.endpoint, len(group), size))
+            known = frozenset(p.batch_id for p in self.book.parts() if p.batch_id)
             try:
-                state = await client.submit([lines[i] for i in group], name)
+                state = await client.submit([lines[i] for i in group], name, known)
             except TeacherError as exc:
                 if exc.reason != "batch_submit_unknown":  # the provider refused: nothing was created
                     self.book.update(name, state=ABANDONED, detail=str(exc)[:500])
