@@ -313,3 +313,33 @@ def test_the_cache_lives_under_distill_cache_dir(tmp_path: Path, monkeypatch: py
     monkeypatch.delenv("DISTILL_CACHE_DIR")
     monkeypatch.chdir(tmp_path)
     assert cache_path() == tmp_path / "cache" / "teacher-calls.sqlite"
+
+
+# ----------------------------------------------------------------------------- verified reads
+
+@pytest.mark.parametrize("edit", ["text = 'a better answer'", "output_tokens = 999", "raw = '{}'",
+                                  "request = replace(request, 'Is 2+2=5?', 'Is 2+2=4?')",
+                                  "template_ids = 'not json'"])
+def test_an_entry_altered_on_disk_is_a_miss_with_a_warning_never_served(tmp_path: Path, edit: str,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    import sqlite3
+
+    asyncio.run(_fill(tmp_path, [ask()]))
+    db = sqlite3.connect(cache_path(tmp_path))
+    db.execute(f"UPDATE entries SET {edit}")
+    db.commit()
+    db.close()
+    with pytest.raises(OfflineMiss):  # an offline replay does not serve it
+        asyncio.run(_fill_with_offline(tmp_path, [ask()]))
+    assert "does not verify" in caplog.text and "distill cache verify" in caplog.text
+
+    inner = ScriptedTeacher()  # online, it is asked again, and the answer replaces the altered entry
+    [done] = asyncio.run(_fill_with(tmp_path, inner, [ask()]))
+    assert done.text == "revised: Is 2+2=5?" and not done.cached and len(inner.calls) == 1
+    [again] = asyncio.run(_fill_with_offline(tmp_path, [ask()]))
+    assert again.cached and again.text == "revised: Is 2+2=5?"
+
+
+async def _fill_with_offline(tmp_path: Path, requests: list[Request]) -> list[Completion]:
+    async with make(tmp_path, offline=True) as teacher:
+        return [await teacher.complete(r) for r in requests]
