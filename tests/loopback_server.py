@@ -623,11 +623,24 @@ class LoopbackServer:
         return self._reply(seen, self._openai_batch(batch))
 
     async def _list_openai_batches(self, request: web.Request) -> web.Response:
+        """One page of the OpenAI listing, newest first: `limit` (1-100, default 20) batches after
+        the batch `after`, with has_more, first_id and last_id."""
         seen, failed = await self._batch_call(request, OPENAI_BATCHES)
         if failed is not None:
             return failed
-        data = [self._openai_batch(b) for b in reversed(self._batches.values()) if b.endpoint == OPENAI]
-        return self._reply(seen, {"object": "list", "data": data, "has_more": False,
+        try:
+            limit = int(request.query.get("limit", 20))
+        except ValueError:
+            limit = 0
+        with self._lock:
+            ids = [b.id for b in reversed(self._batches.values()) if b.endpoint == OPENAI]
+        after = request.query.get("after")
+        if not 1 <= limit <= 100 or (after is not None and after not in ids):
+            return self._reply(seen, {"error": {"message": f"invalid limit {limit} or cursor {after!r}",
+                                                "type": "invalid_request_error", "code": None, "param": None}}, 400)
+        start = ids.index(after) + 1 if after is not None else 0
+        data = [self._openai_batch(self._batches[i]) for i in ids[start:start + limit]]
+        return self._reply(seen, {"object": "list", "data": data, "has_more": start + limit < len(ids),
                                   "first_id": data[0]["id"] if data else None,
                                   "last_id": data[-1]["id"] if data else None})
 

@@ -264,3 +264,23 @@ def test_a_create_with_no_clear_answer_and_no_search_is_left_for_the_next_run(lo
         asyncio.run(go())
     assert caught.value.reason == "batch_submit_unknown" and "b0001-unknown" in str(caught.value)
     assert creates(loopback, "openai") == 1 and loopback.batches() == []
+
+
+def test_openai_finds_a_lost_batch_behind_more_than_a_page_of_newer_ones(loopback, tmp_path) -> None:
+    """The account kept creating batches after the crash: the lost one is found by paging back
+    through the listing (bounded by its creation time), not only among the latest 100."""
+    since = time.time()
+    made, found = lost_and_found(settings_for("openai", loopback, tmp_path), [1] * 103,
+                                 lambda made: LostBatch("b0000-lost", 1, since))
+    assert found is not None and found.id == made[0].id
+    pages = [s for s in loopback.requests if s.endpoint == "openai_batches" and s.status == 200 and not s.body]
+    assert len(pages) == 2  # 100, then the page that holds it
+
+
+def test_openai_stops_paging_at_batches_older_than_the_part(loopback, tmp_path) -> None:
+    later = time.time() + CLOCK_SKEW_S + 60  # the part was recorded well after every listed batch
+    _, found = lost_and_found(settings_for("openai", loopback, tmp_path), [1] * 3,
+                              lambda made: LostBatch("b0000-lost", 1, later), page_size=1)
+    assert found is None
+    pages = [s for s in loopback.requests if s.endpoint == "openai_batches" and s.status == 200 and not s.body]
+    assert len(pages) == 1  # the newest batch is already too old: no further page is read

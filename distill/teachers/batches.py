@@ -33,9 +33,10 @@ unknown (reason `batch_submit_unknown`), so the part stays "submitting" and the 
 for it again before submitting anything.
 
 Finding a lost batch (`find`): when a run died after the provider created a batch but before its
-id was written down, the next run looks for it instead of paying for every request twice.
-OpenAI batches carry the part's name in their metadata. Anthropic message batches carry no
-metadata, so one is recognised by its shape: created around the time the part was recorded,
+id was written down, the next run looks for it instead of paying for every request twice. Both
+listings are read newest first, page after page, until a batch is older than the part (or
+MAX_LISTED were read). OpenAI batches carry the part's name in their metadata. Anthropic message
+batches carry no metadata, so one is recognised by its shape: created around the time the part was recorded,
 holding exactly the part's number of requests, and not already recorded by another part; when
 two or more fit, none is taken (the part is given up and its requests are submitted again).
 """
@@ -261,6 +262,7 @@ class OpenAIBatches:
 
     provider = "openai"
     endpoint = "/v1/chat/completions"
+    page_size = 100  # batches per listing page (the API allows 1 to 100)
 
     def __init__(self, settings: TeacherSettings, client: Any = None):
         from distill.teachers import openai_api
@@ -293,12 +295,21 @@ class OpenAIBatches:
         return await self.calls.create(create, f"creation of batch {label}", lambda: self.find(lost))
 
     async def find(self, lost: LostBatch) -> BatchState | None:
-        """The batch created for `lost` by a run that died before writing its id down: the most
-        recent of the last 100 batches whose metadata names the part."""
-        page = await _listing(self.calls, lambda c: c.batches.list(limit=100), "listing of recent batches")
-        for batch in page.data if page is not None else []:
+        """The batch created for `lost` by a run that died before writing its id down: the newest
+        batch whose metadata names the part, among those created since CLOCK_SKEW_S before the
+        part was recorded (read page after page, newest first, at most MAX_LISTED)."""
+        found = await _listing(self.calls, lambda c: self._named(c, lost), "listing of recent batches")
+        return self._state(found) if found is not None else None
+
+    async def _named(self, client: Any, lost: LostBatch) -> Any | None:
+        earliest = lost.since - CLOCK_SKEW_S
+        read = 0
+        async for batch in client.batches.list(limit=self.page_size):
+            read += 1
+            if batch.created_at < earliest or read > MAX_LISTED:
+                return None
             if (batch.metadata or {}).get("distill_part") == lost.label and batch.id not in lost.known_ids:
-                return self._state(batch)
+                return batch
         return None
 
     async def retrieve(self, batch_id: str) -> BatchState:
