@@ -28,8 +28,8 @@ before its batch is created, by a process that holds the part's lock file
 (batches/PART.submitting.lock) until the batch id is written down; the lock goes with the process,
 so a part whose lock is free has no submitter, whatever became of its PID (the system may have
 given it to another process by then). If the process died before the batch id was written down,
-the next run looks the batch up at the provider (`BatchClient.find`: OpenAI by the part's name in its
-metadata, Anthropic by its size and creation time) and adopts it; only when none (or, for
+the next run looks the batch up at the provider (`BatchClient.find`: OpenAI by the part's name in
+its metadata, Anthropic by its size and creation time) and adopts it; only when none (or, for
 Anthropic, more than one) fits is the part given up and its requests submitted again.
 
 Failed rows: a row that comes back errored, expired or canceled fails its request with a
@@ -126,7 +126,6 @@ class Part:
         if "total" in self.counts:
             return int(self.counts.get("completed", 0)) + int(self.counts.get("failed", 0))
         return sum(int(v) for k, v in self.counts.items() if k != "processing")
-
 
 
 class BatchBook:

@@ -10,12 +10,13 @@ quota stops the whole batch at once (retrying cannot help), and so do STOP_AFTER
 fail for the same reason (`SystematicFailure`): out of memory, a server that is down or a rejected
 key is a fault of the teacher, not of the rows, and failing every row for it would end the run
 with nothing and no error. Reasons that belong to a row (ROW_REASONS: its reply did not parse,
-its prompt is too long, its batch row failed, it is not cached offline) never stop the stage. Rows are processed concurrently
-(`concurrency` at a time; the teacher layer paces the calls), written as they finish, and a
-re-run skips the rows already done; failed rows are tried again, and calls that succeeded before
-a crash are cache hits. In batch mode (`distill.batch`) a row whose request went into a provider
-batch is deferred: nothing is written or billed for it, and `revise_all` hands it back to run
-again once the batch has answered.
+its prompt is too long, its batch row failed, it is not cached offline) never stop the stage.
+
+Rows are processed concurrently (`concurrency` at a time; the teacher layer paces the calls),
+written as they finish, and a re-run skips the rows already done; failed rows are tried again,
+and calls that succeeded before a crash are cache hits. In batch mode (`distill.batch`) a row
+whose request went into a provider batch is deferred: nothing is written or billed for it, and
+`revise_all` hands it back to run again once the batch has answered.
 """
 
 from __future__ import annotations

@@ -352,7 +352,8 @@ def _rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
                     why = (f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError)
                            else "nested too deep")
                     if first:
-                        raise InputError(f"{path}:{number}: not a distill cache export (invalid JSON: {why})") from None
+                        raise InputError(f"{path}:{number}: not a distill cache export "
+                                         f"(invalid JSON: {why})") from None
                     yield number, None, f"invalid JSON ({why})"
                     continue
                 if first:

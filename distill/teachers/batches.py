@@ -36,8 +36,8 @@ Finding a lost batch (`find`): when a run died after the provider created a batc
 id was written down, the next run looks for it instead of paying for every request twice. Both
 listings are read newest first, page after page, until a batch is older than the part (or
 MAX_LISTED were read). OpenAI batches carry the part's name in their metadata. Anthropic message
-batches carry no metadata, so one is recognised by its shape: created around the time the part was recorded,
-holding exactly the part's number of requests, and not already recorded by another part; when
+batches carry no metadata, so one is recognised by its shape: created around the time the part
+was recorded, holding exactly the part's number of requests, and not already recorded by another part; when
 two or more fit, none is taken (the part is given up and its requests are submitted again).
 """
 
