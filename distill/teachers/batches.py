@@ -306,8 +306,8 @@ class OpenAIBatches:
         read = 0
         async for batch in client.batches.list(limit=self.page_size):
             read += 1
-            if batch.created_at < earliest or read > MAX_LISTED:
-                return None
+            if read > MAX_LISTED or (batch.created_at is not None and batch.created_at < earliest):
+                return None  # (a compatible server that gives no creation time is read to the end)
             if (batch.metadata or {}).get("distill_part") == lost.label and batch.id not in lost.known_ids:
                 return batch
         return None
