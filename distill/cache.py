@@ -46,6 +46,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from json.encoder import encode_basestring as _json_string  # how json writes a str with ensure_ascii=False
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
@@ -164,9 +165,22 @@ def cache_key(identity: Mapping[str, Any], request: Request) -> str:
 
 def response_checksum(text: str, finish_reason: str, input_tokens: int, output_tokens: int,
                       response_model: str, raw: str) -> str:
-    """sha256 over a stored response, so `verify` and `import` catch edited or rotten answers."""
-    head = canonical_json([text, finish_reason, input_tokens, output_tokens, response_model])
+    """sha256 over a stored response, so reads, `verify` and `import` catch edited or rotten
+    answers: of the canonical JSON of [text, finish_reason, input_tokens, output_tokens,
+    response_model], a newline, and the raw body."""
+    head = _checksum_head(text, finish_reason, input_tokens, output_tokens, response_model)
     return hashlib.sha256((head + "\n" + raw).encode("utf-8")).hexdigest()
+
+
+def _checksum_head(text: Any, finish_reason: Any, input_tokens: Any, output_tokens: Any, response_model: Any) -> str:
+    """`canonical_json` of the five fields. Every cache read checks a checksum, so with their usual
+    types (three strings, two ints) the text is written directly, the way json writes them with
+    ensure_ascii=False (its own C string encoder, `int.__repr__`), without building an encoder."""
+    if type(text) is str and type(finish_reason) is str and type(response_model) is str \
+            and type(input_tokens) is int and type(output_tokens) is int:
+        return (f"[{_json_string(text)},{_json_string(finish_reason)},{int.__repr__(input_tokens)},"
+                f"{int.__repr__(output_tokens)},{_json_string(response_model)}]")
+    return canonical_json([text, finish_reason, input_tokens, output_tokens, response_model])
 
 
 # ------------------------------------------------------------------------------------- entries
@@ -213,7 +227,7 @@ class Entry:
         template_ids = json.loads(values["template_ids"])
         if not isinstance(template_ids, list):
             raise ValueError(f"template_ids is not a JSON list: {values['template_ids'][:60]!r}")
-        values["template_ids"] = tuple(str(t) for t in template_ids)
+        values["template_ids"] = tuple(template_ids)
         return cls(**values)
 
     def to_row(self) -> tuple[Any, ...]:
