@@ -24,9 +24,12 @@ again later"); so does a re-run while they are still running. `distill batch sta
 them, `distill batch collect NAME` reads the ended ones into the cache, and re-running the same
 command continues. Nothing is submitted twice: a request already in the cache, or in a batch of
 this run that has not been collected, is never sent again. A part is recorded ("submitting") just
-before its batch is created; if the process dies before the batch id is written down, the next
-run looks the batch up at the provider (`BatchClient.find`: OpenAI by the part's name in its
-metadata, Anthropic by its size and creation time) and adopts it; only when none (or, for
+before its batch is created, by a process that holds the part's lock file
+(batches/PART.submitting.lock) until the batch id is written down; the lock goes with the process,
+so a part whose lock is free has no submitter, whatever became of its PID (the system may have
+given it to another process by then). If the process died before the batch id was written down,
+the next run looks the batch up at the provider (`BatchClient.find`: OpenAI by the part's name in
+its metadata, Anthropic by its size and creation time) and adopts it; only when none (or, for
 Anthropic, more than one) fits is the part given up and its requests submitted again.
 
 Failed rows: a row that comes back errored, expired or canceled fails its request with a
@@ -43,6 +46,7 @@ Files under runs/NAME/:
     batches.json                 one record per batch: provider, id, state, counts, teacher
     batches/PART.requests.jsonl  what the batch holds: key, custom_id, canonical request, template ids
     batches/PART.results.jsonl   how each of its rows ended, once collected
+    batches/PART.submitting.lock held (flock) by the process creating the part's batch
 """
 
 from __future__ import annotations
@@ -106,7 +110,7 @@ class Part:
     ended_at: float | None = None
     collected_at: float | None = None
     host: str = field(default_factory=socket.gethostname)
-    pid: int = field(default_factory=os.getpid)
+    pid: int = field(default_factory=os.getpid)  # shown to people; liveness is the part's lock (BatchBook)
 
     @classmethod
     def from_dict(cls, row: Mapping[str, Any]) -> "Part":
@@ -122,18 +126,6 @@ class Part:
         if "total" in self.counts:
             return int(self.counts.get("completed", 0)) + int(self.counts.get("failed", 0))
         return sum(int(v) for k, v in self.counts.items() if k != "processing")
-
-    def submitter_alive(self) -> bool:
-        """True when the process that is submitting this part still runs (on this machine)."""
-        if self.host != socket.gethostname():
-            return False  # cannot tell from here: treat it as gone
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
 
 
 class BatchBook:
@@ -189,6 +181,34 @@ class BatchBook:
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
+
+    def submitting_lock(self, name: str) -> Path:
+        """The file the process creating part `name`'s batch holds locked while it does."""
+        return self.folder / f"{name}.submitting.lock"
+
+    @contextlib.contextmanager
+    def submitting(self, name: str) -> Iterator[None]:
+        """Hold part `name`'s lock: taken before the part is recorded, released once its batch id
+        is (or the process dies: the system releases it then, so a reused PID cannot hold it)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.submitting_lock(name), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def submitter_alive(self, part: Part) -> bool:
+        """True when a process on this machine is creating `part`'s batch right now: it holds the
+        part's lock. A PID is no proof (the system reuses them); another machine's lock cannot
+        be seen from here, so its submitter counts as gone."""
+        if part.host != socket.gethostname():
+            return False
+        try:
+            with open(self.submitting_lock(part.part), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False
 
     def write_requests(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
         write_jsonl(self.folder / f"{name}.requests.jsonl", rows)
@@ -347,7 +367,7 @@ class BatchQueue:
         """A part left `submitting` by a process that died: adopt its batch if the provider has
         it (OpenAI by metadata, Anthropic by size and creation time; never a batch another part
         of this book records), else give it up so its requests are submitted again."""
-        if part.submitter_alive() and part.pid != os.getpid():
+        if self.book.submitter_alive(part):
             return  # another process is submitting it right now
         known = frozenset(p.batch_id for p in self.book.parts() if p.batch_id and p.part != part.part)
         found = await self._client.find(LostBatch(part.part, part.requests, part.submitted_at, known))
@@ -380,15 +400,17 @@ class BatchQueue:
             name = f"b{n:04d}-{content_hash(keys, 8)}"
             self.book.write_requests(name, [self._request_row(fresh[i][0], fresh[i][1]) for i in group])
             size = sum(len(lines[i]) for i in group)
-            self.book.add(Part(name, client.provider, self.settings.name, self.endpoint, len(group), size))
-            try:
-                state = await client.submit([lines[i] for i in group], name)
-            except TeacherError as exc:
-                if exc.reason != "batch_submit_unknown":  # the provider refused: nothing was created
-                    self.book.update(name, state=ABANDONED, detail=str(exc)[:500])
-                raise
-            part = self.book.update(name, state=SUBMITTED, batch_id=state.id, status=state.status,
-                                    counts=dict(state.counts))
+            with self.book.submitting(name):
+                self.book.add(Part(name, client.provider, self.settings.name, self.endpoint, len(group), size))
+                known = frozenset(p.batch_id for p in self.book.parts() if p.batch_id)
+                try:
+                    state = await client.submit([lines[i] for i in group], name, known)
+                except TeacherError as exc:
+                    if exc.reason != "batch_submit_unknown":  # the provider refused: nothing was created
+                        self.book.update(name, state=ABANDONED, detail=str(exc)[:500])
+                    raise
+                part = self.book.update(name, state=SUBMITTED, batch_id=state.id, status=state.status,
+                                        counts=dict(state.counts))
             submitted.append(part)
             _log(f"submitted batch {state.id} ({name}): {len(group)} requests, {size:,} bytes, to {client.provider}")
         return submitted

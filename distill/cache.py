@@ -11,6 +11,12 @@ same request built in another key order or argument order gives the same key. AP
 URLs, timeouts and retry settings never enter it. Each entry keeps that canonical text, so
 `verify` and `import` re-derive every key instead of trusting it.
 
+Every read verifies the entry it serves (`Entry.damage`: its key is the sha256 of its request, its
+response matches its checksum; two hashes, cheap beside any model call): an entry altered on
+disk is a miss with a warning, never an answer, and the answer fetched instead replaces it. A
+checksum catches rot and careless edits, not a deliberate forgery: whoever edits an answer can
+recompute its checksum (see `distill cache import`).
+
 Storage is one SQLite file (`$DISTILL_CACHE_DIR/teacher-calls.sqlite`) in WAL mode with a busy
 timeout, `BEGIN IMMEDIATE` short write transactions and a bounded retry on SQLITE_BUSY, so several
 processes can fill one cache at once. Every SQLite failure becomes a `CacheError` that names the
@@ -40,6 +46,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from json.encoder import encode_basestring as _json_string  # how json writes a str with ensure_ascii=False
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
@@ -106,6 +113,7 @@ _RUN_COLUMNS = ("started_at", "finished_at", "backend", "model", "offline", "req
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM entries"
 _INSERT = (f"INSERT OR IGNORE INTO entries ({', '.join(_COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in _COLUMNS)})")
+_REPLACE = _INSERT.replace("INSERT OR IGNORE", "INSERT OR REPLACE")  # over an entry that did not verify
 
 T = TypeVar("T")
 
@@ -157,9 +165,22 @@ def cache_key(identity: Mapping[str, Any], request: Request) -> str:
 
 def response_checksum(text: str, finish_reason: str, input_tokens: int, output_tokens: int,
                       response_model: str, raw: str) -> str:
-    """sha256 over a stored response, so `verify` and `import` catch edited or rotten answers."""
-    head = canonical_json([text, finish_reason, input_tokens, output_tokens, response_model])
+    """sha256 over a stored response, so reads, `verify` and `import` catch edited or rotten
+    answers: of the canonical JSON of [text, finish_reason, input_tokens, output_tokens,
+    response_model], a newline, and the raw body."""
+    head = _checksum_head(text, finish_reason, input_tokens, output_tokens, response_model)
     return hashlib.sha256((head + "\n" + raw).encode("utf-8")).hexdigest()
+
+
+def _checksum_head(text: Any, finish_reason: Any, input_tokens: Any, output_tokens: Any, response_model: Any) -> str:
+    """`canonical_json` of the five fields. Every cache read checks a checksum, so with their usual
+    types (three strings, two ints) the text is written directly, the way json writes them with
+    ensure_ascii=False (its own C string encoder, `int.__repr__`), without building an encoder."""
+    if type(text) is str and type(finish_reason) is str and type(response_model) is str \
+            and type(input_tokens) is int and type(output_tokens) is int:
+        return (f"[{_json_string(text)},{_json_string(finish_reason)},{int.__repr__(input_tokens)},"
+                f"{int.__repr__(output_tokens)},{_json_string(response_model)}]")
+    return canonical_json([text, finish_reason, input_tokens, output_tokens, response_model])
 
 
 # ------------------------------------------------------------------------------------- entries
@@ -201,8 +222,12 @@ class Entry:
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> "Entry":
+        """The entry a database row holds; ValueError when its template ids are not a JSON list."""
         values = dict(zip(_COLUMNS, row))
-        values["template_ids"] = tuple(json.loads(values["template_ids"]))
+        template_ids = json.loads(values["template_ids"])
+        if not isinstance(template_ids, list):
+            raise ValueError(f"template_ids is not a JSON list: {values['template_ids'][:60]!r}")
+        values["template_ids"] = tuple(template_ids)
         return cls(**values)
 
     def to_row(self) -> tuple[Any, ...]:
@@ -210,10 +235,12 @@ class Entry:
                      else getattr(self, c) for c in _COLUMNS)
 
     def problems(self) -> list[str]:
-        """Why this entry cannot be trusted (empty when its key and checksum re-derive)."""
+        """Why this entry cannot be trusted (empty when its key and checksum re-derive and its
+        backend and model columns are the ones its request names)."""
         found = []
         try:
-            canonical = canonical_json(json.loads(self.request))
+            material = json.loads(self.request)
+            canonical = canonical_json(material)
         except (TypeError, ValueError):
             return ["the stored request is not valid JSON"]
         if canonical != self.request:
@@ -222,10 +249,35 @@ class Entry:
             found.append(f"unknown key version {self.key.split(':', 1)[0]!r} (this distill writes {KEY_VERSION})")
         elif key_of(self.request) != self.key:
             found.append("the key does not match the sha256 of the stored request")
-        expected = response_checksum(self.text, self.finish_reason, self.input_tokens, self.output_tokens,
-                                     self.response_model, self.raw)
-        if expected != self.checksum:
+        found += self._column_problems(material)
+        if not self._checksum_ok():
             found.append("the response does not match its checksum")
+        return found
+
+    def damage(self) -> str | None:
+        """Why this entry must not be served, or None: the cheap check made on every read (its key
+        is the sha256 of its request, its response matches its checksum). `problems()` checks more."""
+        if key_of(self.request) != self.key:
+            return "the key does not match the sha256 of the stored request"
+        if not self._checksum_ok():
+            return "the response does not match its checksum"
+        return None
+
+    def _checksum_ok(self) -> bool:
+        return self.checksum == response_checksum(self.text, self.finish_reason, self.input_tokens,
+                                                  self.output_tokens, self.response_model, self.raw)
+
+    def _column_problems(self, material: Any) -> list[str]:
+        """The backend and model columns (what `stats`, `export --model` and `prune --model` go by)
+        must be the ones the request's identity names: the key does not cover them."""
+        identity = material.get("identity") if isinstance(material, dict) else None
+        if not isinstance(identity, dict):
+            return ["the stored request names no model identity"]
+        found = []
+        if self.backend != _backend_name(identity):
+            found.append(f"backend {self.backend!r} is not the one its request names ({_backend_name(identity)!r})")
+        if self.model != str(identity.get("model") or ""):
+            found.append(f"model {self.model!r} is not the one its request names ({identity.get('model')!r})")
         return found
 
     def to_completion(self, latency_s: float = 0.0) -> Completion:
@@ -253,6 +305,7 @@ class CacheStore:
         self._writer: sqlite3.Connection | None = None  # one writing connection, serialised by _write_lock
         self._write_lock = threading.Lock()
         self._closed = False
+        self._damaged: set[str] = set()  # keys read here whose entry did not verify: a new answer replaces it
         self._prepare_directory()
         self._check_not_truncated()
         self._retrying("open the cache", self._initialise)
@@ -412,23 +465,44 @@ class CacheStore:
 
     # -- reading
 
-    def get(self, key: str) -> Entry | None:
-        """The entry stored under `key`, or None."""
-        def read() -> Entry | None:
-            row = self._conn().execute(_SELECT + " WHERE key = ?", (key,)).fetchone()
-            return Entry.from_row(row) if row is not None else None
-        return self._retrying("read from the cache", read)
+    def get(self, key: str, *, verify: bool = True) -> Entry | None:
+        """The entry stored under `key`, or None. With `verify` (the default), an entry that does
+        not verify (`Entry.damage`) is None too, with a warning (once per key): it is never served,
+        and the next answer stored under its key replaces it."""
+        row = self._retrying("read from the cache", lambda: self._conn().execute(
+            _SELECT + " WHERE key = ?", (key,)).fetchone())
+        if row is None:
+            return None
+        try:
+            entry = Entry.from_row(row)
+        except (TypeError, ValueError) as exc:
+            return self._refuse(key, f"an unreadable field ({exc})")
+        damage = entry.damage() if verify else None
+        return entry if damage is None else self._refuse(key, damage)
+
+    def _refuse(self, key: str, damage: str) -> None:
+        with self._lock:
+            first = key not in self._damaged
+            self._damaged.add(key)
+        if first:
+            log.warning("the cached answer for %s in %s does not verify (%s): treated as a miss, not served. "
+                        "`distill cache verify` lists every such entry (--delete-bad removes them)",
+                        key, self.path, damage)
+        return None
 
     def __contains__(self, key: str) -> bool:
-        return self._retrying("read from the cache", lambda: self._conn().execute(
-            "SELECT 1 FROM entries WHERE key = ?", (key,)).fetchone() is not None)
+        """True when a verified entry is stored under `key`."""
+        return self.get(key) is not None
 
     def __len__(self) -> int:
         return int(self._retrying("count the cache", lambda: self._conn().execute(
             "SELECT count(*) FROM entries").fetchone()[0]))
 
-    def iter_entries(self, batch: int = 1000) -> Iterator[Entry]:
-        """Every entry, oldest first, read in batches of primary keys (no long-held cursor)."""
+    def iter_entries(self, batch: int = 1000, *,
+                     unreadable: Callable[[str, str], None] | None = None) -> Iterator[Entry]:
+        """Every entry, oldest first, read in batches of primary keys (no long-held cursor). A row
+        that cannot be read as an entry goes to `unreadable(key, why)` and is skipped; without
+        that callback it is a CacheError."""
         last = 0
         while True:
             def page() -> list[Any]:
@@ -438,24 +512,37 @@ class CacheStore:
             if not rows:
                 return
             for row in rows:
-                yield Entry.from_row(row[1:])
+                try:
+                    entry = Entry.from_row(row[1:])
+                except (TypeError, ValueError) as exc:
+                    if unreadable is None:
+                        raise CacheError(f"the cache {self.path}: the entry {row[1]} cannot be read ({exc}); "
+                                         "`distill cache verify --delete-bad` removes such entries") from None
+                    unreadable(row[1], f"an unreadable field ({exc})")
+                    continue
+                yield entry
             last = rows[-1][0]
 
     # -- writing
 
     def put(self, entry: Entry) -> bool:
-        """Store `entry` unless its key is already there (first answer wins); True if it was added."""
-        def write() -> bool:
-            with self._transaction() as tx:
-                return tx.execute(_INSERT, entry.to_row()).rowcount == 1
-        return self._retrying("write to the cache", write)
+        """Store `entry` unless its key is already there (first answer wins; an entry read here
+        that did not verify is replaced); True if it was added."""
+        return self.put_many([entry]) == 1
 
     def put_many(self, entries: Sequence[Entry]) -> int:
         """Store several entries in one transaction; returns how many were new."""
+        with self._lock:
+            damaged = self._damaged & {e.key for e in entries}
+
         def write() -> int:
             with self._transaction() as tx:
-                return sum(tx.execute(_INSERT, e.to_row()).rowcount for e in entries)
-        return self._retrying("write to the cache", write)
+                return sum(tx.execute(_REPLACE if e.key in damaged else _INSERT, e.to_row()).rowcount
+                           for e in entries)
+        added = self._retrying("write to the cache", write)
+        with self._lock:
+            self._damaged -= damaged
+        return added
 
     def delete_keys(self, keys: Sequence[str]) -> int:
         def write() -> int:

@@ -6,12 +6,17 @@ its revision to the next stage. Every stage writes a row to `critiques.jsonl`; e
 ends as one row in `revisions.jsonl`, with status "ok" or "failed" and the reason.
 
 Rows are independent: a teacher error or an unparseable reply fails that row only. An exhausted
-quota stops the whole batch at once (retrying cannot help). Rows are processed concurrently
-(`concurrency` at a time; the teacher layer paces the calls), written as they finish, and a
-re-run skips the rows already done; failed rows are tried again, and calls that succeeded before
-a crash are cache hits. In batch mode (`distill.batch`) a row whose request went into a provider
-batch is deferred: nothing is written or billed for it, and `revise_all` hands it back to run
-again once the batch has answered.
+quota stops the whole batch at once (retrying cannot help), and so do STOP_AFTER rows in a row that
+fail for the same reason (`SystematicFailure`): out of memory, a server that is down or a rejected
+key is a fault of the teacher, not of the rows, and failing every row for it would end the run
+with nothing and no error. Reasons that belong to a row (ROW_REASONS: its reply did not parse,
+its prompt is too long, its batch row failed, it is not cached offline) never stop the stage.
+
+Rows are processed concurrently (`concurrency` at a time; the teacher layer paces the calls),
+written as they finish, and a re-run skips the rows already done; failed rows are tried again,
+and calls that succeeded before a crash are cache hits. In batch mode (`distill.batch`) a row
+whose request went into a provider batch is deferred: nothing is written or billed for it, and
+`revise_all` hands it back to run again once the batch has answered.
 """
 
 from __future__ import annotations
@@ -22,11 +27,16 @@ from typing import Any, Callable, Iterable, Mapping
 
 from distill.accounting import Ledger
 from distill.cache import OfflineMiss
-from distill.errors import QuotaExhausted, TeacherError
+from distill.errors import QuotaExhausted, SystematicFailure, TeacherError
 from distill.protocol import ProtocolFailure, Settings, ask, critique_request, parse_critique
 from distill.records import JsonlSink, content_hash
 from distill.teachers.base import Deferred, Teacher
 from distill.templates import Principle, PromptSet
+
+
+STOP_AFTER = 8  # rows in a row failing for the same reason that stop the stage
+ROW_REASONS = frozenset({"unparseable_reply", "offline_miss", "teacher_too_long", "teacher_batch_errored",
+                         "teacher_batch_expired", "teacher_batch_canceled"})  # about the row, not the teacher
 
 
 @dataclass
@@ -124,6 +134,7 @@ async def revise_all(answers: Iterable[Mapping[str, Any]], chain: tuple[Principl
     for item in todo:
         queue.put_nowait(item)
     deferred: list[Mapping[str, Any]] = []
+    streak = FailureStreak()
 
     async def worker() -> None:
         while True:
@@ -143,6 +154,7 @@ async def revise_all(answers: Iterable[Mapping[str, Any]], chain: tuple[Principl
             if outcome.revision["status"] == "failed":
                 ledger.fail(outcome.revision["reason"])
             on_row(outcome.revision)
+            streak.add(outcome.revision)
 
     workers = [asyncio.create_task(worker()) for _ in range(max(1, min(concurrency, len(todo))))]
     try:
@@ -152,3 +164,28 @@ async def revise_all(answers: Iterable[Mapping[str, Any]], chain: tuple[Principl
             w.cancel()
     order = {id(a): i for i, (a, _) in enumerate(todo)}
     return sorted(deferred, key=lambda a: order[id(a)])
+
+
+class FailureStreak:
+    """The rows that finished last, while they all failed for one reason: STOP_AFTER of them raise
+    SystematicFailure, naming the reason and the last row's error. A row that succeeds, or fails
+    for another reason or one of ROW_REASONS, starts it again."""
+
+    def __init__(self, limit: int = STOP_AFTER):
+        self.limit = limit
+        self.reason: str | None = None
+        self.count = 0
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        reason = row.get("reason") if row.get("status") == "failed" else None
+        if reason is None or reason in ROW_REASONS:
+            self.reason, self.count = None, 0
+            return
+        self.count = self.count + 1 if reason == self.reason else 1
+        self.reason = reason
+        if self.count >= self.limit:
+            raise SystematicFailure(
+                f"critique stopped: {self.count} rows in a row failed with {reason} (the last: "
+                f"{str(row.get('detail', ''))[:300]}). That is a fault of the teacher, not of the rows: fix it "
+                "(memory, server, key, model) and re-run the same command; the rows finished so far are kept",
+                reason=reason)

@@ -9,7 +9,8 @@ into exit codes; library callers catch `DistillError`.
     ├── ConfigError     an environment variable, flag or config value is wrong or missing
     ├── ModelError      a student/teacher model is missing, corrupt or cannot load
     ├── TeacherError    a teacher call failed for good (after retries, or not retryable)
-    │   └── QuotaExhausted  the provider says the account is out of credit: stop the batch
+    │   ├── QuotaExhausted  the provider says the account is out of credit: stop the batch
+    │   └── SystematicFailure  row after row fails the same way (out of memory, a dead server): stop the stage
     ├── CacheError      the teacher-call cache is corrupt, unwritable, or misses offline
     ├── RunInUse        another process is working on the same run directory
     └── BatchesPending  not a failure: provider batches are still running (--no-wait); run again later
@@ -51,6 +52,11 @@ class TeacherError(DistillError):
 
 class QuotaExhausted(TeacherError):
     """The provider reports an exhausted quota or credit: retrying cannot help."""
+
+
+class SystematicFailure(TeacherError):
+    """Many rows in a row failed for the same reason: a fault of the teacher (out of memory, a
+    server down, a rejected key), not of the rows, so the stage stops instead of failing them all."""
 
 
 class CacheError(DistillError):

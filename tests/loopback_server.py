@@ -17,7 +17,8 @@ use it. What tests control:
 - the reply: `script(fn)` with `fn(LoopbackRequest) -> str | Reply | Fault`; the default echoes
   the last user message, or for a JSON schema returns a minimal instance of it;
 - faults, queued for the next requests: `fail_next(503)`, `fail_next(429, retry_after=0.2)`,
-  `fail_next("insufficient_quota")`, `fail_next("timeout", delay=5)`, `fail_next("malformed")`,
+  `fail_next("insufficient_quota")`, `fail_next("timeout", delay=5)`, `fail_next("malformed")` (a 200
+  whose body is cut short), `fail_next("unreadable")` (a 200 with well-formed JSON that holds no answer),
   `fail_next("drop")` (connection closed without an answer), `fail_next("slow", delay=0.3)`;
   or at random: `chaos(0.2, [500, 503, "drop"], seed=1)`;
 - limits: `LoopbackServer(rpm=3000, tpm=...)` enforces token buckets (`burst_s` seconds of
@@ -30,7 +31,8 @@ use it. What tests control:
   `fn(LoopbackRequest) -> "succeeded" | "errored" | "expired" | "canceled" | None` decides each
   row's outcome; `batch_rows` lists every row ever submitted. Faults queued for the batch
   endpoints (`endpoint="openai_files"`, `"openai_batches"`, `"anthropic_batches"`) answer with
-  their status, or drop the connection.
+  their status, an unreadable 200 ("malformed"), or drop the connection; with `after=True` the
+  request is carried out first (a batch created, say) and only its answer is lost that way.
 
 Every request is recorded (`requests`, `count(...)`), including the status it was answered with.
 Run it standalone for benchmarks: `python tests/loopback_server.py --rpm 3000 --latency-ms 50`
@@ -60,7 +62,7 @@ OPENAI_FILES, OPENAI_BATCHES, ANTHROPIC_BATCHES = "openai_files", "openai_batche
 BATCH_OUTCOMES = ("succeeded", "errored", "expired", "canceled")
 ANTHROPIC_CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 STATUS_FAULTS = {400, 401, 403, 404, 408, 409, 422, 429, 500, 502, 503, 529}
-NAMED_FAULTS = {"insufficient_quota", "timeout", "slow", "malformed", "drop"}
+NAMED_FAULTS = {"insufficient_quota", "timeout", "slow", "malformed", "unreadable", "drop"}
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ class Fault:
     delay: float = 5.0
     endpoint: str | None = None  # only requests to this endpoint, for queued faults
     body: Mapping[str, Any] | None = None  # a custom error body
+    after: bool = False  # batch endpoints: carry the request out, then answer with the fault
 
 
 @dataclass
@@ -119,6 +122,7 @@ class Seen:
     received: float  # time.monotonic()
     status: int | None = None  # None while in flight, or for a dropped connection
     fault: str | None = None
+    late: tuple[Fault, Any] | None = None  # a fault (and its request) for after the work is done
 
 
 @dataclass
@@ -276,12 +280,14 @@ class LoopbackServer:
                     for b in self._batches.values()]
 
     def fail_next(self, kind: str | int, times: int = 1, *, retry_after: float | None = None,
-                  delay: float = 5.0, endpoint: str | None = None, body: Mapping[str, Any] | None = None) -> None:
-        """Answer the next `times` requests (of `endpoint`, if given) with a fault instead."""
+                  delay: float = 5.0, endpoint: str | None = None, body: Mapping[str, Any] | None = None,
+                  after: bool = False) -> None:
+        """Answer the next `times` requests (of `endpoint`, if given) with a fault instead. With
+        `after` (batch endpoints only), each request is carried out first and then answered so."""
         if kind not in STATUS_FAULTS and kind not in NAMED_FAULTS:
             raise ValueError(f"unknown fault {kind!r}; use one of {sorted(map(str, STATUS_FAULTS | NAMED_FAULTS))}")
         with self._lock:
-            self._faults.extend(Fault(kind, retry_after, delay, endpoint, body) for _ in range(times))
+            self._faults.extend(Fault(kind, retry_after, delay, endpoint, body, after) for _ in range(times))
 
     def chaos(self, probability: float, kinds: list[str | int | Fault], *, seed: int = 0) -> None:
         """From now on, answer each request with a random fault from `kinds` with `probability`."""
@@ -500,6 +506,11 @@ class LoopbackServer:
             return await self._answer(endpoint, view)
         if kind == "malformed":
             return web.Response(status=200, text='{"id": "chatcmpl-broken", "choices": [', content_type="application/json")
+        if kind == "unreadable":  # an answer came back, complete, but without what a completion holds
+            empty = {"id": "chatcmpl-empty", "object": "chat.completion", "created": 0, "model": view.model,
+                     "choices": []} if endpoint == OPENAI else \
+                {"id": "msg_empty", "type": "message", "role": "assistant", "model": view.model, "content": None}
+            return web.json_response(empty)
         headers: dict[str, str] = {}
         if fault.retry_after is not None:
             headers["retry-after"] = str(max(0, math.ceil(fault.retry_after)))
@@ -520,20 +531,34 @@ class LoopbackServer:
 
     async def _batch_call(self, request: web.Request, endpoint: str,
                           body: Mapping[str, Any] | None = None) -> tuple[Seen, web.Response | None]:
-        """Record a batch-API request; a queued fault for `endpoint` answers it instead (or drops it)."""
+        """Record a batch-API request; a queued fault for `endpoint` answers it instead (or drops it),
+        or, queued with `after`, is kept for `_reply` to answer with once the request is carried out."""
         seen, fault = self._record(request, endpoint, dict(body or {}))
         if fault is None:
             return seen, None
         seen.fault = str(fault.kind)
-        wire = ANTHROPIC if endpoint == ANTHROPIC_BATCHES else OPENAI
+        if fault.after:
+            seen.late = (fault, request)
+            return seen, None
+        return seen, self._batch_fault(seen, request, endpoint, fault)
+
+    def _batch_fault(self, seen: Seen, request: web.Request, endpoint: str, fault: Fault) -> web.Response:
+        wire = ANTHROPIC if endpoint in (ANTHROPIC_BATCHES, ANTHROPIC) else OPENAI
         if fault.kind == "drop":
             self._drop(request)
-            return seen, web.Response(status=499)
+            seen.status = None
+            return web.Response(status=499)
+        if fault.kind == "malformed":
+            seen.status = 200
+            return web.Response(status=200, text='{"id": "batch_broken", "status": ', content_type="application/json")
         status = int(fault.kind) if isinstance(fault.kind, int) else 500
         seen.status = status
-        return seen, _error(wire, status, _ERROR_TYPES.get(status, "api_error"), f"injected fault {status}")
+        return _error(wire, status, _ERROR_TYPES.get(status, "api_error"), f"injected fault {status}")
 
     def _reply(self, seen: Seen, payload: Any, status: int = 200) -> web.Response:
+        if seen.late is not None:  # the work is done; its answer is lost
+            fault, request = seen.late
+            return self._batch_fault(seen, request, seen.endpoint, fault)
         seen.status = status
         return web.json_response(payload, status=status)
 
@@ -598,11 +623,24 @@ class LoopbackServer:
         return self._reply(seen, self._openai_batch(batch))
 
     async def _list_openai_batches(self, request: web.Request) -> web.Response:
+        """One page of the OpenAI listing, newest first: `limit` (1-100, default 20) batches after
+        the batch `after`, with has_more, first_id and last_id."""
         seen, failed = await self._batch_call(request, OPENAI_BATCHES)
         if failed is not None:
             return failed
-        data = [self._openai_batch(b) for b in reversed(self._batches.values()) if b.endpoint == OPENAI]
-        return self._reply(seen, {"object": "list", "data": data, "has_more": False,
+        try:
+            limit = int(request.query.get("limit", 20))
+        except ValueError:
+            limit = 0
+        with self._lock:
+            ids = [b.id for b in reversed(self._batches.values()) if b.endpoint == OPENAI]
+        after = request.query.get("after")
+        if not 1 <= limit <= 100 or (after is not None and after not in ids):
+            return self._reply(seen, {"error": {"message": f"invalid limit {limit} or cursor {after!r}",
+                                                "type": "invalid_request_error", "code": None, "param": None}}, 400)
+        start = ids.index(after) + 1 if after is not None else 0
+        data = [self._openai_batch(self._batches[i]) for i in ids[start:start + limit]]
+        return self._reply(seen, {"object": "list", "data": data, "has_more": start + limit < len(ids),
                                   "first_id": data[0]["id"] if data else None,
                                   "last_id": data[-1]["id"] if data else None})
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.batch import BatchBook
+from distill.batch import BatchBook, Part
 from distill.cli import main
 from test_round_e2e import PROMPTS, read, teacher_script, write_prompts
 
@@ -101,3 +101,25 @@ def test_batch_retry_submits_the_failed_rows_again(batch_env, tiny_model_dir, tm
     assert main(args) == 0  # the row now finds its answer ("sea" never answers in JSON: one repair batch)
     sea = next(r for r in read(run / "revisions.jsonl") if r["prompt_id"] == "sea")
     assert sea["reason"] == "unparseable_reply" and len(batch_env.batch_rows) == before + 1
+
+
+@pytest.mark.parametrize("verb", ["status", "collect", "retry"])
+def test_batch_commands_never_send_the_key_to_an_endpoint_only_the_run_file_names(verb, loopback_teacher, tmp_path,
+                                                                                  capsys) -> None:
+    """batches.json is a plain file (copied from another machine, edited): the endpoint it records
+    is used only when it is the configured one; otherwise the command refuses, naming both, and
+    not one request (so not the API key) reaches the recorded host."""
+    from loopback_server import LoopbackServer
+
+    with LoopbackServer() as elsewhere:
+        run = tmp_path / "runs" / "moved"
+        BatchBook(run).add(Part("b0001-moved", "openai", "openai:gpt-4o-mini", elsewhere.openai_url, 1, 10,
+                                state="submitted", batch_id="batch_1"))
+        code = main(["batch", verb, "moved", "--runs-dir", str(tmp_path / "runs")])
+        err = capsys.readouterr().err
+        assert elsewhere.count() == 0 and loopback_teacher.count() == 0
+        assert code == 2 and elsewhere.openai_url in err and loopback_teacher.openai_url in err
+
+        # the user's own choice on the command line is configuration: then the recorded host is asked
+        main(["batch", "status", "moved", "--runs-dir", str(tmp_path / "runs"), "--base-url", elsewhere.openai_url])
+        assert elsewhere.count() > 0

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import pytest
 
-from distill.errors import ConfigError
+from distill.errors import ConfigError, TeacherError
 from distill.teachers.base import Request
 from distill.teachers.batches import CLOCK_SKEW_S, BatchState, Limits, LostBatch, batch_client, split
 from distill.teachers.registry import create_backend
@@ -214,3 +214,73 @@ def test_a_backend_without_a_batch_api_is_refused_by_name(tmp_path) -> None:
     settings = resolve_settings(env={"DISTILL_TEACHER": "local:default", "DISTILL_CONFIG": str(tmp_path / "none.toml")})
     with pytest.raises(ConfigError, match="local:default has no batch API"):
         batch_client(settings)
+
+
+CREATE_ENDPOINT = {"openai": "openai_batches", "anthropic": "anthropic_batches"}
+
+
+def creates(loopback: Any, backend: str) -> int:
+    """POSTs that ask for a new batch (not listings or status checks)."""
+    if backend == "openai":
+        return sum(1 for s in loopback.requests if s.endpoint == "openai_batches" and "input_file_id" in s.body)
+    return sum(1 for s in loopback.requests if s.endpoint == "anthropic_batches" and "requests" in s.body)
+
+
+@pytest.mark.parametrize("backend", ["openai", "anthropic"])
+@pytest.mark.parametrize("fault", [500, 503, "malformed", "drop"])
+def test_a_create_whose_answer_is_lost_is_looked_for_not_sent_again(backend, fault, loopback, tmp_path) -> None:
+    """The provider created the batch (and will bill it), then its answer was a 5xx, unreadable or
+    never came: the client looks for the batch before it asks again, and adopts it."""
+    loopback.fail_next(fault, endpoint=CREATE_ENDPOINT[backend], after=True)
+    settings = settings_for(backend, loopback, tmp_path)
+
+    async def go() -> BatchState:
+        client = batch_client(settings)
+        try:
+            return await client.submit([client.line(client.custom_id(key(0)), requests(1)[0])], "b0001-lost-answer")
+        finally:
+            await client.aclose()
+
+    state = asyncio.run(go())
+    assert len(loopback.batches()) == 1 and creates(loopback, backend) == 1  # created once, found, adopted
+    assert state.id == loopback.batches()[0]["id"]
+
+
+def test_a_create_with_no_clear_answer_and_no_search_is_left_for_the_next_run(loopback, tmp_path) -> None:
+    """The create gets a 5xx and so does every listing after it: the batch can be neither found nor
+    ruled out, so it is not created again; the error says the outcome is unknown (the part stays
+    `submitting` and the next run looks again), not that the provider refused it."""
+    loopback.fail_next(503, times=20, endpoint="openai_batches")
+    settings = settings_for("openai", loopback, tmp_path)  # 2 retries: 3 attempts per call
+
+    async def go() -> None:
+        client = batch_client(settings)
+        try:
+            await client.submit([client.line(key(0), requests(1)[0])], "b0001-unknown")
+        finally:
+            await client.aclose()
+
+    with pytest.raises(TeacherError) as caught:
+        asyncio.run(go())
+    assert caught.value.reason == "batch_submit_unknown" and "b0001-unknown" in str(caught.value)
+    assert creates(loopback, "openai") == 1 and loopback.batches() == []
+
+
+def test_openai_finds_a_lost_batch_behind_more_than_a_page_of_newer_ones(loopback, tmp_path) -> None:
+    """The account kept creating batches after the crash: the lost one is found by paging back
+    through the listing (bounded by its creation time), not only among the latest 100."""
+    since = time.time()
+    made, found = lost_and_found(settings_for("openai", loopback, tmp_path), [1] * 103,
+                                 lambda made: LostBatch("b0000-lost", 1, since))
+    assert found is not None and found.id == made[0].id
+    pages = [s for s in loopback.requests if s.endpoint == "openai_batches" and s.status == 200 and not s.body]
+    assert len(pages) == 2  # 100, then the page that holds it
+
+
+def test_openai_stops_paging_at_batches_older_than_the_part(loopback, tmp_path) -> None:
+    later = time.time() + CLOCK_SKEW_S + 60  # the part was recorded well after every listed batch
+    _, found = lost_and_found(settings_for("openai", loopback, tmp_path), [1] * 3,
+                              lambda made: LostBatch("b0000-lost", 1, later), page_size=1)
+    assert found is None
+    pages = [s for s in loopback.requests if s.endpoint == "openai_batches" and s.status == 200 and not s.body]
+    assert len(pages) == 1  # the newest batch is already too old: no further page is read

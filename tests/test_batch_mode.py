@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -255,3 +258,50 @@ def test_failed_batch_rows_are_recorded_per_row_and_retried_live(teacher_env, tm
     asked = [s.body["messages"][1]["content"] for s in teacher_env.requests if s.endpoint == "openai"]
     assert asked and all("primary colour" in text for text in asked)
     assert read(cfg.run_dir / "revisions.jsonl")[1]["status"] == "ok"
+
+
+def test_a_submitting_part_whose_pid_now_belongs_to_another_process_is_recovered(loopback, tmp_path) -> None:
+    """The submitting process died before recording its batch id, and the system gave its PID to an
+    unrelated process: the part is not taken for one still being submitted (which would wait
+    forever); its batch is looked for and adopted."""
+    settings, reqs, run = settings_for("openai", loopback, tmp_path), requests(3), tmp_path / "run"
+    book = BatchBook(run)
+    keys = write_lost_part(book, "b0001-crashed", settings, reqs)
+    made = create_batch(settings, keys, reqs, "b0001-crashed")
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
+        try:
+            book.update("b0001-crashed", host=socket.gethostname(), pid=other.pid)  # the same PID, reused
+            _, [pending] = asyncio.run(batch_pass(settings, tmp_path / "cache", run, reqs, wait=False))
+        finally:
+            other.kill()
+    assert isinstance(pending, BatchesPending)  # the adopted batch is still running
+    [part] = BatchBook(run).parts()
+    assert part.state == "submitted" and part.batch_id == made and len(loopback.batches()) == 1
+
+
+def test_a_part_its_submitter_is_still_creating_is_left_alone(loopback, tmp_path) -> None:
+    """While the submitting process holds the part's lock, another run does not touch the part."""
+    settings, reqs, run = settings_for("openai", loopback, tmp_path), requests(3), tmp_path / "run"
+    book = BatchBook(run)
+    write_lost_part(book, "b0001-busy", settings, reqs)
+    book.update("b0001-busy", host=socket.gethostname())
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(book.submitting_lock("b0001-busy"))],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        book.update("b0001-busy", pid=holder.pid)
+        _, [pending] = asyncio.run(batch_pass(settings, tmp_path / "cache", run, reqs, wait=False))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert isinstance(pending, BatchesPending)
+    assert [p.state for p in BatchBook(run).parts()] == ["submitting"] and loopback.batches() == []
+
+
+HOLD_LOCK = """
+import fcntl, sys, time
+fh = open(sys.argv[1], "a")
+fcntl.flock(fh, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""

@@ -313,3 +313,49 @@ def test_the_cache_lives_under_distill_cache_dir(tmp_path: Path, monkeypatch: py
     monkeypatch.delenv("DISTILL_CACHE_DIR")
     monkeypatch.chdir(tmp_path)
     assert cache_path() == tmp_path / "cache" / "teacher-calls.sqlite"
+
+
+# ----------------------------------------------------------------------------- verified reads
+
+@pytest.mark.parametrize("edit", ["text = 'a better answer'", "output_tokens = 999", "raw = '{}'",
+                                  "request = replace(request, 'Is 2+2=5?', 'Is 2+2=4?')",
+                                  "template_ids = 'not json'"])
+def test_an_entry_altered_on_disk_is_a_miss_with_a_warning_never_served(tmp_path: Path, edit: str,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    import sqlite3
+
+    asyncio.run(_fill(tmp_path, [ask()]))
+    db = sqlite3.connect(cache_path(tmp_path))
+    db.execute(f"UPDATE entries SET {edit}")
+    db.commit()
+    db.close()
+    with pytest.raises(OfflineMiss):  # an offline replay does not serve it
+        asyncio.run(_fill_with_offline(tmp_path, [ask()]))
+    assert "does not verify" in caplog.text and "distill cache verify" in caplog.text
+
+    inner = ScriptedTeacher()  # online, it is asked again, and the answer replaces the altered entry
+    [done] = asyncio.run(_fill_with(tmp_path, inner, [ask()]))
+    assert done.text == "revised: Is 2+2=5?" and not done.cached and len(inner.calls) == 1
+    [again] = asyncio.run(_fill_with_offline(tmp_path, [ask()]))
+    assert again.cached and again.text == "revised: Is 2+2=5?"
+
+
+async def _fill_with_offline(tmp_path: Path, requests: list[Request]) -> list[Completion]:
+    async with make(tmp_path, offline=True) as teacher:
+        return [await teacher.complete(r) for r in requests]
+
+
+@pytest.mark.parametrize("text", ["", "plain", 'quotes " and \\ backslash', "ünïcode ✓ 日本語 \U0001f600",
+                                  "control \x00\x01\x1f\x7f\t\n\r chars", "\u2028\u2029 separators", "</script>"])
+@pytest.mark.parametrize("tokens", [(0, 0), (7, 12), (2 ** 70, -1), (True, 3), (1.5, 2)])
+def test_the_checksum_hashes_the_canonical_json_of_the_response(text: str, tokens: tuple[Any, Any]) -> None:
+    """Every read checks a checksum, so it is not built with json.dumps; it must still hash exactly
+    the canonical JSON it is documented to, or caches written before would stop verifying."""
+    import hashlib
+
+    from distill.cache import response_checksum
+    from distill.records import canonical_json
+
+    head = canonical_json([text, "stop", *tokens, "gpt-4o-mini-2024-07-18"])
+    expected = hashlib.sha256((head + "\n" + '{"id":"x"}').encode("utf-8")).hexdigest()
+    assert response_checksum(text, "stop", *tokens, "gpt-4o-mini-2024-07-18", '{"id":"x"}') == expected

@@ -8,6 +8,7 @@ import json
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -198,3 +199,44 @@ def test_gzip_export_is_readable_by_gzip(source: Path, tmp_path: Path) -> None:
     cli(["cache", "export", str(export), "--cache-dir", str(source)])
     with gzip.open(export, "rt", encoding="utf-8") as fh:
         assert sum(1 for _ in fh) == 41
+
+
+def _edit_line(export: Path, line: int, edit: Any) -> None:
+    lines = export.read_text(encoding="utf-8").splitlines()
+    lines[line - 1] = edit(lines[line - 1])
+    export.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _set(path: tuple[str, ...], value: Any) -> Any:
+    def edit(text: str) -> str:
+        row = json.loads(text)
+        target = row
+        for name in path[:-1]:
+            target = target[name]
+        target[path[-1]] = value
+        return json.dumps(row, ensure_ascii=False)
+    return edit
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (_set(("backend",), "anthropic"), "backend 'anthropic' is not the one its request names ('openai')"),
+    (_set(("model",), "gpt-4o"), "model 'gpt-4o' is not the one its request names ('gpt-4o-mini')"),
+    (lambda text: text.replace('"input_tokens": 5', '"input_tokens": 1e400'), "input_tokens"),
+    (_set(("response", "usage", "output_tokens"), 3.5), "output_tokens"),
+    (_set(("response", "usage", "output_tokens"), True), "output_tokens"),
+    (_set(("template_ids",), "critique-v1"), "template_ids"),
+    (_set(("template_ids",), [{"id": 1}]), "template_ids"),
+    (lambda text: text.replace('"created_at": ', '"created_at": 1e400, "was": '), "created_at"),
+])
+def test_import_checks_every_column_and_reports_a_malformed_field_by_file_and_line(
+        source: Path, tmp_path: Path, edit: Any, reason: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The key covers the request and the checksum the response, not the backend and model
+    columns (what stats, export and prune go by): they must be the ones the request names. A field
+    of the wrong type or out of range is a FILE:LINE error, like any other, never a traceback."""
+    export = tmp_path / "export.jsonl"
+    cli(["cache", "export", str(export), "--cache-dir", str(source)])
+    _edit_line(export, 7, edit)
+    assert cli(["cache", "import", str(export), "--cache-dir", str(tmp_path / "target")]) == 2
+    err = capsys.readouterr().err
+    assert f"{export}:7:" in err and reason in err and "nothing was imported" in err
+    assert rows(tmp_path / "target") == set()

@@ -205,6 +205,18 @@ def test_transient_failures_are_retried_once_each(loopback: LoopbackServer, prov
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_complete_reply_that_cannot_be_read_is_not_bought_again(loopback: LoopbackServer, provider: str) -> None:
+    """A 200 with well-formed JSON that holds no answer was produced, and billed, and the same
+    request would get the same: it is not bought max_retries more times (six here); the request
+    fails at once with its reason, for the row to record (the next run asks again)."""
+    loopback.fail_next("unreadable", times=7)
+    with pytest.raises(TeacherError) as caught:
+        run_one(make_teacher(loopback, provider, max_retries=6), ask("empty"))
+    assert loopback.count(provider) == 1
+    assert caught.value.reason == "malformed_response" and "1 attempt" in str(caught.value)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
 def test_a_timeout_is_retried(loopback: LoopbackServer, provider: str) -> None:
     loopback.fail_next("timeout", delay=5.0)
     done = run_one(make_teacher(loopback, provider, timeout=1.0), ask("slowly"))

@@ -140,3 +140,17 @@ def test_a_failed_attempt_refunds_its_tokens() -> None:
         return pacer.tokens.available()  # type: ignore[union-attr]
 
     assert asyncio.run(go()) == pytest.approx(1000, abs=5)
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "Infinity", "nan", "1e400", "unlimited", ""])
+def test_a_rate_header_that_is_no_finite_number_is_ignored(value: str) -> None:
+    """Some compatible servers report an unlimited pool as "inf": that says nothing to pace by."""
+    headers = {f"x-ratelimit-{name}": value for name in ("limit-requests", "remaining-requests", "limit-tokens",
+                                                        "remaining-tokens")}
+    unpaced, paced = Pacer(concurrency=4), Pacer(concurrency=4, rpm=600)
+    for pacer in (unpaced, paced):
+        pacer.observe(headers)
+        pacer.failed(ProviderFailure("rate_limited", "slow down", status=429, retry_after=0.0, headers=headers))
+    assert unpaced.requests is None and unpaced.tokens is None
+    assert paced.requests is not None and paced.requests.rate == 10
+    assert parse_rate_headers(headers).requests_limit is None

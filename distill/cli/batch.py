@@ -7,9 +7,13 @@ ended into the cache (`--wait`: until every one has), and `retry` submits again 
 whose rows came back errored, expired or canceled. Re-running `distill run ... --batch` does all
 of this by itself and then carries on with the round.
 
-They talk to the teacher the batches were sent to (recorded per batch), with the API key from the
-environment as usual; `--teacher` and `--base-url` override it. Exit status 75 means batches are
-still running: try again later.
+They talk to the teacher the batches were sent to (recorded per batch), at the endpoint the user
+configured (`--base-url`, the config file, DISTILL_TEACHER_BASE_URL / OPENAI_BASE_URL /
+ANTHROPIC_BASE_URL, else the provider's own), with the API key from the environment as usual. The
+endpoint recorded in batches.json is never taken on its own word: the file travels with a run and
+can be edited, and the key must not follow it to another host. When no batch was sent to the
+configured endpoint, the command refuses and names both. Exit status 75 means batches are still
+running: try again later.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distill.errors import BatchesPending, InputError
+from distill.errors import BatchesPending, ConfigError, InputError
 
 RUNNING_EXIT = BatchesPending.exit_code
 
@@ -51,7 +55,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="the run name (its artefacts are in RUNS_DIR/NAME/)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live (default ./runs)")
     p.add_argument("--teacher", default=None, help="backend:model (default: the one the batches were sent to)")
-    p.add_argument("--base-url", default=None, help="API base URL (default: the one the batches were sent to)")
+    p.add_argument("--base-url", default=None, help="API base URL (default: the configured one); batches.json must "
+                                                    "record it as the one the batches were sent to")
 
 
 def status_command(args: argparse.Namespace) -> int:
@@ -122,12 +127,8 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 async def _with_queue(run_dir: Path, args: argparse.Namespace, action: Any) -> None:
     from distill.batch import BatchBook, queue_for
-    from distill.teachers.settings import resolve_settings
 
-    parts = BatchBook(run_dir).parts()
-    last = parts[-1]
-    settings = resolve_settings(overrides={"teacher": args.teacher or last.teacher,
-                                           "base_url": args.base_url or last.endpoint})
+    settings = configured_teacher(BatchBook(run_dir), args.teacher, args.base_url)
     queue, store = queue_for(settings, run_dir)
     try:
         await action(queue)
@@ -136,6 +137,34 @@ async def _with_queue(run_dir: Path, args: argparse.Namespace, action: Any) -> N
             await queue.aclose()
         finally:
             store.close()
+
+
+def configured_teacher(book: Any, teacher: str | None, base_url: str | None) -> Any:
+    """The teacher settings for a run's batches: the recorded teacher (unless `teacher`), at the
+    endpoint the user configured (`base_url`, else the config file, the environment or the
+    provider's default), never at one batches.json merely names. That file is plain text that
+    travels with a run; if it could choose the host, it could have the API key sent anywhere.
+    ConfigError, naming both, when no batch of that teacher was sent to the configured endpoint."""
+    from distill.teachers.registry import backend_identity
+    from distill.teachers.settings import resolve_settings
+
+    parts = book.parts()
+    settings = resolve_settings(overrides={"teacher": teacher or parts[-1].teacher, "base_url": base_url})
+    configured = str(backend_identity(settings).get("base_url") or "")
+    recorded = sorted({p.endpoint for p in parts if p.teacher == settings.name})
+    if configured not in recorded:
+        source = settings.sources.get("base_url", "default")
+        where = "the provider's default" if source == "default" else source
+        raise ConfigError(
+            f"{book.path}: the batches of {settings.name} were sent to {', '.join(recorded) or '(none)'}, but the "
+            f"configured endpoint is {configured} ({where}); distill sends the API key only to the configured "
+            f"endpoint. If {recorded[0] if recorded else 'that host'} is yours, say so with --base-url or "
+            "DISTILL_TEACHER_BASE_URL")
+    others = [e for e in recorded if e != configured]
+    if others:
+        print(f"distill: leaving alone the batches of {settings.name} sent to {', '.join(others)} (not the "
+              f"configured endpoint {configured})", file=sys.stderr)
+    return settings
 
 
 def _table(parts: list[Any]) -> str:

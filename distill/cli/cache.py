@@ -4,14 +4,21 @@ The cache (see `distill.cache`) fills itself during runs; these commands show wh
 move it between machines as a portable JSONL file (gzip when the name ends in `.gz`), drop what
 is no longer wanted, and check that every entry still re-hashes to its key. An import trusts
 nothing it reads: each entry's key is recomputed from its canonical request and its response
-from its checksum, the whole file is checked before anything is written, and importing the same
-file twice adds nothing the second time.
+from its checksum, its backend and model columns must be the ones its request names, every field
+must have its type and range (a malformed one is a FILE:LINE error), the whole file is checked
+before anything is written, and importing the same file twice adds nothing the second time.
+
+What that proves: each answer is filed under the request it claims to answer, and was not
+altered or damaged after its checksum was computed. What it cannot prove: that the answer came
+from the model it names. A checksum is not a signature; whoever can write the file can write any
+answer with a matching checksum. Import only exports you would trust as your own cache.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -223,15 +230,14 @@ def entry_from_export(row: Any) -> Entry:
         usage = response["usage"]
         entry = Entry(key=_str(row, "key"), backend=_str(row, "backend"), model=_str(row, "model"),
                       request=canonical_json(row["request"]), text=_str(response, "text"),
-                      finish_reason=_str(response, "finish_reason"), input_tokens=int(usage["input_tokens"]),
-                      output_tokens=int(usage["output_tokens"]), raw=canonical_json(response["raw"]),
-                      response_model=_str(response, "model"),
-                      template_ids=tuple(str(t) for t in row.get("template_ids", [])),
-                      created_at=float(row["created_at"]), checksum=_str(row, "checksum"))
+                      finish_reason=_str(response, "finish_reason"), input_tokens=_count(usage, "input_tokens"),
+                      output_tokens=_count(usage, "output_tokens"), raw=canonical_json(response["raw"]),
+                      response_model=_str(response, "model"), template_ids=_template_ids(row),
+                      created_at=_moment(row, "created_at"), checksum=_str(row, "checksum"))
     except KeyError as exc:
         raise ValueError(f"missing field {exc.args[0]!r}") from None
-    except (TypeError, AttributeError) as exc:
-        raise ValueError(f"malformed entry ({exc})") from None
+    except (TypeError, AttributeError, ArithmeticError, RecursionError) as exc:
+        raise ValueError(f"malformed entry ({type(exc).__name__}: {exc})") from None
     problems = entry.problems()
     if problems:
         raise ValueError(f"entry {entry.key[:19]}... rejected: " + "; ".join(problems))
@@ -243,6 +249,30 @@ def _str(obj: Any, name: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"field {name!r}: expected a string, got {type(value).__name__}")
     return value
+
+
+def _count(obj: Any, name: str) -> int:
+    """A token count: a whole number from 0 to 2**53 (no float, bool or 1e400)."""
+    value = obj[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2 ** 53:
+        raise ValueError(f"field {name!r}: expected a token count (a whole number >= 0), got {value!r:.40}")
+    return value
+
+
+def _moment(obj: Any, name: str) -> float:
+    """A unix time: a finite number."""
+    value = obj[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"field {name!r}: expected a unix time (a finite number), got {value!r:.40}")
+    return float(value)
+
+
+def _template_ids(row: Any) -> tuple[str, ...]:
+    """The template ids: a list of strings (none when absent)."""
+    value = row.get("template_ids", [])
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise ValueError(f"field 'template_ids': expected a list of template id strings, got {value!r:.60}")
+    return tuple(value)
 
 
 # ------------------------------------------------------------------------------------ import
@@ -283,7 +313,7 @@ def import_cache(store: CacheStore, path: Path, *, skip_invalid: bool = False) -
 
 
 def _import_batch(store: CacheStore, batch: list[Entry], report: dict[str, int]) -> None:
-    local = {e.key: e for e in (store.get(entry.key) for entry in batch) if e is not None}
+    local = {e.key: e for e in (store.get(entry.key, verify=False) for entry in batch) if e is not None}
     report["present"] += sum(1 for e in batch if e.key in local)
     report["differing"] += sum(1 for e in batch if e.key in local and local[e.key].checksum != e.checksum)
     report["added"] += store.put_many([e for e in batch if e.key not in local])
@@ -318,11 +348,13 @@ def _rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
                     continue
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError as exc:
+                except (json.JSONDecodeError, RecursionError) as exc:
+                    why = (f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError)
+                           else "nested too deep")
                     if first:
                         raise InputError(f"{path}:{number}: not a distill cache export "
-                                         f"(invalid JSON: {exc.msg})") from None
-                    yield number, None, f"invalid JSON ({exc.msg} at column {exc.colno})"
+                                         f"(invalid JSON: {why})") from None
+                    yield number, None, f"invalid JSON ({why})"
                     continue
                 if first:
                     _check_header(path, row)
@@ -389,8 +421,14 @@ def run_verify(args: argparse.Namespace) -> int:
     try:
         structural = store.integrity_problems()
         checked, bad, error = 0, [], None
+
+        def unreadable(key: str, why: str) -> None:
+            nonlocal checked
+            checked += 1
+            bad.append((key, [why]))
+
         try:
-            for entry in store.iter_entries():
+            for entry in store.iter_entries(unreadable=unreadable):
                 checked += 1
                 problems = entry.problems()
                 if problems:

@@ -25,14 +25,19 @@ live answer are interchangeable in the cache.
 
 Every row ends as an `Outcome`: succeeded (with the response body), errored, expired or canceled
 (with the provider's reason). API calls go through the same retry loop as live calls, except the
-call that creates a batch: it is not retried when no answer came back, because the batch may
-exist by then and a retry could submit every request twice.
+call that creates a batch, which is never repeated blindly: when its outcome is unknown (no
+answer, a timeout, a 5xx or an unreadable reply, after any of which the batch may exist and be
+billed), the next attempt first looks for the batch (`find`, below) and adopts it; only when it is
+not there is the create sent again. If retries run out that way, the error says the outcome is
+unknown (reason `batch_submit_unknown`), so the part stays "submitting" and the next run looks
+for it again before submitting anything.
 
 Finding a lost batch (`find`): when a run died after the provider created a batch but before its
-id was written down, the next run looks for it instead of paying for every request twice.
-OpenAI batches carry the part's name in their metadata. Anthropic message batches carry no
-metadata, so one is recognised by its shape: created around the time the part was recorded,
-holding exactly the part's number of requests, and not already recorded by another part; when
+id was written down, the next run looks for it instead of paying for every request twice. Both
+listings are read newest first, page after page, until a batch is older than the part (or
+MAX_LISTED were read). OpenAI batches carry the part's name in their metadata. Anthropic message
+batches carry no metadata, so one is recognised by its shape: created around the time the part
+was recorded, holding exactly the part's number of requests, and not already recorded by another part; when
 two or more fit, none is taken (the part is given up and its requests are submitted again).
 """
 
@@ -40,14 +45,15 @@ from __future__ import annotations
 
 import importlib
 import json
+import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
-from distill.errors import ConfigError, TeacherError
+from distill.errors import ConfigError, QuotaExhausted, TeacherError
 from distill.teachers.base import Completion, Request
 from distill.teachers.pricing import PriceTable
-from distill.teachers.retry import RetryLoop, failure_from_sdk
+from distill.teachers.retry import ProviderFailure, RetryLoop, failure_from_sdk
 from distill.teachers.settings import TeacherSettings
 
 OUTCOMES = ("succeeded", "errored", "expired", "canceled")
@@ -113,7 +119,9 @@ class BatchClient(Protocol):
 
     def line(self, custom_id: str, request: Request) -> bytes: ...
 
-    async def submit(self, lines: Sequence[bytes], label: str) -> BatchState: ...
+    async def submit(self, lines: Sequence[bytes], label: str, known_ids: frozenset[str] = frozenset()) -> BatchState:
+        """Create a batch of `lines` named `label`; `known_ids` are batches of other parts, never
+        adopted when a create whose answer was lost is looked for."""
 
     async def find(self, lost: LostBatch) -> BatchState | None: ...
 
@@ -159,6 +167,12 @@ async def _listing(calls: "_Calls", fn: Callable[[Any], Awaitable[Any]], what: s
         raise
 
 
+def outcome_unknown(failure: ProviderFailure) -> bool:
+    """Whether a failed create may have created its batch even so: no answer (a dropped connection,
+    a timeout), an unreadable reply, a 408 or a 5xx. Other answers (4xx) are refusals."""
+    return failure.status is None or failure.status == 408 or failure.status >= 500
+
+
 def _jsonl(row: Mapping[str, Any]) -> bytes:
     return (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
 
@@ -180,24 +194,55 @@ class _Calls:
             self._client = self._make_client(self._settings)
         return self._client
 
-    async def __call__(self, fn: Callable[[Any], Awaitable[Any]], what: str, *, idempotent: bool = True) -> Any:
-        sdk = importlib.import_module(self.sdk_name)
-
-        async def attempt() -> Any:
-            try:
-                return await fn(self.client)
-            except Exception as exc:
-                failure = failure_from_sdk(sdk, exc, self.redact)
-                if failure is None:
-                    raise
-                if isinstance(exc, sdk.APIConnectionError) and not idempotent:  # timeouts included
-                    raise TeacherError(f"{self.retry.label}: {what} got no answer ({failure}); the batch may or may "
-                                       "not exist now, so it is not retried blindly: the next run looks for it "
-                                       "before submitting again", reason="batch_submit_unknown") from None
-                raise failure from None
-
-        result, _ = await self.retry.run(attempt, what=what)
+    async def __call__(self, fn: Callable[[Any], Awaitable[Any]], what: str) -> Any:
+        result, _ = await self.retry.run(lambda: self._once(fn), what=what)
         return result
+
+    async def create(self, fn: Callable[[Any], Awaitable[BatchState]], what: str,
+                     find: Callable[[], Awaitable[BatchState | None]]) -> BatchState:
+        """`fn` creates a batch, which the provider bills: it is never sent again blindly. After an
+        attempt whose outcome is unknown (`outcome_unknown`), the next one first calls `find` and
+        adopts the batch it returns. When retries run out, or the search fails, after such an
+        attempt: TeacherError with reason `batch_submit_unknown` (the batch may exist)."""
+        unknown: ProviderFailure | None = None
+
+        async def attempt() -> BatchState:
+            nonlocal unknown
+            if unknown is not None:
+                found = await find()
+                if found is not None:
+                    return found
+            try:
+                return await self._once(fn)
+            except ProviderFailure as failure:
+                if not outcome_unknown(failure):
+                    raise
+                unknown = failure
+                raise replace(failure, final=False) from None  # retried, after a look for the batch
+
+        try:
+            result, _ = await self.retry.run(attempt, what=what)
+        except QuotaExhausted:
+            raise
+        except TeacherError as exc:
+            if unknown is None:
+                raise
+            raise TeacherError(f"{self.retry.label}: {what} got no clear answer ({unknown}) and the batch was not "
+                               f"found afterwards ({exc}); it may exist even so, so it is not sent again blindly: "
+                               "the next run looks for it before submitting again",
+                               reason="batch_submit_unknown") from None
+        return result
+
+    async def _once(self, fn: Callable[[Any], Awaitable[Any]]) -> Any:
+        """One attempt of `fn`, the SDK's errors as ProviderFailures."""
+        sdk = importlib.import_module(self.sdk_name)
+        try:
+            return await fn(self.client)
+        except Exception as exc:
+            failure = failure_from_sdk(sdk, exc, self.redact)
+            if failure is None:
+                raise
+            raise failure from None
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -217,6 +262,7 @@ class OpenAIBatches:
 
     provider = "openai"
     endpoint = "/v1/chat/completions"
+    page_size = 100  # batches per listing page (the API allows 1 to 100)
 
     def __init__(self, settings: TeacherSettings, client: Any = None):
         from distill.teachers import openai_api
@@ -235,23 +281,35 @@ class OpenAIBatches:
         body = self._api.chat_arguments(self.model, request, official=self.official)
         return _jsonl({"custom_id": custom_id, "method": "POST", "url": self.endpoint, "body": body})
 
-    async def submit(self, lines: Sequence[bytes], label: str) -> BatchState:
+    async def submit(self, lines: Sequence[bytes], label: str, known_ids: frozenset[str] = frozenset()) -> BatchState:
         data = b"".join(lines)
         upload = await self.calls(lambda c: c.files.create(file=(f"{label}.jsonl", data, "application/jsonl"),
                                                            purpose="batch"), f"upload of batch {label}")
-        batch = await self.calls(lambda c: c.batches.create(input_file_id=upload.id, endpoint=self.endpoint,
-                                                            completion_window=COMPLETION_WINDOW,
-                                                            metadata={"distill_part": label}),
-                                 f"creation of batch {label}", idempotent=False)
-        return self._state(batch)
+        lost = LostBatch(label, len(lines), time.time(), known_ids)
+
+        async def create(c: Any) -> BatchState:
+            return self._state(await c.batches.create(input_file_id=upload.id, endpoint=self.endpoint,
+                                                      completion_window=COMPLETION_WINDOW,
+                                                      metadata={"distill_part": label}))
+
+        return await self.calls.create(create, f"creation of batch {label}", lambda: self.find(lost))
 
     async def find(self, lost: LostBatch) -> BatchState | None:
-        """The batch created for `lost` by a run that died before writing its id down: the most
-        recent of the last 100 batches whose metadata names the part."""
-        page = await _listing(self.calls, lambda c: c.batches.list(limit=100), "listing of recent batches")
-        for batch in page.data if page is not None else []:
+        """The batch created for `lost` by a run that died before writing its id down: the newest
+        batch whose metadata names the part, among those created since CLOCK_SKEW_S before the
+        part was recorded (read page after page, newest first, at most MAX_LISTED)."""
+        found = await _listing(self.calls, lambda c: self._named(c, lost), "listing of recent batches")
+        return self._state(found) if found is not None else None
+
+    async def _named(self, client: Any, lost: LostBatch) -> Any | None:
+        earliest = lost.since - CLOCK_SKEW_S
+        read = 0
+        async for batch in client.batches.list(limit=self.page_size):
+            read += 1
+            if read > MAX_LISTED or (batch.created_at is not None and batch.created_at < earliest):
+                return None  # (a compatible server that gives no creation time is read to the end)
             if (batch.metadata or {}).get("distill_part") == lost.label and batch.id not in lost.known_ids:
-                return self._state(batch)
+                return batch
         return None
 
     async def retrieve(self, batch_id: str) -> BatchState:
@@ -336,11 +394,14 @@ class AnthropicBatches:
         params, _ = self._api.message_arguments(self.model, request)
         return _jsonl({"custom_id": custom_id, "params": params})
 
-    async def submit(self, lines: Sequence[bytes], label: str) -> BatchState:
+    async def submit(self, lines: Sequence[bytes], label: str, known_ids: frozenset[str] = frozenset()) -> BatchState:
         requests = [json.loads(line) for line in lines]
-        batch = await self.calls(lambda c: c.messages.batches.create(requests=requests),
-                                 f"creation of batch {label}", idempotent=False)
-        return self._state(batch)
+        lost = LostBatch(label, len(lines), time.time(), known_ids)
+
+        async def create(c: Any) -> BatchState:
+            return self._state(await c.messages.batches.create(requests=requests))
+
+        return await self.calls.create(create, f"creation of batch {label}", lambda: self.find(lost))
 
     async def find(self, lost: LostBatch) -> BatchState | None:
         """The batch created for `lost` by a run that died before writing its id down.

@@ -12,7 +12,8 @@ Three gates stand before every attempt, in this order:
 The buckets adapt to the provider's headers when present (`x-ratelimit-*` from OpenAI and
 compatible servers, `anthropic-ratelimit-*` from Anthropic): a reported limit lower than the
 configured one (or the first one seen, when none is configured) becomes the pacing rate, a
-reported `remaining` (brought up to date) lowers the bucket when it is clearly below it.
+reported `remaining` (brought up to date) lowers the bucket when it is clearly below it. A header
+that is no finite number ("inf" from a server without limits, "nan") is ignored.
 
 Buckets hold 90% of one second of burst by default: a full minute's worth would let a fresh client
 fire a whole minute's quota at once, which providers meter more finely than per minute, and the
@@ -23,6 +24,7 @@ arrives, not when we send it), so a client pacing at exactly the limit does not 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -98,10 +100,13 @@ class RateInfo:
 
 
 def _int(text: str | None) -> int | None:
+    """A header's number, or None when it is absent or no finite number ("inf", "nan", "1e400"
+    and the like say nothing to pace by)."""
     try:
-        return int(float(text)) if text is not None else None
+        value = float(text) if text is not None else math.nan
     except ValueError:
         return None
+    return int(value) if math.isfinite(value) else None
 
 
 def parse_rate_headers(headers: Mapping[str, str]) -> RateInfo:

@@ -4,10 +4,15 @@ The SDKs' own retries are off (`max_retries=0`), so nothing retries twice and ev
 through the pacer. A backend turns each failed attempt into a `ProviderFailure` (status, reason,
 `retry-after`, headers); `RetryLoop` decides with tenacity:
 
-    retried       connection errors, timeouts, malformed bodies, 408, 409, 429, 5xx and 529,
-                  with jittered exponential backoff, or exactly the server's `retry-after-ms` /
-                  `retry-after` when it sends one
-    never         400, 401, 403, 404, 422 and any other 4xx: the same request fails the same way
+    retried       connection errors, timeouts, bodies cut short (not a whole JSON document),
+                  408, 409, 429, 5xx and 529, with jittered exponential backoff, or exactly the
+                  server's `retry-after-ms` / `retry-after` when it sends one
+    never         400, 401, 403, 404, 422 and any other 4xx: the same request fails the same way;
+                  and a whole answer that cannot be read (well-formed JSON without the fields of
+                  a completion, or no JSON at all): the provider produced and bills it, and the
+                  same request would get the same, so it is not bought again up to `max_retries`
+                  times; the request fails (`malformed_response`), its row records it, and the
+                  next run asks again
     stop at once  an exhausted quota (OpenAI `insufficient_quota`, HTTP 402, Anthropic "credit
                   balance is too low"): `QuotaExhausted` is raised, and every later call on the
                   same loop raises it too without touching the network, so a batch stops
@@ -19,10 +24,11 @@ A final failure becomes a `TeacherError` whose `reason` tag (`rate_limited`, `se
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -116,8 +122,12 @@ def failure_from_sdk(sdk: Any, exc: BaseException, redact: Callable[[str], str] 
         return transport_failure("timeout", exc, redact)
     if isinstance(exc, sdk.APIConnectionError):
         return transport_failure("connection", exc, redact)
-    if isinstance(exc, (sdk.APIResponseValidationError, ValueError, KeyError, TypeError, AttributeError)):
+    if isinstance(exc, json.JSONDecodeError):  # bytes that are not a whole document: cut short on the way
         return transport_failure("malformed_response", exc, redact)
+    if isinstance(exc, (sdk.APIResponseValidationError, ValueError, KeyError, TypeError, AttributeError)):
+        failure = transport_failure("malformed_response", exc, redact)
+        return replace(failure, final=True, message=failure.message + "; the answer came back whole, and is "
+                       "billed, but cannot be read: not bought again")
     return None
 
 
