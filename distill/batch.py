@@ -66,7 +66,7 @@ from typing import Any, Awaitable, Callable, Iterator, Mapping, Sequence
 
 from distill.cache import CachedTeacher, CacheStore, Entry, cache_key, canonical_request, entry_of, key_of, storable
 from distill.errors import BatchesPending, CacheError, DistillError, InputError, TeacherError
-from distill.records import content_hash, write_jsonl
+from distill.records import content_hash, write_atomic, write_jsonl
 from distill.teachers.base import Completion, Deferred, Request, Teacher, Usage
 from distill.teachers.batches import BatchClient, BatchState, LostBatch, Outcome, batch_client, split
 from distill.teachers.pricing import PriceTable
@@ -176,11 +176,7 @@ class BatchBook:
             parts = self.parts()
             yield parts
             doc = {"format": BOOK_FORMAT, "version": BOOK_VERSION, "batches": [asdict(p) for p in parts]}
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
 
     def submitting_lock(self, name: str) -> Path:
         """The file the process creating part `name`'s batch holds locked while it does."""

@@ -183,7 +183,7 @@ class _Calls:
     def __init__(self, settings: TeacherSettings, make_client: Callable[[TeacherSettings], Any], client: Any = None):
         self.sdk_name = settings.backend
         self.retry = RetryLoop(f"{settings.name} batches", max_retries=settings.max_retries)
-        self.redact = settings.api_key.redact if settings.api_key is not None else str
+        self.redact = settings.redact  # the key and any credentials in the base URL
         self._settings = replace(settings, timeout=max(settings.timeout, TRANSFER_TIMEOUT_S))
         self._make_client = make_client
         self._client = client
