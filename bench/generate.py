@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_prompts(n: int) -> list:
-    from distill.records import read_prompts
+    from distill.records.prompts import read_prompts
 
     prompts = read_prompts(ROOT / "prompts/examples/train.jsonl") + read_prompts(ROOT / "prompts/examples/heldout.jsonl")
     if n > len(prompts):

@@ -51,7 +51,7 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 
 def make_teacher(rows: list[dict[str, Any]]):  # type: ignore[no-untyped-def]
     """A constraint-repair teacher: it knows each prompt's question, instruction and check."""
-    from distill.checks import parse_reference, run_checks
+    from distill.checks.reference import parse_reference, run_checks
 
     questions = question_index()
     by_prompt = {r["prompt"]: (r, parse_reference(r["reference"])) for r in rows}
@@ -79,13 +79,13 @@ def make_teacher(rows: list[dict[str, Any]]):  # type: ignore[no-untyped-def]
 
 def general_scores(adapter: Path | None, rows: list[dict[str, Any]], max_new_tokens: int) -> list[bool]:
     """Per general-knowledge prompt, whether the (base or tuned) student's greedy answer passes its check."""
-    from distill.records import parse_prompt
+    from distill.records.prompts import parse_prompt
     from distill.student import GenerationParams, Student
 
     prompts = [parse_prompt(r) for r in rows]
     student = Student.load(adapter=adapter)
     answers = student.answer(prompts, GenerationParams(max_new_tokens=max_new_tokens), batch_size=32)
-    from distill.checks import run_checks
+    from distill.checks.reference import run_checks
 
     return [run_checks(p.checks, a.text).passed for p, a in zip(prompts, answers)]
 

@@ -50,7 +50,8 @@ def bench_data(path: Path | None, student_source: str | None) -> Path:
     if path is not None:
         return path
     from distill.config import cache_dir
-    from distill.records import read_prompts, write_jsonl
+    from distill.records.files import write_jsonl
+    from distill.records.prompts import read_prompts
     from distill.student import GenerationParams, Student
 
     cached = cache_dir() / "bench" / "train-data.jsonl"

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from distill.records import JsonlSink, Prompt
+from distill.records.jsonl import JsonlSink
+from distill.records.prompts import Prompt
 from distill.student import GenerationParams, ModelIdentity, Student, model_identity
 
 

@@ -66,7 +66,8 @@ from typing import Any, Awaitable, Callable, Iterator, Mapping, Sequence
 
 from distill.cache import CachedTeacher, CacheStore, Entry, cache_key, canonical_request, entry_of, key_of, storable
 from distill.errors import BatchesPending, CacheError, DistillError, InputError, TeacherError
-from distill.records import content_hash, write_atomic, write_jsonl
+from distill.records.files import write_atomic, write_jsonl
+from distill.records.ids import content_hash
 from distill.teachers.base import Completion, Deferred, Request, Teacher, Usage
 from distill.teachers.batches import BatchClient, BatchState, LostBatch, Outcome, batch_client, split
 from distill.teachers.pricing import PriceTable

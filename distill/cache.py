@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, Ty
 
 from distill import config
 from distill.errors import CacheError, ConfigError
-from distill.records import canonical_json
+from distill.records.ids import canonical_json
 from distill.teachers.base import Completion, Deferred, Request, Teacher, Usage
 from distill.teachers.settings import FLAG_VALUES, TeacherSettings, parse_flag
 

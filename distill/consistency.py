@@ -13,8 +13,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from distill.checks import last_number
-from distill.similarity import normalise
+from distill.checks.reference import last_number
+from distill.checks.similarity import normalise
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from distill.accounting import Ledger
 from distill.cache import OfflineMiss
 from distill.errors import QuotaExhausted, SystematicFailure, TeacherError
 from distill.protocol import ProtocolFailure, Settings, ask, critique_request, parse_critique
-from distill.records import JsonlSink, content_hash
+from distill.records.ids import content_hash
+from distill.records.jsonl import JsonlSink
 from distill.teachers.base import Deferred, Teacher
 from distill.templates import Principle, PromptSet
 

@@ -72,5 +72,5 @@ class BatchesPending(DistillError):
 
 
 class RunInUse(DistillError):
-    """Another live process holds the run directory's lock (`records.run_lock`); the message names
+    """Another live process holds the run directory's lock (`distill.records.files.run_lock`); the message names
     it. Two processes on one run would corrupt each other's files and pay the teacher twice."""

@@ -22,10 +22,10 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from distill.checks import run_checks
+from distill.checks.reference import run_checks
 from distill.gate import Interval, bootstrap_ci
 from distill.protocol import ProtocolFailure, Settings, judge_both_orders
-from distill.records import Prompt
+from distill.records.prompts import Prompt
 from distill.student import GenerationParams, Student
 from distill.teachers.base import Teacher
 from distill.templates import PromptSet

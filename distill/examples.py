@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from distill.errors import ModelError
-from distill.records import Prompt, _parse_messages, content_hash, parse_prompt, read_rows
+from distill.records.ids import content_hash
+from distill.records.jsonl import read_rows
+from distill.records.prompts import Prompt, parse_messages, parse_prompt
 from distill.student import GenerationParams, Student
 
 IGNORE = -100  # label of a position that carries no loss (prompt tokens and padding)
@@ -71,7 +73,7 @@ def _parse_prompt_field(value: Any) -> tuple[Mapping[str, str], ...]:
     if isinstance(value, str):
         value = [{"role": "user", "content": value}]
     try:
-        return _parse_messages(value)
+        return parse_messages(value)
     except ValueError as exc:
         raise ValueError(str(exc).replace("field 'messages", "field 'prompt")) from None
 
@@ -100,7 +102,7 @@ def _split_messages(value: Any) -> tuple[tuple[Mapping[str, str], ...], str]:
     content = last.get("content")
     if not isinstance(content, str) or not content.strip():
         raise ValueError(f"field 'messages[{len(value) - 1}].content': expected a non-empty string")
-    return _parse_messages(value[:-1]), content
+    return parse_messages(value[:-1]), content
 
 
 EXAMPLE_ROW = (', e.g. {"prompt": [{"role": "user", "content": "Hi"}], '

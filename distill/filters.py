@@ -38,7 +38,7 @@ from importlib.metadata import entry_points
 from typing import Any, Awaitable, Callable, Mapping
 
 from distill.accounting import Ledger
-from distill.checks import Check, parse_reference, run_checks
+from distill.checks.reference import Check, parse_reference, run_checks
 from distill.errors import ConfigError
 from distill.protocol import Settings, judge_both_orders
 from distill.teachers.base import Teacher

@@ -31,11 +31,14 @@ from distill.accounting import CostFn, Ledger, no_prices
 from distill.answer import answer_to_file
 from distill.batch import BatchMode, batch_summary, open_batches, settle, summary_line
 from distill.cache import CachedTeacher, OfflineMiss, offline_from_env, open_teacher
+from distill.checks.similarity import near_duplicates
 from distill.critique import revise_all, revision_id, teacher_key
 from distill.errors import CacheError, QuotaExhausted, TeacherError
 from distill.protocol import ProtocolFailure, Settings
-from distill.records import JsonlSink, Prompt, content_hash, run_lock, write_atomic, write_jsonl
-from distill.similarity import near_duplicates
+from distill.records.files import run_lock, write_atomic, write_jsonl
+from distill.records.ids import content_hash
+from distill.records.jsonl import JsonlSink
+from distill.records.prompts import Prompt
 from distill.student import GenerationParams
 from distill.teachers.base import Deferred, Teacher
 from distill.teachers.none import NAME as NO_TEACHER
@@ -290,7 +293,7 @@ def run_round(config: RunConfig, prompts: Sequence[Prompt], teacher: Teacher | N
 
     The teacher is the configured one behind the cache unless one is given (any `Teacher`); with
     the teacher `none` the round self-trains (`distill.self_training`) and calls no teacher.
-    Another process working on the same run directory is an error (`records.run_lock`)."""
+    Another process working on the same run directory is an error (`distill.records.files.run_lock`)."""
     with run_lock(config.run_dir):
         prompt_set, chain = _templates(config)
         teacher, settings = (teacher, None) if teacher else open_round_teacher(

@@ -22,7 +22,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from distill.records import canonical_json
+from distill.records.ids import canonical_json
 from distill.teachers.base import Completion, Request, Teacher
 from distill.templates import Principle, PromptSet
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from distill.errors import InputError
-from distill.records import read_rows, write_jsonl
+from distill.records.files import write_jsonl
+from distill.records.jsonl import read_rows
 
 COLUMNS = ("id", "prompt", "original", "revision", "decision", "edited", "note")
 DECISIONS = ("accept", "reject", "edit")

@@ -30,10 +30,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from distill.errors import InputError
 from distill.gate import Policy, decide
 from distill.pipeline import RunConfig, no_teacher, open_round_teacher, run_round
-from distill.errors import InputError
-from distill.records import Prompt, _read_text, read_answers, read_prompts, run_lock, write_atomic, write_jsonl
+from distill.records.files import run_lock, write_atomic, write_jsonl
+from distill.records.jsonl import read_text
+from distill.records.prompts import Prompt, read_answers, read_prompts
 
 STATE = "rounds.json"
 
@@ -61,7 +63,7 @@ def load_state(root: Path) -> dict[str, Any]:
     if not path.exists():
         return {"rounds": []}
     try:
-        return json.loads(_read_text(path))
+        return json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
 
@@ -100,14 +102,14 @@ def _replay_sets(config: RoundsConfig, held_cfg: RunConfig) -> tuple[list[Any], 
 def _prompt_key(text: str) -> str:
     """What makes two prompts the same for the leakage check: their words, case and punctuation aside
     (`similarity.normalise`); a prompt without words is compared as written, case aside."""
-    from distill.similarity import normalise
+    from distill.checks.similarity import normalise
 
     return normalise(text) or text.strip().casefold()
 
 
 def run_rounds(config: RoundsConfig, prompts: Sequence[Prompt]) -> dict[str, Any]:
     """Run up to `config.rounds` rounds; returns the state written to rounds.json. Another process
-    working on the same run is an error (`records.run_lock`), as for a single round."""
+    working on the same run is an error (`distill.records.files.run_lock`), as for a single round."""
     root = config.run.run_dir
     root.mkdir(parents=True, exist_ok=True)
     with run_lock(root):

@@ -21,9 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from distill.checks import parse_reference, run_checks
+from distill.checks.reference import parse_reference, run_checks
 from distill.consistency import agreement
-from distill.records import content_hash
+from distill.records.ids import content_hash
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ from typing import Any, Iterator, Sequence
 from distill import embedded
 from distill.config import cache_dir, student_source
 from distill.errors import ConfigError, InputError, ModelError
-from distill.records import Prompt, content_hash
+from distill.records.ids import content_hash
+from distill.records.prompts import Prompt
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 

@@ -53,10 +53,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from distill.errors import ConfigError, InputError, ModelError
-from distill.examples import (IGNORE, Encoded, Example, answer_replay, collate, encode_all, head_logits,
-                              read_examples, summed_kl)
-from distill.records import (MAX_REPORTED_ERRORS, Prompt, content_hash, fsync_dir, fsync_files, write_atomic,
-                             write_jsonl)
+from distill.examples import (IGNORE, Encoded, Example, answer_replay, collate, encode_all, head_logits, read_examples,
+                              summed_kl)
+from distill.records.files import fsync_dir, fsync_files, write_atomic, write_jsonl
+from distill.records.ids import content_hash
+from distill.records.jsonl import MAX_REPORTED_ERRORS
+from distill.records.prompts import Prompt
 from distill.student import Student, weights_sha256
 
 CHECKPOINTS = "checkpoints"

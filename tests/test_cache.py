@@ -354,7 +354,7 @@ def test_the_checksum_hashes_the_canonical_json_of_the_response(text: str, token
     import hashlib
 
     from distill.cache import response_checksum
-    from distill.records import canonical_json
+    from distill.records.ids import canonical_json
 
     head = canonical_json([text, "stop", *tokens, "gpt-4o-mini-2024-07-18"])
     expected = hashlib.sha256((head + "\n" + '{"id":"x"}').encode("utf-8")).hexdigest()

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from distill import filters
-from distill.checks import CHECK_TYPES, last_number, parse_reference, run_checks
+from distill.checks.reference import CHECK_TYPES, last_number, parse_reference, run_checks
 from distill.errors import InputError
-from distill.records import read_prompts
+from distill.records.prompts import read_prompts
 
 
 @pytest.mark.parametrize("reference, good, bad", [
@@ -171,7 +171,7 @@ def test_last_number() -> None:
 
 
 def test_every_type_is_documented_and_known() -> None:
-    import distill.checks as checks_module
+    import distill.checks.reference as checks_module
 
     for kind in CHECK_TYPES:
         assert f"| {kind} " in checks_module.__doc__, kind

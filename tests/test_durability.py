@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.records import write_atomic, write_jsonl
+from distill.records.files import write_atomic, write_jsonl
 from fakes import ScriptedTeacher, critique_reply
 
 
@@ -96,9 +96,9 @@ def test_rounds_state_is_written_durably(tmp_path: Path, flushed) -> None:
 def test_training_and_evaluation_results_are_written_durably(tiny_model_dir: Path, tmp_path: Path, flushed) -> None:
     from distill.cli import main
     from distill.examples import Example
-    from distill.rounds import RoundsConfig, _evaluate
     from distill.pipeline import RunConfig
-    from distill.records import Prompt
+    from distill.records.prompts import Prompt
+    from distill.rounds import RoundsConfig, _evaluate
     from distill.train import TrainConfig, train
 
     examples = [Example(id=f"e{i}", prompt=({"role": "user", "content": f"Say {w}."},), completion=w, source="train")

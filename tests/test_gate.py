@@ -16,7 +16,7 @@ import pytest
 
 from distill.evaluate import evaluate
 from distill.gate import Interval, Policy, bootstrap_ci, decide
-from distill.records import parse_prompt
+from distill.records.prompts import parse_prompt
 from distill.student import Student
 from distill.templates import load_prompt_set
 from fakes import ScriptedTeacher, is_judge, judge_reply, quoted_answer

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.records import read_prompts
-from distill.checks import run_checks
+from distill.checks.reference import run_checks
+from distill.records.prompts import read_prompts
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from distill import instructions
-from distill.checks import CHECK_TYPES, parse_reference
+from distill.checks import instructions
+from distill.checks.reference import CHECK_TYPES, parse_reference
 
 
 def test_sentences_follow_punkt_abbreviations() -> None:
@@ -45,7 +45,7 @@ def test_relations(n: int, count: int, relation: str, expected: bool) -> None:
 
 
 def test_every_ifeval_id_maps_to_a_check_type_and_its_fields() -> None:
-    import distill.checks as checks
+    import distill.checks.reference as checks
 
     assert len(instructions.IFEVAL) == 25  # IFEval's registry
     for ident, (kind, renames, fixed) in instructions.IFEVAL.items():
@@ -55,7 +55,7 @@ def test_every_ifeval_id_maps_to_a_check_type_and_its_fields() -> None:
 
 
 def test_user_text_is_escaped_before_it_becomes_a_pattern() -> None:
-    from distill.checks import run_checks
+    from distill.checks.reference import run_checks
 
     checks = parse_reference([{"type": "keywords", "words": ["c++"]}, {"type": "forbidden_words", "words": ["(a+)+"]},
                               {"type": "sections", "count": 1, "splitter": "Part."},

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from distill.pipeline import RunConfig, critique_answers, run_round
-from distill.records import Prompt, parse_prompt, read_answers
+from distill.records.prompts import Prompt, parse_prompt, read_answers
 from distill.student import GenerationParams
 from fakes import ScriptedTeacher, critique_reply, is_judge, judge_reply, quoted_answer
 
@@ -200,7 +200,7 @@ def test_a_second_process_on_the_same_run_fails_fast_naming_the_first(tmp_path, 
     import os
 
     from distill.errors import RunInUse
-    from distill.records import run_lock
+    from distill.records.files import run_lock
 
     cfg = config(tmp_path, tiny_model_dir)
     teacher = ScriptedTeacher(script)

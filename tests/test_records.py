@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from distill.errors import InputError
-from distill.records import JsonlSink, Prompt, content_hash, read_prompts, run_lock, write_jsonl
+from distill.records.files import run_lock, write_jsonl
+from distill.records.ids import content_hash
+from distill.records.jsonl import JsonlSink
+from distill.records.prompts import Prompt, read_prompts
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:
@@ -153,7 +156,7 @@ def test_sink_keeps_every_valid_row_and_reports_each_bad_line(tmp_path: Path, ca
     assert JsonlSink(out).skipped == []
 
 
-LOCK_AND_EXIT = "import sys\nfrom distill.records import run_lock\nwith run_lock(sys.argv[1]):\n    pass"
+LOCK_AND_EXIT = "import sys\nfrom distill.records.files import run_lock\nwith run_lock(sys.argv[1]):\n    pass"
 
 
 def test_run_lock_keeps_a_second_process_off_the_run_and_names_the_first(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from distill.errors import ConfigError, InputError, ModelError
-from distill.records import Prompt
+from distill.records.prompts import Prompt
 from distill.student import GenerationParams, Student, answer_id
 
 PROMPTS = [

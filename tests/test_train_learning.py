@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from distill.records import Prompt
-from distill.student import GenerationParams, Student
 from distill.examples import Example, completion_nll
+from distill.records.prompts import Prompt
+from distill.student import GenerationParams, Student
 from distill.train import TrainConfig, read_loss_log, train
 
 pytestmark = pytest.mark.slow

@@ -221,7 +221,7 @@ def entry_to_export(entry: Entry) -> dict[str, Any]:
 def entry_from_export(row: Any) -> Entry:
     """Rebuild an Entry from an export row, re-canonicalising; raises ValueError naming the field."""
     from distill.cache import Entry
-    from distill.records import canonical_json
+    from distill.records.ids import canonical_json
 
     if not isinstance(row, dict):
         raise ValueError(f"expected a JSON object, got {type(row).__name__}")

@@ -156,7 +156,7 @@ def _config(args: argparse.Namespace, generation=None):  # type: ignore[no-untyp
 
 def run_command(args: argparse.Namespace) -> int:
     from distill.pipeline import run_round
-    from distill.records import read_prompts
+    from distill.records.prompts import read_prompts
 
     prompts = read_prompts(args.prompts)  # validate before any model loads
     config = _config(args, generation_params(args))
@@ -170,8 +170,8 @@ def run_command(args: argparse.Namespace) -> int:
 def _run_rounds(args: argparse.Namespace, config, prompts) -> int:  # type: ignore[no-untyped-def]
     from distill.cli.evaluate import policy_of
     from distill.errors import ConfigError
+    from distill.records.prompts import read_prompts
     from distill.report import load, summary_table
-    from distill.records import read_prompts
     from distill.rounds import RoundsConfig, run_rounds
 
     if args.rounds < 1:
@@ -191,7 +191,7 @@ def _run_rounds(args: argparse.Namespace, config, prompts) -> int:  # type: igno
 
 def critique_command(args: argparse.Namespace) -> int:
     from distill.pipeline import critique_answers
-    from distill.records import read_answers
+    from distill.records.prompts import read_answers
 
     answers = read_answers(args.answers)
     config = _config(args)

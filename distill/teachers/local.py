@@ -31,7 +31,7 @@ from importlib import metadata
 from typing import Any, Callable, Mapping, Sequence
 
 from distill.errors import DistillError, TeacherError
-from distill.records import content_hash
+from distill.records.ids import content_hash
 from distill.teachers.base import Completion, Request, Usage
 from distill.teachers.registry import BackendSpec
 from distill.teachers.settings import TeacherSettings

@@ -7,7 +7,7 @@ grader; these checks are the graders that cannot be pleased. A prompt's `referen
 - an object with a `type` (table below);
 - a list of such objects: every one must pass.
 
-Every field is validated when the prompts file is read (records.py reports FILE:LINE): numbers must
+Every field is validated when the prompts file is read (`distill.records.prompts` reports FILE:LINE): numbers must
 be finite (JSON's NaN and Infinity are refused), counts non-negative integers, relations one of
 "at least", "less than" (strict, as in IFEval), "at most", "exactly". A regex check gives up after
 `timeout` seconds (default 1, at most 10) and then fails with a reason that says it timed out, so
@@ -29,7 +29,7 @@ one catastrophic pattern cannot stall a filter stage or an evaluation.
 | starts_with          | value                                | the stripped answer starts with value, ignoring case |
 | ends_with            | value                                | the stripped answer ends with value, ignoring case   |
 
-Instruction-following checks with IFEval's semantics (distill/instructions.py says how each is
+Instruction-following checks with IFEval's semantics (distill/checks/instructions.py says how each is
 measured and why it is computed there):
 
 | type                 | fields (default)                     | passes when                                          |
@@ -77,8 +77,8 @@ from typing import Any
 
 import regex
 
-from distill import instructions
-from distill.instructions import IFEVAL, RELATIONS, Predicate
+from distill.checks import instructions
+from distill.checks.instructions import IFEVAL, RELATIONS, Predicate
 
 REGEX_TIMEOUT_S = 1.0
 MAX_REGEX_TIMEOUT_S = 10.0

@@ -4,7 +4,7 @@ IFEval (Zhou et al. 2023, "Instruction-Following Evaluation for Large Language M
 instructions whose following a program can verify: "no commas", "fewer than 3 sentences", "wrap the
 answer in JSON", "at least 2 placeholders like [name]"... distill's `reference` checks expose them
 under short type names (`no_comma`, `max_sentences`, `json`, `placeholders`...) and, through
-`{"type": "ifeval", "id": "...", "kwargs": {...}}`, under IFEval's own ids. checks.py validates the
+`{"type": "ifeval", "id": "...", "kwargs": {...}}`, under IFEval's own ids. reference.py validates the
 fields and runs the checks; this module holds the predicates, each `(answer, params) -> bool`, with
 IFEval's semantics (its `check_following` of the same instruction), and the table from IFEval ids
 to them.
