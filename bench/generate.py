@@ -36,7 +36,7 @@ def load_prompts(n: int) -> list:
 def worker(mode: str, n: int, new_tokens: int, batch_size: int, student_source: str | None) -> dict:
     import torch
 
-    from distill.student import GenerationParams, Student
+    from distill.student.model import GenerationParams, Student
 
     prompts = load_prompts(n)
     student = Student.load(student_source)

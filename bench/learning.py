@@ -80,7 +80,7 @@ def make_teacher(rows: list[dict[str, Any]]):  # type: ignore[no-untyped-def]
 def general_scores(adapter: Path | None, rows: list[dict[str, Any]], max_new_tokens: int) -> list[bool]:
     """Per general-knowledge prompt, whether the (base or tuned) student's greedy answer passes its check."""
     from distill.records.prompts import parse_prompt
-    from distill.student import GenerationParams, Student
+    from distill.student.model import GenerationParams, Student
 
     prompts = [parse_prompt(r) for r in rows]
     student = Student.load(adapter=adapter)

@@ -52,7 +52,7 @@ def bench_data(path: Path | None, student_source: str | None) -> Path:
     from distill.config import cache_dir
     from distill.records.files import write_jsonl
     from distill.records.prompts import read_prompts
-    from distill.student import GenerationParams, Student
+    from distill.student.model import GenerationParams, Student
 
     cached = cache_dir() / "bench" / "train-data.jsonl"
     if cached.is_file():
@@ -93,7 +93,7 @@ def worker_trl(mode: str, data: Path, steps: int, batch_size: int, lr: float, st
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from distill.student import resolve_source
+    from distill.student.model import resolve_source
 
     directory = resolve_source(student_source)[0]
     rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]

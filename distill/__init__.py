@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 from distill.errors import DistillError
 
 if TYPE_CHECKING:
-    from distill.student import GenerationParams, Student
+    from distill.student.model import GenerationParams, Student
 
 __all__ = ["DistillError", "GenerationParams", "Student", "__version__"]
 
@@ -26,7 +26,7 @@ __all__ = ["DistillError", "GenerationParams", "Student", "__version__"]
 def __getattr__(name: str) -> Any:
     # Lazy: `import distill` must not import torch/transformers (the CLI validates input first).
     if name in ("Student", "GenerationParams"):
-        from distill import student
+        from distill.student import model
 
-        return getattr(student, name)
+        return getattr(model, name)
     raise AttributeError(f"module 'distill' has no attribute {name!r}")

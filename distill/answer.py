@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from distill.records.jsonl import JsonlSink
 from distill.records.prompts import Prompt
-from distill.student import GenerationParams, ModelIdentity, Student, model_identity
+from distill.student.model import GenerationParams, ModelIdentity, Student, model_identity
 
 
 def _reusable(rows: Any, prompts: Sequence[Prompt], identity: ModelIdentity,

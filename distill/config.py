@@ -2,7 +2,7 @@
 
 `DISTILL_CACHE_DIR` relocates the cache (converted models, teacher-call cache); the default is
 `./cache` under the current directory, which is the repository's own `cache/` folder when run
-from a checkout. `DISTILL_STUDENT` picks the student model (see `distill.student`).
+from a checkout. `DISTILL_STUDENT` picks the student model (see `distill.student.model`).
 """
 
 from __future__ import annotations

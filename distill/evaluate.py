@@ -26,7 +26,7 @@ from distill.checks.reference import run_checks
 from distill.gate import Interval, bootstrap_ci
 from distill.protocol import ProtocolFailure, Settings, judge_both_orders
 from distill.records.prompts import Prompt
-from distill.student import GenerationParams, Student
+from distill.student.model import GenerationParams, Student
 from distill.teachers.base import Teacher
 from distill.templates import PromptSet
 

@@ -20,7 +20,7 @@ from distill.errors import ModelError
 from distill.records.ids import content_hash
 from distill.records.jsonl import read_rows
 from distill.records.prompts import Prompt, parse_messages, parse_prompt
-from distill.student import GenerationParams, Student
+from distill.student.model import GenerationParams, Student
 
 IGNORE = -100  # label of a position that carries no loss (prompt tokens and padding)
 

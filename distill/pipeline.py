@@ -39,7 +39,7 @@ from distill.records.files import run_lock, write_atomic, write_jsonl
 from distill.records.ids import content_hash
 from distill.records.jsonl import JsonlSink
 from distill.records.prompts import Prompt
-from distill.student import GenerationParams
+from distill.student.model import GenerationParams
 from distill.teachers.base import Deferred, Teacher
 from distill.teachers.none import NAME as NO_TEACHER
 from distill.teachers.settings import masked_identity

@@ -190,7 +190,7 @@ def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> 
 def _base_answers(config: RoundsConfig, prompts: Sequence[Prompt], output: Path) -> list[dict[str, Any]]:
     """The base student's greedy answers to `prompts` into `output` (replay and forgetting sets)."""
     from distill.answer import answer_to_file
-    from distill.student import GenerationParams
+    from distill.student.model import GenerationParams
 
     params = GenerationParams(max_new_tokens=config.run.generation.max_new_tokens)
     return answer_to_file(prompts, output, params, source=config.run.student, batch_size=config.run.batch_size)
@@ -201,7 +201,7 @@ def _evaluate(config: RoundsConfig, number: int, current: str | None, adapter: P
               judge: bool = True) -> Any:
     """Evaluate `adapter` against the current student; the judge runs when `judge` and the config allow it."""
     from distill.evaluate import evaluate
-    from distill.student import Student
+    from distill.student.model import Student
     from distill.templates import load_prompt_set
 
     cur = Student.load(config.run.student, adapter=current)

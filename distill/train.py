@@ -59,7 +59,7 @@ from distill.records.files import fsync_dir, fsync_files, write_atomic, write_js
 from distill.records.ids import content_hash
 from distill.records.jsonl import MAX_REPORTED_ERRORS
 from distill.records.prompts import Prompt
-from distill.student import Student, weights_sha256
+from distill.student.model import Student, weights_sha256
 
 CHECKPOINTS = "checkpoints"
 LOSS_LOG = "loss.jsonl"

@@ -18,7 +18,7 @@ def smollm_tokenizer():
     """The real SmolLM2 tokenizer, read from the GGUF shipped in the installed package."""
     from transformers import AutoTokenizer
 
-    from distill import embedded
+    from distill.student import embedded
 
     gguf = embedded.gguf_path()
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -47,7 +47,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm_tokenizer) -
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
     """The converted embedded student under the default cache (converted once, then reused)."""
-    from distill import embedded
+    from distill.student import embedded
 
     return embedded.ensure_converted()
 
@@ -55,7 +55,7 @@ def embedded_dir() -> Path:
 @pytest.fixture(scope="session")
 def student(embedded_dir: Path):
     """The real embedded SmolLM2-135M-Instruct, loaded once per test session."""
-    from distill.student import Student
+    from distill.student.model import Student
 
     return Student.load(embedded_dir)
 

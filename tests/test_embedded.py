@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from distill import embedded
 from distill.errors import ModelError
-from distill.student import GenerationParams, Student
+from distill.student import embedded
+from distill.student.model import GenerationParams, Student
 
 pytestmark = pytest.mark.slow
 

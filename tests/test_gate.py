@@ -17,7 +17,7 @@ import pytest
 from distill.evaluate import evaluate
 from distill.gate import Interval, Policy, bootstrap_ci, decide
 from distill.records.prompts import parse_prompt
-from distill.student import Student
+from distill.student.model import Student
 from distill.templates import load_prompt_set
 from fakes import ScriptedTeacher, is_judge, judge_reply, quoted_answer
 
@@ -118,8 +118,8 @@ def test_the_gate_refuses_a_worse_adapter(peaked_model_dir: Path, yes_adapter: P
 
 
 def test_the_gate_refuses_an_adapter_that_forgets(peaked_model_dir: Path, yes_adapter: Path) -> None:
-    from distill.student import GenerationParams
     from distill.examples import Example
+    from distill.student.model import GenerationParams
 
     base, better = Student.load(peaked_model_dir), Student.load(peaked_model_dir, adapter=yes_adapter)
     own = base.answer([f"Tell me about topic {i}." for i in range(6)], GenerationParams(max_new_tokens=12))

@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
 
-from distill import embedded  # noqa: E402
+from distill.student import embedded  # noqa: E402
 from distill.protocol import extract_json  # noqa: E402
 from distill.teachers.base import Request  # noqa: E402
 from distill.teachers.registry import create_backend  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 
 from distill.pipeline import RunConfig, critique_answers, run_round
 from distill.records.prompts import Prompt, parse_prompt, read_answers
-from distill.student import GenerationParams
+from distill.student.model import GenerationParams
 from fakes import ScriptedTeacher, critique_reply, is_judge, judge_reply, quoted_answer
 
 ROWS = [

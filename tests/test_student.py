@@ -9,7 +9,7 @@ import pytest
 
 from distill.errors import ConfigError, InputError, ModelError
 from distill.records.prompts import Prompt
-from distill.student import GenerationParams, Student, answer_id
+from distill.student.model import GenerationParams, Student, answer_id
 
 PROMPTS = [
     "What is the capital of France?",

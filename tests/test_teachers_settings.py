@@ -263,7 +263,7 @@ def test_distill_config_fails_naming_the_variable_when_a_key_is_missing(monkeypa
 
 
 def test_distill_config_identity_of_the_local_default(capsys: pytest.CaptureFixture) -> None:
-    from distill import embedded
+    from distill.student import embedded
 
     assert main(["config", "--identity", "--json"]) == 0
     identity = json.loads(capsys.readouterr().out)["identity"]

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from distill.errors import ConfigError, InputError, ModelError
-from distill.student import Student
 from distill.examples import (IGNORE, Example, collate, completion_losses, completion_nll, encode, read_examples,
                               read_replay)
+from distill.student.model import Student
 from distill.train import TrainConfig, epoch_batches, read_loss_log, replay_count, split_by_tokens, train
 
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "candle"]

@@ -21,7 +21,7 @@ import pytest
 
 from distill.examples import Example, completion_nll
 from distill.records.prompts import Prompt
-from distill.student import GenerationParams, Student
+from distill.student.model import GenerationParams, Student
 from distill.train import TrainConfig, read_loss_log, train
 
 pytestmark = pytest.mark.slow

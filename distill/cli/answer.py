@@ -56,7 +56,7 @@ def at_least_one(flag: str):  # type: ignore[no-untyped-def]
 
 
 def generation_params(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from distill.student import GenerationParams
+    from distill.student.model import GenerationParams
 
     return GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             top_p=args.top_p, samples=args.samples, seed=args.seed)

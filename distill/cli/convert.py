@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from distill import embedded
+    from distill.student import embedded
 
     directory = embedded.ensure_converted(force=args.force)
     identity = embedded.check_converted(directory)

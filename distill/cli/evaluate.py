@@ -62,7 +62,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from distill.pipeline import open_round_teacher
     from distill.records.files import write_atomic
     from distill.records.prompts import read_prompts
-    from distill.student import Student
+    from distill.student.model import Student
     from distill.templates import load_prompt_set
 
     prompts = read_prompts(args.prompts)

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 def merge(adapter: Path, output: Path, *, student: str | None = None, dtype: str = "float32",
           force: bool = False) -> Path:
     """Merge `adapter` into the base model and save base + adapter to `output` as one model."""
-    from distill.student import Student
+    from distill.student.model import Student
 
     if output.exists() and any(output.iterdir()) and not force:
         raise ConfigError(f"{output}: already exists and is not empty; pass --force to replace it")

@@ -160,6 +160,6 @@ def say(message: str) -> None:
 
 
 def _file_sha256(path: Path) -> str:
-    from distill.embedded import sha256_file
+    from distill.student.embedded import sha256_file
 
     return sha256_file(path)

@@ -140,7 +140,7 @@ def _by_sampling(jobs: list[_Job]) -> list[list[_Job]]:
 
 
 def _load_student(source: str | None) -> Any:
-    from distill.student import Student
+    from distill.student.model import Student
 
     return Student.load(source)
 
@@ -353,7 +353,7 @@ def _decoder_version() -> str:
 
 def identity(settings: TeacherSettings) -> dict[str, Any]:
     """Model directory and weights hash, without loading the model."""
-    from distill.student import resolve_source, weights_sha256
+    from distill.student.model import resolve_source, weights_sha256
 
     directory, name, known_sha = resolve_source(model_source(settings))
     return {"backend": "local", "model": settings.model, "name": name, "path": str(directory),

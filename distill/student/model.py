@@ -2,7 +2,7 @@
 
 `Student.load()` picks the model: an explicit source, else `$DISTILL_STUDENT` (a local model
 directory, or a hub id where the user has network), else the embedded SmolLM2-135M-Instruct
-(converted once into the cache, see `distill.embedded`). Every answer records the model's
+(converted once into the cache, see `distill.student.embedded`). Every answer records the model's
 identity, including a SHA-256 of its weights, so any output can be traced to the exact model.
 
 Generation renders each chat with the model's own chat template, sorts prompts by length to cut
@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from distill import embedded
 from distill.config import cache_dir, student_source
 from distill.errors import ConfigError, InputError, ModelError
 from distill.records.ids import content_hash
 from distill.records.prompts import Prompt
+from distill.student import embedded
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 

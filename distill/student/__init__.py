@@ -1,0 +1,11 @@
+"""The student: the small local model that answers, is trained, and is evaluated.
+
+Owns: `model` (loading the embedded default or any transformers causal LM, optionally with a LoRA
+adapter; batched generation; `GenerationParams`, `Answer`, model identities and weight hashes) and
+`embedded` (the SmolLM2-135M-Instruct shipped as GGUF, converted once to safetensors under the cache).
+`from distill import Student, GenerationParams` is the public spelling.
+
+May import: `distill.errors`, `distill.config`, `distill.checks`, `distill.records`.
+Must not import: teachers, stages, training, evaluation or the CLI. (The local teacher backend
+builds on the student, not the other way round.)
+"""
