@@ -34,7 +34,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from loopback_server import LoopbackServer  # noqa: E402  (tests/loopback_server.py)
 
-from distill.cache import CachedTeacher, CacheStore, Entry, cache_path, canonical_request, key_of  # noqa: E402
+from distill.teachers.cache.layer import CachedTeacher  # noqa: E402
+from distill.teachers.cache.entry import Entry
+from distill.teachers.cache.key import canonical_request, key_of
+from distill.teachers.cache.store import CacheStore, cache_path
 from distill.teachers.base import Request  # noqa: E402
 
 IDENTITY = {"provider": "openai", "model": "gpt-4o-mini"}
@@ -111,7 +114,7 @@ def teacher_settings(base_url: str, concurrency: int) -> Any:
 
 
 async def one_batch(settings: Any, cache_dir: Path, n: int, offline: bool) -> float:
-    from distill.cache import open_teacher
+    from distill.teachers.stack import open_teacher
 
     started = time.perf_counter()
     teacher = open_teacher(settings, offline=offline, cache_dir=cache_dir)

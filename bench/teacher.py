@@ -56,7 +56,7 @@ async def _timed_gather(send: Callable[[int], Awaitable[Any]], n: int) -> list[t
 async def _distill(url: str, n: int, rpm: int | None) -> list[tuple[bool, float]]:
     from distill.teachers.base import Request
     from distill.teachers.registry import create_backend
-    from distill.teachers.settings import resolve_settings
+    from distill.teachers.resolve import resolve_settings
 
     env = {"DISTILL_TEACHER": f"openai:{MODEL}", "DISTILL_TEACHER_BASE_URL": url,
            "DISTILL_TEACHER_API_KEY": "sk-bench-0000000000000000"}

@@ -14,7 +14,7 @@ its prompt is too long, its batch row failed, it is not cached offline) never st
 
 Rows are processed concurrently (`concurrency` at a time; the teacher layer paces the calls),
 written as they finish, and a re-run skips the rows already done; failed rows are tried again,
-and calls that succeeded before a crash are cache hits. In batch mode (`distill.batch`) a row
+and calls that succeeded before a crash are cache hits. In batch mode (`distill.teachers.batch`) a row
 whose request went into a provider batch is deferred: nothing is written or billed for it, and
 `revise_all` hands it back to run again once the batch has answered.
 """
@@ -26,12 +26,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 from distill.accounting import Ledger
-from distill.cache import OfflineMiss
 from distill.errors import QuotaExhausted, SystematicFailure, TeacherError
 from distill.protocol import ProtocolFailure, Settings, ask, critique_request, parse_critique
 from distill.records.ids import content_hash
 from distill.records.jsonl import JsonlSink
 from distill.teachers.base import Deferred, Teacher
+from distill.teachers.cache.layer import OfflineMiss
 from distill.templates import Principle, PromptSet
 
 

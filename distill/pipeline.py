@@ -11,7 +11,7 @@ output from the revisions (its judge calls are cached too). Every dropped row is
 reason. `manifest.json` records the configuration, template ids, model identities, counts per
 stage, token usage, estimated cost, cache hit rate and timings.
 
-In batch mode (`--batch`, see `distill.batch`) the critique and filter stages run in passes: rows
+In batch mode (`--batch`, see `distill.teachers.batch`) the critique and filter stages run in passes: rows
 whose requests went into provider batches are deferred, `settle` submits and waits for those
 batches, and the next pass picks the rows up again from the cache.
 """
@@ -29,8 +29,6 @@ from typing import Any, Mapping, Sequence
 from distill import consistency, filters, self_training
 from distill.accounting import CostFn, Ledger, no_prices
 from distill.answer import answer_to_file
-from distill.batch import BatchMode, batch_summary, open_batches, settle, summary_line
-from distill.cache import CachedTeacher, OfflineMiss, offline_from_env, open_teacher
 from distill.checks.similarity import near_duplicates
 from distill.critique import revise_all, revision_id, teacher_key
 from distill.errors import CacheError, QuotaExhausted, TeacherError
@@ -41,8 +39,12 @@ from distill.records.jsonl import JsonlSink
 from distill.records.prompts import Prompt
 from distill.student.model import GenerationParams
 from distill.teachers.base import Deferred, Teacher
+from distill.teachers.batch.book import batch_summary, open_batches, summary_line
+from distill.teachers.batch.queue import BatchMode
+from distill.teachers.cache.layer import CachedTeacher, OfflineMiss, offline_from_env
 from distill.teachers.none import NAME as NO_TEACHER
 from distill.teachers.settings import masked_identity
+from distill.teachers.stack import open_teacher, settle
 from distill.templates import PromptSet, load_prompt_set
 
 
@@ -94,7 +96,7 @@ class Summary:
     counts: dict[str, dict[str, Any]] = field(default_factory=dict)
     ledgers: dict[str, Ledger] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)
-    batches: dict[str, Any] | None = None  # batch mode: every provider batch of the run (distill.batch)
+    batches: dict[str, Any] | None = None  # batch mode: every provider batch of the run (distill.teachers.batch)
     dataset: dict[str, int] = field(default_factory=dict)  # training rows by where they came from
 
     def table(self) -> str:
@@ -238,7 +240,7 @@ async def filter_stage(revisions: Sequence[Mapping[str, Any]], ctx: filters.Filt
 
 def teacher_settings(teacher: str | None = None, batch: bool | None = None) -> Any:
     """The resolved teacher settings: `teacher` (a --teacher flag) over the config file and environment."""
-    from distill.teachers.settings import resolve_settings
+    from distill.teachers.resolve import resolve_settings
 
     return resolve_settings(overrides={"teacher": teacher, "batch": batch})
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.batch import BatchBook, Part
 from distill.cli import main
+from distill.teachers.batch.book import BatchBook, Part
 from test_round_e2e import PROMPTS, read, teacher_script, write_prompts
 
 

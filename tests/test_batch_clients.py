@@ -1,4 +1,4 @@
-"""The provider batch clients (`distill.teachers.batches`) against the loopback server, through the
+"""The provider batch clients (`distill.teachers.batch.clients`) against the loopback server, through the
 official SDKs: lines carry exactly the live request body, results come back out of order and
 are matched by custom_id, each row's outcome is read, and sets are split under the limits."""
 
@@ -14,9 +14,11 @@ import pytest
 
 from distill.errors import ConfigError, TeacherError
 from distill.teachers.base import Request
-from distill.teachers.batches import CLOCK_SKEW_S, BatchState, Limits, LostBatch, batch_client, split
+from distill.teachers.batch.clients import batch_client
+from distill.teachers.batch.wire import CLOCK_SKEW_S, BatchState, Limits, LostBatch, split
 from distill.teachers.registry import create_backend
-from distill.teachers.settings import TeacherSettings, resolve_settings
+from distill.teachers.resolve import resolve_settings
+from distill.teachers.settings import TeacherSettings
 
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}
 SCHEMA = {"type": "object", "properties": {"verdict": {"type": "string"}}, "required": ["verdict"],

@@ -1,4 +1,4 @@
-"""Batch mode behind the cache (`distill.batch`) against the loopback server: misses are deferred,
+"""Batch mode behind the cache (`distill.teachers.batch`) against the loopback server: misses are deferred,
 submitted, collected into the cache exactly as live answers are, failures fail their request once
 and are retried by the next run, nothing is submitted twice, and a critique round in batch mode
 produces the same artefacts as a live one."""
@@ -16,14 +16,19 @@ from typing import Any
 
 import pytest
 
-from distill.batch import BatchBook, BatchMode, Part
-from distill.cache import CachedTeacher, CacheStore, cache_key, cache_path, canonical_request, open_teacher
 from distill.errors import BatchesPending, TeacherError
 from distill.pipeline import RunConfig, critique_answers
 from distill.teachers.base import Completion, Deferred, Request
-from distill.teachers.batches import batch_client
+from distill.teachers.batch.book import BatchBook, Part
+from distill.teachers.batch.clients import batch_client
+from distill.teachers.batch.queue import BatchMode
+from distill.teachers.cache.key import cache_key, canonical_request
+from distill.teachers.cache.layer import CachedTeacher
+from distill.teachers.cache.store import CacheStore, cache_path
 from distill.teachers.registry import backend_identity
-from distill.teachers.settings import TeacherSettings, resolve_settings
+from distill.teachers.resolve import resolve_settings
+from distill.teachers.settings import TeacherSettings
+from distill.teachers.stack import open_teacher
 from test_round_e2e import teacher_script
 
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}

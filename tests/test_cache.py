@@ -13,17 +13,11 @@ from typing import Any, Callable, Mapping
 
 import pytest
 
-from distill.cache import (
-    CachedTeacher,
-    CacheStore,
-    OfflineMiss,
-    cache_key,
-    cache_path,
-    canonical_request,
-    offline_from_env,
-)
 from distill.errors import CacheError, ConfigError, TeacherError
 from distill.teachers.base import Completion, Request, Teacher, Usage
+from distill.teachers.cache.key import cache_key, canonical_request
+from distill.teachers.cache.layer import CachedTeacher, OfflineMiss, offline_from_env
+from distill.teachers.cache.store import CacheStore, cache_path
 
 IDENTITY = {"provider": "openai", "model": "gpt-4o-mini"}
 
@@ -353,8 +347,8 @@ def test_the_checksum_hashes_the_canonical_json_of_the_response(text: str, token
     the canonical JSON it is documented to, or caches written before would stop verifying."""
     import hashlib
 
-    from distill.cache import response_checksum
     from distill.records.ids import canonical_json
+    from distill.teachers.cache.entry import response_checksum
 
     head = canonical_json([text, "stop", *tokens, "gpt-4o-mini-2024-07-18"])
     expected = hashlib.sha256((head + "\n" + '{"id":"x"}').encode("utf-8")).hexdigest()

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from distill.cache import CachedTeacher, CacheStore, cache_path
 from distill.cli import main as cli
 from distill.teachers.base import Completion, Request, Usage
+from distill.teachers.cache.layer import CachedTeacher
+from distill.teachers.cache.store import CacheStore, cache_path
 
 
 class Echo:

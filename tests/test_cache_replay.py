@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
-from distill.cache import CachedTeacher, OfflineMiss, open_teacher
 from distill.teachers.base import Completion, Request, Usage
-from distill.teachers.settings import TeacherSettings, resolve_settings
+from distill.teachers.cache.layer import CachedTeacher, OfflineMiss
+from distill.teachers.resolve import resolve_settings
+from distill.teachers.settings import TeacherSettings
+from distill.teachers.stack import open_teacher
 
 SCHEMA = {"type": "object", "properties": {"verdict": {"type": "string"}}, "required": ["verdict"],
           "additionalProperties": False}

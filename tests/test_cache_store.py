@@ -16,10 +16,12 @@ from typing import Callable, Iterator
 
 import pytest
 
-from distill.cache import CachedTeacher, CacheStore, Entry, cache_path
 from distill.cli import main as cli
 from distill.errors import CacheError
 from distill.teachers.base import Completion, Request, Usage
+from distill.teachers.cache.entry import Entry
+from distill.teachers.cache.layer import CachedTeacher
+from distill.teachers.cache.store import CacheStore, cache_path
 
 REPO = Path(__file__).resolve().parents[1]
 IDENTITY = {"provider": "fake", "model": "echo"}
@@ -59,7 +61,8 @@ class Echo:
 WORKER = r"""
 import asyncio, sys, time
 from pathlib import Path
-from distill.cache import CachedTeacher, CacheStore
+from distill.teachers.cache.layer import CachedTeacher
+from distill.teachers.cache.store import CacheStore
 from distill.teachers.base import Completion, Request, Usage
 
 path, worker, n, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])

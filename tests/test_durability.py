@@ -64,7 +64,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Pat
 
 
 def test_the_cache_commits_with_synchronous_full(tmp_path: Path) -> None:
-    from distill.cache import CacheStore
+    from distill.teachers.cache.store import CacheStore
 
     store = CacheStore(tmp_path / "teacher-calls.sqlite")
     try:

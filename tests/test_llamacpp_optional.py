@@ -24,7 +24,7 @@ from distill.student import embedded  # noqa: E402
 from distill.protocol import extract_json  # noqa: E402
 from distill.teachers.base import Request  # noqa: E402
 from distill.teachers.registry import create_backend  # noqa: E402
-from distill.teachers.settings import resolve_settings  # noqa: E402
+from distill.teachers.resolve import resolve_settings  # noqa: E402
 
 pytestmark = [pytest.mark.llamacpp, pytest.mark.slow]
 STARTUP_S = 120

@@ -17,7 +17,7 @@ from loopback_server import Fault, LoopbackRequest, LoopbackServer, Reply
 from distill.errors import ConfigError, QuotaExhausted, TeacherError
 from distill.teachers.base import Completion, Request, Teacher
 from distill.teachers.registry import create_backend
-from distill.teachers.settings import resolve_settings
+from distill.teachers.resolve import resolve_settings
 
 KEY = "sk-loopback-0123456789-abcdefghij"
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-4-5"}

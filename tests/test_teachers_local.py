@@ -18,7 +18,7 @@ from fakes import run_all
 from distill.errors import ModelError, TeacherError
 from distill.teachers.base import Completion, Request, Teacher
 from distill.teachers.registry import backend_identity, create_backend
-from distill.teachers.settings import resolve_settings
+from distill.teachers.resolve import resolve_settings
 
 JUDGEMENT = {
     "type": "object",

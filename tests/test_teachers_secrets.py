@@ -13,7 +13,7 @@ from distill.cli import main
 from distill.errors import TeacherError
 from distill.teachers.base import Request
 from distill.teachers.registry import create_backend
-from distill.teachers.settings import resolve_settings
+from distill.teachers.resolve import resolve_settings
 
 KEY = "sk-proj-SECRETSECRET-0123456789-abcdefghijklmnop"
 PROVIDERS = {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-4-5"}

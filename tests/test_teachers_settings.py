@@ -14,7 +14,8 @@ import pytest
 from distill.cli import main
 from distill.errors import ConfigError
 from distill.teachers.registry import GROUP, backend_identity, create_backend, installed, load_backend
-from distill.teachers.settings import Secret, TeacherSettings, resolve_settings
+from distill.teachers.resolve import resolve_settings
+from distill.teachers.settings import Secret, TeacherSettings
 
 KEY = "sk-settings-0123456789abcdefWXYZ"
 

@@ -1,6 +1,6 @@
 """`distill batch status|collect|retry NAME`: look after the provider batches of a run.
 
-A run started with `--batch --no-wait` exits once its batches are submitted (see `distill.batch`).
+A run started with `--batch --no-wait` exits once its batches are submitted (see `distill.teachers.batch`).
 These commands work on what it left in runs/NAME/batches.json, without re-running the pipeline:
 `status` shows each batch and asks the provider how far it got, `collect` reads the batches that
 ended into the cache (`--wait`: until every one has), and `retry` submits again the requests
@@ -62,7 +62,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def status_command(args: argparse.Namespace) -> int:
     import asyncio
 
-    from distill.batch import OPEN_STATES, SUBMITTED, SUBMITTING, BatchBook
+    from distill.teachers.batch.book import OPEN_STATES, SUBMITTED, SUBMITTING, BatchBook
 
     run_dir = _run_dir(args)
     book = BatchBook(run_dir)
@@ -102,7 +102,7 @@ def retry_command(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace, action: Any) -> int:
     import asyncio
 
-    from distill.batch import OPEN_STATES, BatchBook
+    from distill.teachers.batch.book import OPEN_STATES, BatchBook
 
     run_dir = _run_dir(args)
     asyncio.run(_with_queue(run_dir, args, action))
@@ -126,7 +126,8 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 
 async def _with_queue(run_dir: Path, args: argparse.Namespace, action: Any) -> None:
-    from distill.batch import BatchBook, queue_for
+    from distill.teachers.batch.book import BatchBook
+    from distill.teachers.stack import queue_for
 
     settings = configured_teacher(BatchBook(run_dir), args.teacher, args.base_url)
     queue, store = queue_for(settings, run_dir)
@@ -146,7 +147,7 @@ def configured_teacher(book: Any, teacher: str | None, base_url: str | None) -> 
     travels with a run; if it could choose the host, it could have the API key sent anywhere.
     ConfigError, naming both, when no batch of that teacher was sent to the configured endpoint."""
     from distill.teachers.registry import backend_identity
-    from distill.teachers.settings import resolve_settings
+    from distill.teachers.resolve import resolve_settings
 
     parts = book.parts()
     settings = resolve_settings(overrides={"teacher": teacher or parts[-1].teacher, "base_url": base_url})

@@ -71,7 +71,7 @@ def default_note() -> str:
 
 
 def settings_from_args(args: argparse.Namespace) -> TeacherSettings:
-    from distill.teachers.settings import resolve_settings
+    from distill.teachers.resolve import resolve_settings
 
     overrides = {name: getattr(args, name, None) for name in FLAGS}
     return resolve_settings(config_file=getattr(args, "config", None), overrides=overrides)

@@ -5,7 +5,7 @@ of principles, the filters keep only verified improvements, and the dataset file
 under `runs/NAME/`. `critique` starts from an existing answers file. Both resume when re-run
 with the same arguments, and print a summary table at the end.
 
-With `--batch` the teacher requests go to the provider's batch API (see `distill.batch`); with
+With `--batch` the teacher requests go to the provider's batch API (see `distill.teachers.batch`); with
 `--no-wait` as well, the command exits with status 75 once its batches are submitted, and the
 same command run again later continues where it stopped.
 """

@@ -32,7 +32,7 @@ def _description() -> str:
 
 def run(args: argparse.Namespace) -> int:
     from distill.teachers.registry import GROUP, installed, load_backend
-    from distill.teachers.settings import resolve_settings
+    from distill.teachers.resolve import resolve_settings
 
     try:
         active = resolve_settings().backend

@@ -1,5 +1,14 @@
-"""Teachers: the models that critique and rewrite the student's answers, behind one async seam.
+"""Teachers: the client layer that critiques and rewrites the student's answers, behind one async seam.
 
-`distill.teachers.base` defines the seam (`Request` -> `Completion`); each backend module
-implements it for one provider. Pipeline stages only ever see a `Teacher`.
+Owns: the seam (`base`: `Request` -> `Completion`, the `Teacher` protocol, `Deferred`); settings
+and where each value comes from (`settings`, `resolve`); the backend registry (`registry`: entry
+points of the group `distill.teachers`, built-ins included); the backends, which speak only their
+wire format (`openai_api`, `anthropic_api`, `local`, `none`); the layers over a backend (`retry`,
+`pacing`, `pricing`, `cache/`, `batch/`); and `stack`, the one place that stacks them and hands a
+stage its teacher.
+
+May import: `distill.errors`, `distill.config`, `distill.checks`, `distill.records`,
+`distill.student` (the local backend runs a student-like model in process).
+Must not import: stages, training, evaluation or the CLI. Stages see only a `Teacher`: none of
+them knows which backend, cache or batch queue stands behind it.
 """

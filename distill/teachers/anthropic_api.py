@@ -91,7 +91,7 @@ class AnthropicTeacher:
 
 def message_arguments(model: str, request: Request) -> tuple[dict[str, Any], bool]:
     """The Messages API parameters for `request`, and whether a non-object schema was wrapped:
-    what a live call sends and what a batch entry (`distill.teachers.batches`) carries."""
+    what a live call sends and what a batch entry (`distill.teachers.batch.clients`) carries."""
     system = "\n\n".join(m["content"] for m in request.messages if m["role"] == "system")
     kwargs: dict[str, Any] = {
         "model": model,

@@ -79,7 +79,7 @@ class Completion:
 
 class Deferred(Exception):
     """Not a failure: the request was queued for a provider batch and its answer will be in the
-    cache once the batch has ended (see `distill.batch`). A stage that gets it leaves the row
+    cache once the batch has ended (see `distill.teachers.batch`). A stage that gets it leaves the row
     pending, writes nothing for it, and runs it again after the batch."""
 
     def __init__(self, key: str):

@@ -129,7 +129,7 @@ class OpenAITeacher:
 
 def chat_arguments(model: str, request: Request, *, official: bool, json_mode: str = "json_schema") -> dict[str, Any]:
     """The chat-completions body for `request`: what a live call sends and what a batch line
-    (`distill.teachers.batches`) carries, so both get the same answer and the same cache key.
+    (`distill.teachers.batch.clients`) carries, so both get the same answer and the same cache key.
     `json_mode` is the wire shape of a requested schema (see JSON_STEPS)."""
     kwargs: dict[str, Any] = {
         "model": model,

@@ -1,7 +1,7 @@
 """Prices: what a teacher call cost, from a per-model table the user can extend.
 
 Prices are US dollars per million tokens, with separate columns for live calls and for the
-providers' batch APIs (half price at OpenAI and Anthropic), which batch mode uses (`distill.batch`).
+providers' batch APIs (half price at OpenAI and Anthropic), which batch mode uses (`distill.teachers.batch`).
 The built-in table below is a snapshot (`PRICES_AS_OF`); prices change, so a user overrides or
 adds models in a TOML or JSON file named by `DISTILL_PRICES` (or `prices_file` in the config):
 

@@ -13,7 +13,7 @@ Everything is chosen by environment variables, with a config file and command-li
     DISTILL_TEACHER_MAX_RETRIES  retries after the first attempt             (default 6)
     DISTILL_TEACHER_BATCH_SIZE   local backend: requests generated together  (default 8)
     DISTILL_TEACHER_BATCH        1: send uncached requests as provider batches (half price, see
-                                 distill.batch)                               (default 0)
+                                 distill.teachers.batch)                      (default 0)
     DISTILL_TEACHER_BATCH_POLL   seconds between the first batch status checks (default 30)
     DISTILL_TEACHER_BATCH_MAX_REQUESTS  requests per provider batch, below the provider's own
                                  limit (50,000 OpenAI, 100,000 Anthropic)     (default: that limit)
@@ -39,16 +39,14 @@ key cannot reach a log line, an error message or a file by accident. A base URL 
 credentials too (`https://user:token@host/v1`, `?api-key=...`): `mask_url` masks them wherever a
 base URL is shown or recorded (`distill config`, manifest.json, batches.json, model identities,
 error messages). Each resolved value records its source (flag, config file, environment variable
-or default) for `distill config`.
+or default) for `distill config`; `distill.teachers.resolve` resolves them (it needs the backend's
+registry entry for the SDK's own variables, so this module stays below the registry).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import tomllib
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from distill.errors import ConfigError
@@ -247,7 +245,7 @@ def _url(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class _Knob:
+class Knob:
     """One tunable field: its variable, its parser and what a valid value looks like."""
 
     env: str
@@ -255,24 +253,26 @@ class _Knob:
     expected: str
 
 
-KNOBS: dict[str, _Knob] = {
-    "concurrency": _Knob("DISTILL_TEACHER_CONCURRENCY", _positive_int, "a positive integer (requests in flight)"),
-    "rpm": _Knob("DISTILL_TEACHER_RPM", _positive_int, "a positive integer (requests per minute)"),
-    "tpm": _Knob("DISTILL_TEACHER_TPM", _positive_int, "a positive integer (tokens per minute)"),
-    "timeout": _Knob("DISTILL_TEACHER_TIMEOUT", _positive_float, "a positive number of seconds"),
-    "max_retries": _Knob("DISTILL_TEACHER_MAX_RETRIES", _non_negative_int, "an integer >= 0"),
-    "batch_size": _Knob("DISTILL_TEACHER_BATCH_SIZE", _positive_int, "a positive integer"),
-    "prices_file": _Knob(ENV_PRICES, str, "a path to a TOML or JSON price file"),
-    "batch": _Knob("DISTILL_TEACHER_BATCH", parse_flag, FLAG_VALUES),
-    "batch_poll": _Knob("DISTILL_TEACHER_BATCH_POLL", _positive_float, "a positive number of seconds"),
-    "batch_max_requests": _Knob("DISTILL_TEACHER_BATCH_MAX_REQUESTS", _positive_int,
+KNOBS: dict[str, Knob] = {
+    "concurrency": Knob("DISTILL_TEACHER_CONCURRENCY", _positive_int, "a positive integer (requests in flight)"),
+    "rpm": Knob("DISTILL_TEACHER_RPM", _positive_int, "a positive integer (requests per minute)"),
+    "tpm": Knob("DISTILL_TEACHER_TPM", _positive_int, "a positive integer (tokens per minute)"),
+    "timeout": Knob("DISTILL_TEACHER_TIMEOUT", _positive_float, "a positive number of seconds"),
+    "max_retries": Knob("DISTILL_TEACHER_MAX_RETRIES", _non_negative_int, "an integer >= 0"),
+    "batch_size": Knob("DISTILL_TEACHER_BATCH_SIZE", _positive_int, "a positive integer"),
+    "prices_file": Knob(ENV_PRICES, str, "a path to a TOML or JSON price file"),
+    "batch": Knob("DISTILL_TEACHER_BATCH", parse_flag, FLAG_VALUES),
+    "batch_poll": Knob("DISTILL_TEACHER_BATCH_POLL", _positive_float, "a positive number of seconds"),
+    "batch_max_requests": Knob("DISTILL_TEACHER_BATCH_MAX_REQUESTS", _positive_int,
                                 "a positive integer (requests per provider batch)"),
-    "base_url": _Knob(ENV_BASE_URL, _url, "an http:// or https:// URL"),
-    "json_mode": _Knob("DISTILL_TEACHER_JSON_MODE", _json_mode, "one of " + ", ".join(JSON_MODES)),
+    "base_url": Knob(ENV_BASE_URL, _url, "an http:// or https:// URL"),
+    "json_mode": Knob("DISTILL_TEACHER_JSON_MODE", _json_mode, "one of " + ", ".join(JSON_MODES)),
 }
 
 
-def _parse(knob: _Knob, raw: Any, where: str) -> Any:
+def parse_knob(knob: Knob, raw: Any, where: str) -> Any:
+    """`raw` (from a flag, the config file or a variable named by `where`) parsed by `knob`; ConfigError
+    naming `where`, the value and what was expected."""
     try:
         return knob.parse(str(raw).strip())
     except (TypeError, ValueError):
@@ -292,138 +292,3 @@ def parse_teacher(value: str, where: str = ENV_TEACHER) -> tuple[str, str]:
         raise ConfigError(f"{where}={value!r}: expected BACKEND:MODEL, e.g. openai:gpt-4o-mini, "
                           "anthropic:claude-sonnet-4-5, local:default or local:/path/to/model")
     return backend, model
-
-
-# ---------------------------------------------------------------- the config file
-
-def config_path(env: Mapping[str, str], config_file: str | os.PathLike[str] | None) -> Path | None:
-    """The config file to read: the argument, else $DISTILL_CONFIG, else ./distill.toml if present."""
-    if config_file is not None:
-        return Path(config_file)
-    if env.get(ENV_CONFIG, "").strip():
-        return Path(env[ENV_CONFIG].strip()).expanduser()
-    default = Path.cwd() / DEFAULT_CONFIG_FILE
-    return default if default.is_file() else None
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """The whole TOML document; ConfigError naming the file and the problem."""
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found (named by --config or {ENV_CONFIG})") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-
-
-def _teacher_table(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    table = read_config_file(path).get("teacher", {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [teacher] must be a table")
-    if "api_key" in table:
-        raise ConfigError(f"{path}: [teacher] api_key: keys must not be stored in files; set {ENV_API_KEY} "
-                          "or name the variable that holds the key with api_key_env = \"VARIABLE\"")
-    allowed = set(KNOBS) | {"teacher", "api_key_env"}
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise ConfigError(f"{path}: [teacher] unknown key(s) {', '.join(unknown)}; "
-                          f"known: {', '.join(sorted(allowed))}")
-    return table
-
-
-# ---------------------------------------------------------------- resolution
-
-def resolve_settings(env: Mapping[str, str] | None = None,
-                     config_file: str | os.PathLike[str] | None = None,
-                     overrides: Mapping[str, Any] | None = None) -> TeacherSettings:
-    """Resolve the teacher settings from flags (`overrides`), config file, environment and defaults.
-
-    `overrides` uses the field names (`teacher` for backend:model, `base_url`, `rpm`, ...); None
-    values are ignored, so argparse namespaces can be passed through as they are. The backend must
-    be installed (entry-point group `distill.teachers`); a missing key is not an error here
-    (`distill config` shows it) but `distill.teachers.registry.create_backend` refuses to start.
-    """
-    env = os.environ if env is None else env
-    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
-    path = config_path(env, config_file)
-    table = _teacher_table(path)
-    file_label = str(path) if path is not None else ""
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-
-    backend, model, source = _resolve_teacher(env, flags, table, file_label)
-    values.update(backend=backend, model=model)
-    sources.update(backend=source, model=source)
-
-    from distill.teachers.registry import load_backend  # late: the registry imports this module
-
-    spec = load_backend(backend, where=source)
-    for name, knob in KNOBS.items():
-        if name == "base_url":
-            continue
-        value, source = _resolve_knob(name, knob, env, flags, table, file_label)
-        if source != "default":
-            values[name], sources[name] = value, source
-        else:
-            sources[name] = "default"
-    values["base_url"], sources["base_url"] = _resolve_base_url(env, flags, table, file_label,
-                                                                spec.base_url_env)
-    key_env = (ENV_API_KEY, *spec.key_env)
-    values["api_key"], sources["api_key"] = _resolve_key(env, flags, table, file_label, key_env)
-    return TeacherSettings(**values, key_env=key_env, sources=sources)
-
-
-def _resolve_teacher(env: Mapping[str, str], flags: Mapping[str, Any], table: Mapping[str, Any],
-                     file_label: str) -> tuple[str, str, str]:
-    if "teacher" in flags:
-        return (*parse_teacher(str(flags["teacher"]), "--teacher"), "flag --teacher")
-    if "teacher" in table:
-        return (*parse_teacher(str(table["teacher"]), f"{file_label} [teacher] teacher"), file_label)
-    if env.get(ENV_TEACHER, "").strip():
-        return (*parse_teacher(env[ENV_TEACHER]), f"env {ENV_TEACHER}")
-    return (*parse_teacher(DEFAULT_TEACHER), "default")
-
-
-def _resolve_knob(name: str, knob: _Knob, env: Mapping[str, str], flags: Mapping[str, Any],
-                  table: Mapping[str, Any], file_label: str) -> tuple[Any, str]:
-    flag = "--" + name.replace("_", "-")
-    if name in flags:
-        return _parse(knob, flags[name], flag), f"flag {flag}"
-    if name in table:
-        return _parse(knob, table[name], f"{file_label} [teacher] {name}"), file_label
-    if env.get(knob.env, "").strip():
-        return _parse(knob, env[knob.env], knob.env), f"env {knob.env}"
-    return None, "default"
-
-
-def _resolve_base_url(env: Mapping[str, str], flags: Mapping[str, Any], table: Mapping[str, Any],
-                      file_label: str, sdk_vars: tuple[str, ...]) -> tuple[str | None, str]:
-    knob = KNOBS["base_url"]
-    value, source = _resolve_knob("base_url", knob, env, flags, table, file_label)
-    if source != "default":
-        return value, source
-    for var in sdk_vars:
-        if env.get(var, "").strip():
-            return _parse(knob, env[var], var), f"env {var}"
-    return None, "default"
-
-
-def _resolve_key(env: Mapping[str, str], flags: Mapping[str, Any], table: Mapping[str, Any],
-                 file_label: str, key_env: tuple[str, ...]) -> tuple[Secret | None, str]:
-    if "api_key" in flags:
-        raw = flags["api_key"]
-        return (raw if isinstance(raw, Secret) else Secret(str(raw))), "argument"
-    if "api_key_env" in table:
-        var = str(table["api_key_env"])
-        if not env.get(var, "").strip():
-            raise ConfigError(f"{file_label}: [teacher] api_key_env names {var}, which is not set; "
-                              f"export {var} or remove api_key_env")
-        return Secret(env[var].strip()), f"env {var} (named by {file_label})"
-    for var in key_env:
-        if env.get(var, "").strip():
-            return Secret(env[var].strip()), f"env {var}"
-    return None, "unset"
