@@ -24,11 +24,11 @@ from typing import Any, Mapping, Sequence
 
 from distill.checks.reference import run_checks
 from distill.gate import Interval, bootstrap_ci
-from distill.protocol import ProtocolFailure, Settings, judge_both_orders
 from distill.records.prompts import Prompt
+from distill.stages.protocol import ProtocolFailure, Settings, judge_both_orders
+from distill.stages.templates import PromptSet
 from distill.student.model import GenerationParams, Student
 from distill.teachers.base import Teacher
-from distill.templates import PromptSet
 
 
 @dataclass

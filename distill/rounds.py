@@ -32,10 +32,10 @@ from typing import Any, Sequence
 
 from distill.errors import InputError
 from distill.gate import Policy, decide
-from distill.pipeline import RunConfig, no_teacher, open_round_teacher, run_round
 from distill.records.files import run_lock, write_atomic, write_jsonl
 from distill.records.jsonl import read_text
 from distill.records.prompts import Prompt, read_answers, read_prompts
+from distill.stages.round import RunConfig, no_teacher, open_round_teacher, run_round
 
 STATE = "rounds.json"
 
@@ -189,7 +189,7 @@ def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> 
 
 def _base_answers(config: RoundsConfig, prompts: Sequence[Prompt], output: Path) -> list[dict[str, Any]]:
     """The base student's greedy answers to `prompts` into `output` (replay and forgetting sets)."""
-    from distill.answer import answer_to_file
+    from distill.stages.answer import answer_to_file
     from distill.student.model import GenerationParams
 
     params = GenerationParams(max_new_tokens=config.run.generation.max_new_tokens)
@@ -201,8 +201,8 @@ def _evaluate(config: RoundsConfig, number: int, current: str | None, adapter: P
               judge: bool = True) -> Any:
     """Evaluate `adapter` against the current student; the judge runs when `judge` and the config allow it."""
     from distill.evaluate import evaluate
+    from distill.stages.templates import load_prompt_set
     from distill.student.model import Student
-    from distill.templates import load_prompt_set
 
     cur = Student.load(config.run.student, adapter=current)
     new = Student.load(config.run.student, adapter=adapter)

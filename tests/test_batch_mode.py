@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from distill.errors import BatchesPending, TeacherError
-from distill.pipeline import RunConfig, critique_answers
+from distill.stages.round import RunConfig, critique_answers
 from distill.teachers.base import Completion, Deferred, Request
 from distill.teachers.batch.book import BatchBook, Part
 from distill.teachers.batch.clients import batch_client

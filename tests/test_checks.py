@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from distill import filters
 from distill.checks.reference import CHECK_TYPES, last_number, parse_reference, run_checks
 from distill.errors import InputError
 from distill.records.prompts import read_prompts
+from distill.stages import filters
 
 
 @pytest.mark.parametrize("reference, good, bad", [

@@ -1,4 +1,4 @@
-"""The critique stage (`distill.critique.revise_all`) against a teacher that fails: one row's failure
+"""The critique stage (`distill.stages.critique.revise_all`) against a teacher that fails: one row's failure
 is that row's, but the same failure row after row is a fault of the teacher, and stops the stage."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from distill.critique import STOP_AFTER
 from distill.errors import SystematicFailure, TeacherError
-from distill.pipeline import RunConfig, critique_answers
+from distill.stages.critique import STOP_AFTER
+from distill.stages.round import RunConfig, critique_answers
 from distill.teachers.base import Request
 from fakes import ScriptedTeacher, critique_reply, quoted_answer
 

@@ -74,7 +74,7 @@ def test_the_cache_commits_with_synchronous_full(tmp_path: Path) -> None:
 
 
 def test_the_manifest_is_written_durably(tmp_path: Path, flushed) -> None:
-    from distill.pipeline import RunConfig, critique_answers
+    from distill.stages.round import RunConfig, critique_answers
 
     answers = [{"id": "a1", "prompt_id": "q1", "sample": 0, "answer": "41",
                 "messages": [{"role": "user", "content": "What is 6 times 7?"}]}]
@@ -96,9 +96,9 @@ def test_rounds_state_is_written_durably(tmp_path: Path, flushed) -> None:
 def test_training_and_evaluation_results_are_written_durably(tiny_model_dir: Path, tmp_path: Path, flushed) -> None:
     from distill.cli import main
     from distill.examples import Example
-    from distill.pipeline import RunConfig
     from distill.records.prompts import Prompt
     from distill.rounds import RoundsConfig, _evaluate
+    from distill.stages.round import RunConfig
     from distill.train import TrainConfig, train
 
     examples = [Example(id=f"e{i}", prompt=({"role": "user", "content": f"Say {w}."},), completion=w, source="train")

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from distill import filters
-from distill.filters import Candidate, FilterContext, strip_boilerplate
-from distill.templates import load_prompt_set
+from distill.stages import filters
+from distill.stages.filters import Candidate, FilterContext, strip_boilerplate
+from distill.stages.templates import load_prompt_set
 from fakes import ScriptedTeacher, is_judge, judge_reply, quoted_answer
 
 PROMPTS = load_prompt_set()
@@ -123,8 +123,8 @@ def test_judge_drops_losses_position_bias_and_ties(prefers: str, verdicts: str) 
 
 
 def test_a_failed_judge_reply_and_its_repair_are_billed() -> None:
-    from distill.accounting import Ledger
-    from distill.protocol import ProtocolFailure
+    from distill.stages.accounting import Ledger
+    from distill.stages.protocol import ProtocolFailure
 
     def script(request):  # a good judgement in the first order, then garbage (the repair too)
         return judge_reply("A") if len(teacher.requests) == 1 else "no JSON here"

@@ -17,8 +17,8 @@ import pytest
 from distill.evaluate import evaluate
 from distill.gate import Interval, Policy, bootstrap_ci, decide
 from distill.records.prompts import parse_prompt
+from distill.stages.templates import load_prompt_set
 from distill.student.model import Student
-from distill.templates import load_prompt_set
 from fakes import ScriptedTeacher, is_judge, judge_reply, quoted_answer
 
 

@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
 
 from distill.student import embedded  # noqa: E402
-from distill.protocol import extract_json  # noqa: E402
+from distill.stages.protocol import extract_json  # noqa: E402
 from distill.teachers.base import Request  # noqa: E402
 from distill.teachers.registry import create_backend  # noqa: E402
 from distill.teachers.resolve import resolve_settings  # noqa: E402

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.pipeline import RunConfig, critique_answers, run_round
 from distill.records.prompts import Prompt, parse_prompt, read_answers
+from distill.stages.round import RunConfig, critique_answers, run_round
 from distill.student.model import GenerationParams
 from fakes import ScriptedTeacher, critique_reply, is_judge, judge_reply, quoted_answer
 
@@ -146,7 +146,7 @@ def test_an_edited_template_or_teacher_token_limit_revises_again(tmp_path) -> No
     from dataclasses import replace
     import shutil
 
-    from distill.templates import default_prompts_dir
+    from distill.stages.templates import default_prompts_dir
 
     prompts_dir = tmp_path / "prompts"
     shutil.copytree(default_prompts_dir(), prompts_dir)
@@ -182,7 +182,7 @@ def test_a_reply_nested_too_deeply_fails_its_row_only(tmp_path) -> None:
 
 
 def test_dedup_keeps_distinct_conversations_and_distinct_wordless_prompts() -> None:
-    from distill.pipeline import dedup_stage
+    from distill.stages.round import dedup_stage
 
     rows = [{"id": "prime", "messages": [{"role": "user", "content": "Is 7 a prime number?"},
                                          {"role": "assistant", "content": "Yes."},

@@ -8,10 +8,10 @@ import random
 
 import pytest
 
-from distill.protocol import (CRITIQUE_SCHEMA, ProtocolError, ProtocolFailure, ask, critique_request,
-                              extract_json, judge_both_orders, judge_request, parse_critique, parse_judgement,
-                              quote)
-from distill.templates import load_prompt_set
+from distill.stages.protocol import (CRITIQUE_SCHEMA, ProtocolError, ProtocolFailure, ask, critique_request,
+                                     extract_json, judge_both_orders, judge_request, parse_critique, parse_judgement,
+                                     quote)
+from distill.stages.templates import load_prompt_set
 from fakes import ScriptedTeacher, critique_reply, quoted_answer
 
 PROMPTS = load_prompt_set()

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from distill import self_training
-from distill.pipeline import RunConfig, critique_answers, no_teacher
-from distill.self_training import SelfPolicy
+from distill.stages import self_training
+from distill.stages.round import RunConfig, critique_answers, no_teacher
+from distill.stages.self_training import SelfPolicy
 from fakes import ScriptedTeacher, critique_reply, is_judge, judge_reply, quoted_answer
 
 LOWER = {"type": "lowercase"}

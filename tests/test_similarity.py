@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from distill.checks.similarity import near_duplicates, near_identical
-from distill.consistency import agreement, answer_key, choose
+from distill.stages.consistency import agreement, answer_key, choose
 
 
 def test_near_duplicates_keep_the_first_of_each_group() -> None:

@@ -70,7 +70,7 @@ URL_SECRET = "url-token-SECRET-0123456789"
 def test_credentials_in_a_base_url_are_masked_wherever_it_is_shown_or_recorded(
         loopback_teacher: LoopbackServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture) -> None:
-    from distill.pipeline import RunConfig, critique_answers
+    from distill.stages.round import RunConfig, critique_answers
     from test_round_e2e import teacher_script
 
     monkeypatch.chdir(tmp_path)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from distill.errors import ConfigError
-from distill.templates import default_prompts_dir, load_prompt_set
+from distill.stages.templates import default_prompts_dir, load_prompt_set
 
 
 @pytest.fixture

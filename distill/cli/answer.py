@@ -63,8 +63,8 @@ def generation_params(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def run(args: argparse.Namespace) -> int:
-    from distill.answer import answer_to_file
     from distill.records.prompts import read_prompts
+    from distill.stages.answer import answer_to_file
 
     prompts = read_prompts(args.prompts)  # validate the whole file before loading any model
     params = generation_params(args)

@@ -92,7 +92,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _default_filters() -> tuple[str, ...]:
-    from distill.filters import DEFAULT_ORDER
+    from distill.stages.filters import DEFAULT_ORDER
 
     return DEFAULT_ORDER
 
@@ -134,7 +134,7 @@ def _train_options(pairs: list[str]) -> dict:  # type: ignore[type-arg]
 
 
 def _config(args: argparse.Namespace, generation=None):  # type: ignore[no-untyped-def]
-    from distill.pipeline import RunConfig
+    from distill.stages.round import RunConfig
 
     return RunConfig(
         name=args.name, runs_dir=args.runs_dir, student=getattr(args, "student", None),
@@ -155,8 +155,8 @@ def _config(args: argparse.Namespace, generation=None):  # type: ignore[no-untyp
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from distill.pipeline import run_round
     from distill.records.prompts import read_prompts
+    from distill.stages.round import run_round
 
     prompts = read_prompts(args.prompts)  # validate before any model loads
     config = _config(args, generation_params(args))
@@ -190,8 +190,8 @@ def _run_rounds(args: argparse.Namespace, config, prompts) -> int:  # type: igno
 
 
 def critique_command(args: argparse.Namespace) -> int:
-    from distill.pipeline import critique_answers
     from distill.records.prompts import read_answers
+    from distill.stages.round import critique_answers
 
     answers = read_answers(args.answers)
     config = _config(args)

@@ -1,7 +1,7 @@
 """The `none` teacher: no teacher at all, for self-training (`--teacher none`, DISTILL_TEACHER=none).
 
 A round with it calls no one: the student samples answers and the ones its prompt's check (or
-the samples' agreement) verifies become training data (`distill.self_training`). It is
+the samples' agreement) verifies become training data (`distill.stages.self_training`). It is
 registered like every backend so that `distill teachers` lists it and the settings accept it;
 building a client from it is a mistake, and says so.
 """

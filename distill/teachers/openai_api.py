@@ -13,7 +13,7 @@ Ollama, TGI). The SDK does transport, auth and error mapping; distill does the r
   takes that shape (the llama-cpp-python server accepts only `text` and `json_object`, with the
   schema beside it), so with `json_mode` auto a rejection of `response_format` steps down once, for
   the rest of the session, to json_object and then to none (the prompt alone asks for JSON, and
-  `distill.protocol` parses and repairs). The cache key holds the schema, not this wire shape;
+  `distill.stages.protocol` parses and repairs). The cache key holds the schema, not this wire shape;
 - the official endpoint gets `max_completion_tokens`, other servers the older `max_tokens` that
   every compatible server understands.
 

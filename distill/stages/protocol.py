@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from distill.records.ids import canonical_json
+from distill.stages.templates import Principle, PromptSet
 from distill.teachers.base import Completion, Request, Teacher
-from distill.templates import Principle, PromptSet
 
 VERDICTS = ("acceptable", "needs_revision")
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from distill.protocol import ProtocolFailure
+from distill.stages.protocol import ProtocolFailure
 from distill.teachers.base import Completion, Deferred, Usage
 
 CostFn = Callable[[str, Usage], float | None]

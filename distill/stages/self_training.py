@@ -8,7 +8,7 @@ Two rules from the seeds, applied per prompt to the K answers the student sample
   prompt, when there is one, as a preference pair (chosen passes, rejected fails).
 - Self-consistency (Huang et al., 2022, "Large Language Models Can Self-Improve"): where there is
   no reference, the majority answer is kept when the share of samples that agree with it reaches
-  `min_agreement` (answers compared as in `distill.consistency`).
+  `min_agreement` (answers compared as in `distill.stages.consistency`).
 
 Only complete samples count (the student ended its turn; an answer cut off at the token limit is
 never a training target). A prompt that yields no row is *unresolved*: with no teacher
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from distill.checks.reference import parse_reference, run_checks
-from distill.consistency import agreement
 from distill.records.ids import content_hash
+from distill.stages.consistency import agreement
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,12 @@ from functools import cached_property
 from importlib.metadata import entry_points
 from typing import Any, Awaitable, Callable, Mapping
 
-from distill.accounting import Ledger
 from distill.checks.reference import Check, parse_reference, run_checks
 from distill.errors import ConfigError
-from distill.protocol import Settings, judge_both_orders
+from distill.stages.accounting import Ledger
+from distill.stages.protocol import Settings, judge_both_orders
+from distill.stages.templates import PromptSet
 from distill.teachers.base import Teacher
-from distill.templates import PromptSet
 
 _WRAPPER_HEAD = re.compile(
     r"(?:(?:sure|certainly|of course|okay|ok|absolutely)[,!.]?\s*)?"

@@ -29,7 +29,7 @@ DEFAULT_CHAIN = "default"
 def default_prompts_dir() -> Path:
     """`$DISTILL_PROMPTS`, else the project's `prompts/` beside the package."""
     value = os.environ.get("DISTILL_PROMPTS", "").strip()
-    return Path(value).expanduser() if value else Path(__file__).resolve().parent.parent / "prompts"
+    return Path(value).expanduser() if value else Path(__file__).resolve().parents[2] / "prompts"
 
 
 def content_id(name: str, text: str) -> str:

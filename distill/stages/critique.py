@@ -25,14 +25,14 @@ import asyncio
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-from distill.accounting import Ledger
 from distill.errors import QuotaExhausted, SystematicFailure, TeacherError
-from distill.protocol import ProtocolFailure, Settings, ask, critique_request, parse_critique
 from distill.records.ids import content_hash
 from distill.records.jsonl import JsonlSink
+from distill.stages.accounting import Ledger
+from distill.stages.protocol import ProtocolFailure, Settings, ask, critique_request, parse_critique
+from distill.stages.templates import Principle, PromptSet
 from distill.teachers.base import Deferred, Teacher
 from distill.teachers.cache.layer import OfflineMiss
-from distill.templates import Principle, PromptSet
 
 
 STOP_AFTER = 8  # rows in a row failing for the same reason that stop the stage

@@ -26,17 +26,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from distill import consistency, filters, self_training
-from distill.accounting import CostFn, Ledger, no_prices
-from distill.answer import answer_to_file
 from distill.checks.similarity import near_duplicates
-from distill.critique import revise_all, revision_id, teacher_key
 from distill.errors import CacheError, QuotaExhausted, TeacherError
-from distill.protocol import ProtocolFailure, Settings
 from distill.records.files import run_lock, write_atomic, write_jsonl
 from distill.records.ids import content_hash
 from distill.records.jsonl import JsonlSink
 from distill.records.prompts import Prompt
+from distill.stages import consistency, filters, self_training
+from distill.stages.accounting import CostFn, Ledger, no_prices
+from distill.stages.answer import answer_to_file
+from distill.stages.critique import revise_all, revision_id, teacher_key
+from distill.stages.protocol import ProtocolFailure, Settings
+from distill.stages.templates import PromptSet, load_prompt_set
 from distill.student.model import GenerationParams
 from distill.teachers.base import Deferred, Teacher
 from distill.teachers.batch.book import batch_summary, open_batches, summary_line
@@ -45,7 +46,6 @@ from distill.teachers.cache.layer import CachedTeacher, OfflineMiss, offline_fro
 from distill.teachers.none import NAME as NO_TEACHER
 from distill.teachers.settings import masked_identity
 from distill.teachers.stack import open_teacher, settle
-from distill.templates import PromptSet, load_prompt_set
 
 
 @dataclass
@@ -294,7 +294,7 @@ def run_round(config: RunConfig, prompts: Sequence[Prompt], teacher: Teacher | N
     """Answer, critique, revise and filter `prompts`; writes every artefact under `config.run_dir`.
 
     The teacher is the configured one behind the cache unless one is given (any `Teacher`); with
-    the teacher `none` the round self-trains (`distill.self_training`) and calls no teacher.
+    the teacher `none` the round self-trains (`distill.stages.self_training`) and calls no teacher.
     Another process working on the same run directory is an error (`distill.records.files.run_lock`)."""
     with run_lock(config.run_dir):
         prompt_set, chain = _templates(config)
