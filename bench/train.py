@@ -70,8 +70,9 @@ def bench_data(path: Path | None, student_source: str | None) -> Path:
 def worker_distill(mode: str, data: Path, steps: int, batch_size: int, lr: float, student_source: str | None) -> dict:
     import tempfile
 
-    from distill.examples import read_examples
-    from distill.train import TrainConfig, train
+    from distill.training.config import TrainConfig
+    from distill.training.examples import read_examples
+    from distill.training.sft import train
 
     examples = read_examples(data)
     precision = "float32" if mode == "distill-fp32" else "auto"
@@ -120,7 +121,7 @@ def worker_trl(mode: str, data: Path, steps: int, batch_size: int, lr: float, st
         options = dict(output_dir=out, max_steps=steps, per_device_train_batch_size=batch_size, report_to="none",
                        save_strategy="no", logging_steps=1, use_cpu=not torch.cuda.is_available())
         if mode == "trl-matched":  # what distill does, as far as SFTTrainer's options go
-            from distill.train import native_bf16
+            from distill.training.sft import native_bf16
 
             options.update(bf16=native_bf16(), gradient_checkpointing=False, learning_rate=lr,
                            train_sampling_strategy="group_by_length")
@@ -172,7 +173,7 @@ def main() -> None:
         run_worker(args)
         return
     if args.lr is None:
-        from distill.train import TrainConfig
+        from distill.training.config import TrainConfig
 
         args.lr = TrainConfig().learning_rate
     data = bench_data(args.data, args.student)

@@ -110,7 +110,7 @@ def judge_metric(scores: Sequence[float | None]) -> dict[str, Any] | None:
 
 def per_example_nll(student: Student, examples: Sequence[Any]) -> list[float]:
     """Per-token NLL of each example's completion (rendered exactly as in training)."""
-    from distill.examples import completion_losses
+    from distill.training.examples import completion_losses
 
     return [total / max(count, 1) for total, count in completion_losses(student, examples)]
 
@@ -127,7 +127,7 @@ def mean_kl(current: Student, new: Student, examples: Sequence[Any], batch_size:
     """Mean per-token KL(current || new) over the completion positions of `examples`."""
     import torch
 
-    from distill.examples import completion_logits, encode, summed_kl
+    from distill.training.examples import completion_logits, encode, summed_kl
 
     encoded = [encode(e, current) for e in examples]
     total, count = 0.0, 0
@@ -142,7 +142,7 @@ def mean_kl(current: Student, new: Student, examples: Sequence[Any], batch_size:
 
 def forgetting_metric(current: Student, new: Student, replay: Sequence[Any],
                       own_answers: Sequence[Any]) -> dict[str, Any]:
-    from distill.examples import completion_nll
+    from distill.training.examples import completion_nll
 
     out: dict[str, Any] = {}
     if replay:
@@ -159,7 +159,7 @@ def evaluate(current: Student, new: Student, prompts: Sequence[Prompt], *, teach
              close_teacher: bool = False) -> Evaluation:
     """Compare `new` against `current` on held-out `prompts` (see the module docstring).
     `close_teacher` closes the judge when done (on the event loop its connections live on)."""
-    from distill.examples import Example
+    from distill.training.examples import Example
 
     result = Evaluation()
     cur_answers = answers_of(current, prompts, max_new_tokens)

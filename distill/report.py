@@ -88,7 +88,7 @@ def _plots(root: Path, state: dict[str, Any]) -> list[tuple[str, str]]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from distill.train import LOSS_LOG, read_loss_log
+    from distill.training.losslog import LOSS_LOG, read_loss_log
 
     made = []
     rounds = state.get("rounds", [])

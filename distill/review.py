@@ -55,7 +55,7 @@ def _rows(path: Path, parse: Callable[[Any], dict[str, Any]]) -> list[dict[str, 
 
 def _sft_row(obj: Any) -> dict[str, Any]:
     """A row of sft.jsonl (a training example with its meta), kept as it is."""
-    from distill.examples import parse_example
+    from distill.training.examples import parse_example
 
     parse_example(obj)
     if "id" not in obj:

@@ -73,21 +73,21 @@ def save_state(root: Path, state: dict[str, Any]) -> None:
 
 
 def _examples(path: Path) -> list[Any]:
-    from distill.examples import read_examples
+    from distill.training.examples import read_examples
 
     return read_examples(path) if path.exists() and path.stat().st_size else []
 
 
 def _replay_from_answers(rows: Sequence[dict[str, Any]]) -> list[Any]:
     """The base student's own (complete) answers, as replay examples."""
-    from distill.examples import replay_examples
+    from distill.training.examples import replay_examples
 
     return replay_examples((r["id"], r["messages"], r["answer"], r.get("finish_reason")) for r in rows)
 
 
 def _replay_sets(config: RoundsConfig, held_cfg: RunConfig) -> tuple[list[Any], list[Any]]:
     """(training replay, forgetting set): the base student's own answers to general prompts."""
-    from distill.examples import read_replay
+    from distill.training.examples import read_replay
 
     if config.replay is None:
         return [], _replay_from_answers(read_answers(held_cfg.run_dir / "answers.jsonl"))
@@ -117,7 +117,8 @@ def run_rounds(config: RoundsConfig, prompts: Sequence[Prompt]) -> dict[str, Any
 
 
 def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> dict[str, Any]:
-    from distill.train import TrainConfig, train
+    from distill.training.config import TrainConfig
+    from distill.training.sft import train
 
     heldout = read_prompts(config.heldout)
     trained = {_prompt_key(p.text) for p in prompts}

@@ -95,11 +95,12 @@ def test_rounds_state_is_written_durably(tmp_path: Path, flushed) -> None:
 
 def test_training_and_evaluation_results_are_written_durably(tiny_model_dir: Path, tmp_path: Path, flushed) -> None:
     from distill.cli import main
-    from distill.examples import Example
     from distill.records.prompts import Prompt
     from distill.rounds import RoundsConfig, _evaluate
     from distill.stages.round import RunConfig
-    from distill.train import TrainConfig, train
+    from distill.training.config import TrainConfig
+    from distill.training.examples import Example
+    from distill.training.sft import train
 
     examples = [Example(id=f"e{i}", prompt=({"role": "user", "content": f"Say {w}."},), completion=w, source="train")
                 for i, w in enumerate(["apple", "river", "stone", "cloud"])]

@@ -63,8 +63,9 @@ HELD_OUT = [parse_prompt({"id": f"h{i}", "prompt": f"Held-out question {i}: is w
 
 @pytest.fixture(scope="module")
 def yes_adapter(peaked_model_dir: Path, tmp_path_factory) -> Path:
-    from distill.examples import Example
-    from distill.train import TrainConfig, train
+    from distill.training.config import TrainConfig
+    from distill.training.examples import Example
+    from distill.training.sft import train
 
     examples = [Example(id=f"e{i}", prompt=({"role": "user", "content": f"Question number {i}: is it true?"},),
                         completion="yes") for i in range(32)]
@@ -118,8 +119,8 @@ def test_the_gate_refuses_a_worse_adapter(peaked_model_dir: Path, yes_adapter: P
 
 
 def test_the_gate_refuses_an_adapter_that_forgets(peaked_model_dir: Path, yes_adapter: Path) -> None:
-    from distill.examples import Example
     from distill.student.model import GenerationParams
+    from distill.training.examples import Example
 
     base, better = Student.load(peaked_model_dir), Student.load(peaked_model_dir, adapter=yes_adapter)
     own = base.answer([f"Tell me about topic {i}." for i in range(6)], GenerationParams(max_new_tokens=12))

@@ -15,10 +15,13 @@ import torch
 from safetensors.torch import load_file
 
 from distill.errors import ConfigError, InputError, ModelError
-from distill.examples import (IGNORE, Example, collate, completion_losses, completion_nll, encode, read_examples,
-                              read_replay)
 from distill.student.model import Student
-from distill.train import TrainConfig, epoch_batches, read_loss_log, replay_count, split_by_tokens, train
+from distill.training.batching import epoch_batches, replay_count, split_by_tokens
+from distill.training.config import TrainConfig
+from distill.training.examples import (IGNORE, Example, collate, completion_losses, completion_nll, encode,
+                                       read_examples, read_replay)
+from distill.training.losslog import read_loss_log
+from distill.training.sft import train
 
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "candle"]
 FAST = dict(batch_size=4, learning_rate=1e-2, warmup_ratio=0.0)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from distill.cli import main
-from distill.train import read_loss_log
+from distill.training.losslog import read_loss_log
 
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "candle"]
 FAST_FLAGS = ["--batch-size", "4", "--lr", "0.01"]

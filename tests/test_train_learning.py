@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from distill.examples import Example, completion_nll
 from distill.records.prompts import Prompt
 from distill.student.model import GenerationParams, Student
-from distill.train import TrainConfig, read_loss_log, train
+from distill.training.config import TrainConfig
+from distill.training.examples import Example, completion_nll
+from distill.training.losslog import read_loss_log
+from distill.training.sft import train
 
 pytestmark = pytest.mark.slow
 

@@ -57,13 +57,13 @@ def policy_of(args: argparse.Namespace) -> Policy:
 
 def run_eval(args: argparse.Namespace) -> int:
     from distill.evaluate import evaluate
-    from distill.examples import read_examples
     from distill.gate import decide
     from distill.records.files import write_atomic
     from distill.records.prompts import read_prompts
     from distill.stages.round import open_round_teacher
     from distill.stages.templates import load_prompt_set
     from distill.student.model import Student
+    from distill.training.examples import read_examples
 
     prompts = read_prompts(args.prompts)
     revisions = read_examples(args.revisions) if args.revisions else []

@@ -3,8 +3,8 @@
 RUN_OR_DATASET is a run directory (`runs/NAME/`: reads `sft.jsonl`, writes `runs/NAME/adapter/`,
 and takes `runs/NAME/replay.jsonl` as the replay set when there is one) or a JSONL file (writes
 `FILE-adapter/` beside it unless --output). Every file is validated whole before any model
-loads. Options come from the defaults of `distill.train.TrainConfig`, then --config FILE.json,
-then the flags. Re-running the same command resumes from the last checkpoint; under
+loads. Options come from the defaults of `distill.training.config.TrainConfig`, then --config
+FILE.json, then the flags. Re-running the same command resumes from the last checkpoint; under
 `accelerate launch --multi_gpu --num_processes N -m distill train ...` it trains on N processes
 (N GPUs, or N CPU processes on gloo where there is no GPU).
 """
@@ -80,7 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _with_default(text: str, name: str) -> Any:
     """The help of a training option: the text, then TrainConfig's default, read when the help is printed."""
     def help_text() -> str:
-        from distill.train import TrainConfig
+        from distill.training.config import TrainConfig
 
         return f"{text} (default {getattr(TrainConfig(), name)})"
 
@@ -88,8 +88,8 @@ def _with_default(text: str, name: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from distill.examples import read_examples, read_replay
-    from distill.train import train
+    from distill.training.examples import read_examples, read_replay
+    from distill.training.sft import train
 
     data_path, output, replay_path = resolve_paths(args.source, args.output, args.replay, args.no_replay,
                                                    reviewed=args.reviewed)
@@ -134,7 +134,7 @@ def resolve_paths(source: Path, output: Path | None, replay: Path | None, no_rep
 
 def build_config(args: argparse.Namespace) -> Any:
     """TrainConfig from its defaults, then --config, then the flags that were given."""
-    from distill.train import TrainConfig
+    from distill.training.config import TrainConfig
 
     values: dict[str, Any] = {}
     if args.config is not None:
