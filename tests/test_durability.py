@@ -85,7 +85,7 @@ def test_the_manifest_is_written_durably(tmp_path: Path, flushed) -> None:
 
 
 def test_rounds_state_is_written_durably(tmp_path: Path, flushed) -> None:
-    from distill.rounds import load_state, save_state
+    from distill.evaluation.state import load_state, save_state
 
     for n in range(2):
         save_state(tmp_path, {"rounds": [{"round": n}]})
@@ -95,8 +95,8 @@ def test_rounds_state_is_written_durably(tmp_path: Path, flushed) -> None:
 
 def test_training_and_evaluation_results_are_written_durably(tiny_model_dir: Path, tmp_path: Path, flushed) -> None:
     from distill.cli import main
+    from distill.evaluation.rounds import RoundsConfig, _evaluate
     from distill.records.prompts import Prompt
-    from distill.rounds import RoundsConfig, _evaluate
     from distill.stages.round import RunConfig
     from distill.training.config import TrainConfig
     from distill.training.examples import Example

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill.evaluate import evaluate
-from distill.gate import Interval, Policy, bootstrap_ci, decide
+from distill.evaluation.evaluate import evaluate
+from distill.evaluation.gate import Interval, Policy, bootstrap_ci, decide
 from distill.records.prompts import parse_prompt
 from distill.stages.templates import load_prompt_set
 from distill.student.model import Student

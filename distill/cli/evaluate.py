@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from distill.gate import Policy
+    from distill.evaluation.gate import Policy
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,14 +50,14 @@ def add_policy_args(p: argparse.ArgumentParser) -> None:
 
 
 def policy_of(args: argparse.Namespace) -> Policy:
-    from distill.gate import Policy
+    from distill.evaluation.gate import Policy
 
     return Policy(primary=args.primary, margin=args.margin, max_nll_increase=args.max_nll_increase, max_kl=args.max_kl)
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from distill.evaluate import evaluate
-    from distill.gate import decide
+    from distill.evaluation.evaluate import evaluate
+    from distill.evaluation.gate import decide
     from distill.records.files import write_atomic
     from distill.records.prompts import read_prompts
     from distill.stages.round import open_round_teacher
@@ -91,7 +91,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_report(args: argparse.Namespace) -> int:
     from distill.cli import run_directory
-    from distill.report import load, summary_table, write_report
+    from distill.evaluation.report import load, summary_table, write_report
 
     root = run_directory(args.name, args.runs_dir)
     path = write_report(root)

@@ -23,8 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from distill import review
     from distill.cli import run_directory
+    from distill.evaluation import review
 
     root = run_directory(args.name, args.runs_dir)
     if args.export:

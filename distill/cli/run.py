@@ -170,9 +170,9 @@ def run_command(args: argparse.Namespace) -> int:
 def _run_rounds(args: argparse.Namespace, config, prompts) -> int:  # type: ignore[no-untyped-def]
     from distill.cli.evaluate import policy_of
     from distill.errors import ConfigError
+    from distill.evaluation.report import load, summary_table
+    from distill.evaluation.rounds import RoundsConfig, run_rounds
     from distill.records.prompts import read_prompts
-    from distill.report import load, summary_table
-    from distill.rounds import RoundsConfig, run_rounds
 
     if args.rounds < 1:
         raise ConfigError(f"--rounds must be at least 1, got {args.rounds}")

@@ -13,7 +13,7 @@ of paired per-prompt differences (new minus current) with a 95% bootstrap interv
 - `forgetting`: the relative rise in per-token NLL on a replay/general set, and the mean
   per-token KL(current || new) on the current model's own held-out answers.
 
-The gate (`distill.gate`) turns these into a promote-or-refuse decision.
+The gate (`distill.evaluation.gate`) turns these into a promote-or-refuse decision.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from distill.checks.reference import run_checks
-from distill.gate import Interval, bootstrap_ci
+from distill.evaluation.gate import Interval, bootstrap_ci
 from distill.records.prompts import Prompt
 from distill.stages.protocol import ProtocolFailure, Settings, judge_both_orders
 from distill.stages.templates import PromptSet

@@ -68,7 +68,7 @@ class Decision:
 
 
 def decide(metrics: Mapping[str, Any], policy: Policy) -> Decision:
-    """Apply the policy to evaluation metrics (as written by `distill.evaluate`)."""
+    """Apply the policy to evaluation metrics (as written by `distill.evaluation.evaluate`)."""
     reasons: list[str] = []
     primary = metrics.get(policy.primary)
     if not primary or not isinstance(primary.get("delta"), Interval):

@@ -4,7 +4,7 @@ Each round the current student (base + the promoted adapter, none at first) answ
 prompts, the teacher critiques and revises, the survivors of every round so far train a fresh
 adapter on the base model (with the base student's own answers as replay), and the new adapter
 is evaluated against the current student on held-out prompts never used in training. It is
-promoted only if the gate says so (`distill.gate`); otherwise the run stops, keeps the best
+promoted only if the gate says so (`distill.evaluation.gate`); otherwise the run stops, keeps the best
 adapter, and says why. Everything lands under `runs/NAME/`:
 
     heldout/          a round on the held-out prompts with the base student: its teacher
@@ -31,13 +31,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from distill.errors import InputError
-from distill.gate import Policy, decide
+from distill.evaluation.gate import Policy, decide
+from distill.evaluation.report import write_report
+from distill.evaluation.state import load_state, save_state
 from distill.records.files import run_lock, write_atomic, write_jsonl
-from distill.records.jsonl import read_text
 from distill.records.prompts import Prompt, read_answers, read_prompts
 from distill.stages.round import RunConfig, no_teacher, open_round_teacher, run_round
-
-STATE = "rounds.json"
 
 
 @dataclass
@@ -56,20 +55,6 @@ class RoundsConfig:
 
 def _log(message: str) -> None:
     print(f"distill: {message}", file=sys.stderr, flush=True)
-
-
-def load_state(root: Path) -> dict[str, Any]:
-    path = root / STATE
-    if not path.exists():
-        return {"rounds": []}
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-
-
-def save_state(root: Path, state: dict[str, Any]) -> None:
-    write_atomic(root / STATE, json.dumps(state, indent=2, default=str) + "\n")
 
 
 def _examples(path: Path) -> list[Any]:
@@ -182,8 +167,6 @@ def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> 
         current = str(adapter)
     state["best_adapter"] = current
     save_state(root, state)
-    from distill.report import write_report
-
     write_report(root)
     return state
 
@@ -201,7 +184,7 @@ def _evaluate(config: RoundsConfig, number: int, current: str | None, adapter: P
               revisions: Sequence[Any], forgetting_set: Sequence[Any], round_dir: Path, *,
               judge: bool = True) -> Any:
     """Evaluate `adapter` against the current student; the judge runs when `judge` and the config allow it."""
-    from distill.evaluate import evaluate
+    from distill.evaluation.evaluate import evaluate
     from distill.stages.templates import load_prompt_set
     from distill.student.model import Student
 

@@ -14,15 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from distill.errors import InputError
-from distill.gate import interval_text
+from distill.evaluation.gate import interval_text
+from distill.evaluation.state import STATE, load_state
 
 METRICS = (("checks", "objective checks: pass-rate change"), ("judge", "pairwise judge: score (new - current)"),
            ("fidelity", "fidelity: NLL drop on held-out revisions"))
 
 
 def load(root: Path) -> dict[str, Any]:
-    from distill.rounds import STATE, load_state
-
     path = root / STATE
     if not path.exists():
         raise InputError(f"{path}: no such file; `distill report` reads a run made with `distill run --rounds N`")
