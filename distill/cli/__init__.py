@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from distill import __version__
 from distill.cli import answer, batch, cache, config, convert, evaluate, merge, review, run, teachers, train
@@ -35,11 +34,6 @@ class Parser(argparse.ArgumentParser):
             if callable(action.help):
                 action.help = action.help()
         return super().format_help()
-
-
-def run_directory(name: str, runs_dir: Path) -> Path:
-    """A run named on the command line: NAME itself when it is a directory, else RUNS_DIR/NAME."""
-    return Path(name) if Path(name).is_dir() else runs_dir / name
 
 
 def build_parser() -> argparse.ArgumentParser:

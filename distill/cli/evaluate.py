@@ -90,7 +90,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from distill.cli import run_directory
+    from distill.cli.rundir import run_directory
     from distill.evaluation.report import load, summary_table, write_report
 
     root = run_directory(args.name, args.runs_dir)

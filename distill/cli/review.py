@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from distill.cli import run_directory
+    from distill.cli.rundir import run_directory
     from distill.evaluation import review
 
     root = run_directory(args.name, args.runs_dir)
