@@ -8,6 +8,11 @@ Building the parser must stay cheap (`distill --help` builds every command's par
 modules import what their command needs inside the command function. Where a description or an
 argument's help names a constant of a heavier module (a default, a file name), it is given as a
 function that returns the text; `Parser` calls it only when that help is printed.
+
+Owns: parsing the command line and turning errors into messages and exit codes; nothing else.
+May import: every package of distill, each command inside its command function (start-up).
+Must not import: torch, transformers or a teacher SDK at module level; and nothing in distill
+imports the CLI (only `distill.__main__` and the `distill` script).
 """
 
 from __future__ import annotations
