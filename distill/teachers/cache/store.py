@@ -3,8 +3,8 @@
 Storage is one SQLite file (`$DISTILL_CACHE_DIR/teacher-calls.sqlite`) in WAL mode with a busy
 timeout, `BEGIN IMMEDIATE` short write transactions and a bounded retry on SQLITE_BUSY, so several
 processes can fill one cache at once. Every SQLite failure becomes a `CacheError` that names the
-file and says how to recover; a corrupt file is never deleted or rebuilt behind the user's back.
-Every read verifies the entry it serves (`distill.teachers.cache.entry`).
+file and says how to recover (`distill.teachers.cache.failures`); a corrupt file is never deleted
+or rebuilt behind the user's back. Every read verifies the entry it serves (`distill.teachers.cache.entry`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 from distill import config
 from distill.errors import CacheError
 from distill.teachers.cache.entry import COLUMNS, Entry
+from distill.teachers.cache.failures import check_not_truncated, is_busy, prepare_directory, sqlite_error
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,6 @@ FILENAME = "teacher-calls.sqlite"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 10.0  # SQLite's own wait for a lock, per statement
 BUSY_RETRIES = 6  # then our own jittered retries on top, before giving up with a CacheError
-
-# SQLite primary result codes (the low byte of sqlite_errorcode).
-_PERM, _BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 3, 5, 6, 8, 10, 11, 13, 14, 26
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -90,49 +88,11 @@ class CacheStore:
         self._write_lock = threading.Lock()
         self._closed = False
         self._damaged: set[str] = set()  # keys read here whose entry did not verify: a new answer replaces it
-        self._prepare_directory()
-        self._check_not_truncated()
+        prepare_directory(self.path)
+        check_not_truncated(self.path)
         self._retrying("open the cache", self._initialise)
 
     # -- opening
-
-    def _prepare_directory(self) -> None:
-        directory = self.path.parent
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CacheError(f"cannot create the cache directory {directory} ({exc.strerror}); "
-                             "make it writable or point DISTILL_CACHE_DIR at a writable directory") from None
-        if self.path.is_dir():
-            raise CacheError(f"cache file {self.path} is a directory; move it aside or set DISTILL_CACHE_DIR")
-        if not os.access(directory, os.W_OK | os.X_OK):
-            raise CacheError(f"the cache directory {directory} is read-only; SQLite needs to create "
-                             f"{self.path.name}-wal and -shm beside the cache. Make it writable, or point "
-                             "DISTILL_CACHE_DIR at a writable directory (copy the cache there)")
-        if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
-            raise CacheError(f"the cache file {self.path} is not readable and writable by this user; "
-                             "fix its permissions or point DISTILL_CACHE_DIR elsewhere")
-
-    def _check_not_truncated(self) -> None:
-        """Cheap early check: a file shorter than its own header says was cut off (copy, crash, full disk)."""
-        try:
-            size = self.path.stat().st_size
-            if size == 0 or Path(str(self.path) + "-wal").exists():
-                return  # empty (new), or in use / WAL not yet checkpointed: the header may lag
-            with self.path.open("rb") as fh:
-                header = fh.read(100)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise CacheError(f"cannot read the cache file {self.path} ({exc.strerror})") from None
-        if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
-            raise self._corrupt("it does not start with an SQLite header")
-        page_size = int.from_bytes(header[16:18], "big")
-        page_size = 65536 if page_size == 1 else page_size
-        pages = int.from_bytes(header[28:32], "big")
-        header_valid = header[24:28] == header[92:96]
-        if header_valid and pages and size < pages * page_size:
-            raise self._corrupt(f"it is {size:,} bytes but its header says {pages * page_size:,}: truncated")
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -184,34 +144,9 @@ class CacheStore:
 
     # -- errors and retries
 
-    def _corrupt(self, detail: str) -> CacheError:
-        return CacheError(
-            f"the teacher-call cache {self.path} is corrupt or truncated ({detail}). Nothing was deleted. "
-            f"To recover, move it aside with its -wal and -shm files (mv {self.path} {self.path}.broken) and the "
-            f"next run starts a fresh cache; refill it with `distill cache import EXPORT.jsonl` if you have an "
-            f"export, or salvage the readable entries with `sqlite3 {self.path}.broken .recover | sqlite3 "
-            f"{self.path}`. `distill cache verify` reports the damage")
-
     def _error(self, exc: sqlite3.Error, action: str) -> CacheError:
-        code = _sqlite_code(exc)
-        text = str(exc)
-        if code in (_CORRUPT, _NOTADB) or "malformed" in text or "not a database" in text:
-            return self._corrupt(text)
-        if code == _FULL or "disk is full" in text:
-            limit = f" (capped at {self.max_size_bytes:,} bytes)" if self.max_size_bytes else ""
-            return CacheError(f"cannot {action}: the disk holding the cache {self.path} is full{limit}. Free "
-                              "space, prune the cache (`distill cache prune`), or point DISTILL_CACHE_DIR at "
-                              "another disk; the cache and the run's other files are left as they were")
-        if code in (_READONLY, _PERM, _CANTOPEN) or "readonly" in text or "unable to open" in text:
-            return CacheError(f"cannot {action}: the cache {self.path} (or its directory) is read-only or cannot "
-                              f"be opened ({text}); make it writable or point DISTILL_CACHE_DIR at a writable "
-                              "directory")
-        if code in (_BUSY, _LOCKED) or "locked" in text:
-            return CacheError(f"cannot {action}: the cache {self.path} stayed locked by another process for more "
-                              f"than {BUSY_TIMEOUT_S * BUSY_RETRIES:.0f} s; is a process stuck holding it?")
-        if code == _IOERR or "I/O" in text:
-            return CacheError(f"cannot {action}: disk I/O error on the cache {self.path} ({text}); check the disk")
-        return CacheError(f"cannot {action} in the cache {self.path}: {text}")
+        return sqlite_error(exc, action, self.path, max_size_bytes=self.max_size_bytes,
+                            locked_for_s=BUSY_TIMEOUT_S * BUSY_RETRIES)
 
     def _retrying(self, action: str, fn: Callable[[], T]) -> T:
         """Run fn; on SQLITE_BUSY/LOCKED (past SQLite's own busy timeout) retry a few times with jitter."""
@@ -219,7 +154,7 @@ class CacheStore:
             try:
                 return fn()
             except sqlite3.Error as exc:
-                if not _is_busy(exc) or attempt == BUSY_RETRIES:
+                if not is_busy(exc) or attempt == BUSY_RETRIES:
                     raise self._error(exc, action) from None
                 time.sleep(min(2.0, 0.02 * 2 ** attempt) * (0.5 + random.random()))
         raise AssertionError("unreachable")  # pragma: no cover
@@ -442,17 +377,6 @@ def _prune_filter(older_than_s: float | None, model: str | None, template: str |
     if not clauses:
         raise CacheError("prune needs at least one filter (older than, model or template)")
     return " AND ".join(clauses), args
-
-
-def _sqlite_code(exc: sqlite3.Error) -> int:
-    """The SQLite primary result code of `exc` (0 when it carries none)."""
-    return (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
-
-
-def _is_busy(exc: sqlite3.Error) -> bool:
-    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock, so a retry may succeed."""
-    text = str(exc)
-    return _sqlite_code(exc) in (_BUSY, _LOCKED) or "locked" in text or "busy" in text
 
 
 def _run_dict(row: Sequence[Any]) -> dict[str, Any]:
