@@ -6,6 +6,9 @@ blocks included, since a lazy import is still a dependency. An edge goes to the 
 (`from distill.teachers import registry` is an edge to distill.teachers.registry), or to the
 package when a name is taken from its `__init__`.
 
+Every imported module must exist: an editable install of an older distill elsewhere on the path
+would otherwise answer an import of a module that has moved, and the suite would not notice.
+
 LAYERS is the architecture, bottom up (ARCHITECTURE.md draws it): a package may import its own
 modules and the packages of lower layers. Packages that share a layer are peers and do not import
 each other. A new package or top-level module must be placed in LAYERS before it can import
@@ -55,9 +58,8 @@ def import_graph(root: Path, package: str) -> dict[str, dict[str, int]]:
     graph: dict[str, dict[str, int]] = {}
     for name, path in known.items():
         edges: dict[str, int] = {}
-        here = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
-            for target in _targets(node, here, known):
+        for node, base, names in _imports(name, path):
+            for target in _targets(base, names, known):
                 if target.split(".")[0] == package:
                     edges.setdefault(target, node.lineno)
         edges.pop(name, None)
@@ -65,17 +67,39 @@ def import_graph(root: Path, package: str) -> dict[str, dict[str, int]]:
     return graph
 
 
-def _targets(node: ast.AST, here: str, known: dict[str, Path]) -> list[str]:
-    if isinstance(node, ast.Import):
-        return [_deepest(alias.name, known) for alias in node.names]
-    if isinstance(node, ast.ImportFrom):
-        base = node.module or ""
-        if node.level:
-            anchor = here.split(".")[: len(here.split(".")) - node.level + 1]
-            base = ".".join(anchor + ([base] if base else []))
-        return [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else _deepest(base, known)
-                for alias in node.names]
-    return []
+def missing_modules(root: Path, package: str) -> list[str]:
+    """`FILE:LINE: module` for every import of a module of `package` that does not exist."""
+    known = modules(root, package)
+    missing = []
+    for name, path in known.items():
+        for node, base, names in _imports(name, path):
+            for module in [base] if base else names:
+                if module.split(".")[0] == package and module not in known:
+                    missing.append(f"{path.relative_to(root)}:{node.lineno}: {module}")
+    return missing
+
+
+def _imports(name: str, path: Path) -> list[tuple[ast.stmt, str, list[str]]]:
+    """(statement, the module a `from` imports from, the names imported) for every import in the file;
+    for `import a.b` the base is empty and the names are the modules. Relative imports are resolved."""
+    here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: list[tuple[ast.stmt, str, list[str]]] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.append((node, "", [alias.name for alias in node.names]))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = here.split(".")[: len(here.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            found.append((node, base, [alias.name for alias in node.names]))
+    return found
+
+
+def _targets(base: str, names: list[str], known: dict[str, Path]) -> list[str]:
+    if not base:
+        return [_deepest(name, known) for name in names]
+    return [f"{base}.{name}" if f"{base}.{name}" in known else _deepest(base, known) for name in names]
 
 
 def _deepest(dotted: str, known: dict[str, Path]) -> str:
@@ -171,6 +195,12 @@ def test_no_module_imports_itself_back_through_others(graph) -> None:
         "\nbreak it: move what both sides need to a module below both, or invert the dependency"
 
 
+def test_every_imported_module_exists() -> None:
+    # An editable install elsewhere can still answer an import of a module that moved away: catch it here.
+    missing = missing_modules(ROOT, PACKAGE)
+    assert not missing, "imports of modules that do not exist:\n" + "\n".join(missing)
+
+
 def test_every_package_has_a_layer(graph) -> None:
     missing = sorted({unit(m) for m in graph} - set(LAYER_OF))
     assert not missing, f"not in LAYERS of tests/test_architecture.py (and ARCHITECTURE.md): {missing}"
@@ -245,3 +275,12 @@ def test_names_taken_from_a_package_are_edges_to_its_init_and_relative_imports_r
     assert graph == {"pkg": {"pkg.sub.leaf": 1}, "pkg.sub": {}, "pkg.sub.leaf": {"pkg.sub.other": 2},
                      "pkg.sub.other": {"pkg.sub.leaf": 1, "pkg": 2}}
     assert [c[:-1] for c in cycles(graph)] == [["pkg", "pkg.sub.leaf", "pkg.sub.other"]]
+
+
+def test_an_import_of_a_module_that_moved_away_is_found(tmp_path: Path) -> None:
+    root = _package(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/new.py": "VALUE = 1\n",
+        "pkg/user.py": "from pkg.new import VALUE\nfrom pkg.old import VALUE\n\ndef f():\n    import pkg.gone\n",
+    })
+    assert missing_modules(root, "pkg") == ["pkg/user.py:2: pkg.old", "pkg/user.py:5: pkg.gone"]
