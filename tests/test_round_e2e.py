@@ -83,12 +83,17 @@ def test_a_real_round_then_an_offline_replay_with_zero_teacher_calls(teacher_env
     table = capsys.readouterr().out
     live = tmp_path / "runs" / "live"
     rejected = {r["prompt_id"]: r["filter"] for r in read(live / "rejected.jsonl")}
-    assert rejected == {"capital": "acceptable", "worse": "reference", "sea": "failed",
+    assert rejected == {"worse": "reference", "sea": "failed",
                         "capital-again": "near_duplicate", "sleep": "unchanged"}
-    kept = {r["meta"]["prompt_id"]: r["completion"][0]["content"] for r in read(live / "sft.jsonl")}
+    sft = {r["meta"]["prompt_id"]: r for r in read(live / "sft.jsonl")}
+    kept = {pid: r["completion"][0]["content"] for pid, r in sft.items()}
+    # the teacher accepts the student's "capital" answer and its check passes: a verified positive
+    assert "Paris" in kept.pop("capital")
+    assert (sft["capital"]["meta"]["source"], sft["capital"]["meta"]["verified"]) == ("acceptable", True)
     assert kept == {"sum": "12 + 30 = 42 (revised)", "colour": "Red is a primary colour (revised).",
                     "fruits": "apples and pears (revised)"}
-    assert {r["meta"]["prompt_id"] for r in read(live / "prefs.jsonl")} == set(kept)
+    assert {pid: sft[pid]["meta"]["verified"] for pid in kept} == {"sum": True, "colour": False, "fruits": True}
+    assert {r["meta"]["prompt_id"] for r in read(live / "prefs.jsonl")} == set(kept)  # positives have no pair
     revisions = {r["prompt_id"]: r for r in read(live / "revisions.jsonl")}
     assert revisions["sea"]["reason"] == "unparseable_reply"
     assert [c["repaired"] for c in read(live / "critiques.jsonl") if c["prompt_id"] == "colour"] == [True]
