@@ -43,6 +43,10 @@ from instruction_sets import question_index, repaired  # noqa: E402
 from loopback_server import LoopbackRequest, LoopbackServer  # noqa: E402
 
 PROMPTS = Path("prompts/instructions")
+# The training options of the round (measured, see the closing note of issue 12): with the default
+# 2e-4 one round left the case kinds unlearned; 5e-4 learns them, and a larger replay share keeps the
+# general-knowledge score. Any `--train-option` given on the command line comes later and wins.
+TRAIN_OPTIONS = ["--train-option", "learning_rate=5e-4", "--train-option", "replay_fraction=0.35"]
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -127,7 +131,8 @@ def main(extra: list[str]) -> int:
 
         code = distill(["run", str(PROMPTS / "train.jsonl"), "--name", name, "--rounds", "1",
                         "--heldout", str(PROMPTS / "heldout.jsonl"), "--replay", "prompts/examples/train.jsonl",
-                        "--chain", "quick", "--max-new-tokens", "96", "--eval-max-new-tokens", "96", *extra])
+                        "--chain", "quick", "--max-new-tokens", "64", "--eval-max-new-tokens", "64",
+                        *TRAIN_OPTIONS, *extra])
         requests = server.count()
     round_seconds = time.monotonic() - started
     if code != 0:

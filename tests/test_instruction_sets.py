@@ -53,3 +53,19 @@ def test_every_scripted_repair_follows_its_instruction() -> None:
             text = instruction_sets.repaired(meta["kind"], meta.get("n"), meta.get("phrase"), questions[meta["question"]])
             result = run_checks(p.checks, text)
             assert result.passed, (p.id, text, result.failures)
+
+
+def test_the_training_set_fits_one_round_of_at_most_200_rows_with_no_prompt_twice() -> None:
+    prompts = read_prompts(FILES / "train.jsonl")
+    assert len(prompts) <= 200
+    assert len({p.text for p in prompts}) == len(prompts)
+    by_kind = Counter(p.meta["kind"] for p in prompts)
+    assert by_kind == Counter(instruction_sets.TRAIN_COUNTS)
+    # the case kinds, the hardest to learn, get the most rows
+    assert {kind for kind, _ in by_kind.most_common(2)} == {"uppercase", "lowercase"}
+
+
+def test_only_a_number_checks_the_form_of_the_answer_not_its_arithmetic() -> None:
+    prompt = next(p for p in read_prompts(FILES / "heldout.jsonl") if p.meta["kind"] == "only_number")
+    assert run_checks(prompt.checks, "41").passed and run_checks(prompt.checks, " 7 ").passed
+    assert not run_checks(prompt.checks, "The answer is 41.").passed
