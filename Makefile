@@ -1,4 +1,5 @@
-# Set-up and the two everyday commands. `make demo` runs a distillation round on the embedded student;
+# Set-up and the two everyday commands. `make demo` runs a self-training round on the embedded student,
+# offline with no key, and prints the held-out pass rate before and after;
 # `make test` runs the whole test suite. Both create .venv and install everything on first use.
 
 PYTHON ?= python3
@@ -26,7 +27,9 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/distill run prompts/examples/heldout.jsonl --name demo --chain quick --max-new-tokens 96 --teacher-max-tokens 384
+	$(BIN)/distill run prompts/instructions/demo-train.jsonl --name demo --teacher none \
+	  --samples 8 --temperature 1.0 --max-new-tokens 64 \
+	  --rounds 1 --heldout prompts/instructions/demo-heldout.jsonl --eval-max-new-tokens 64
 
 test: setup
 	$(BIN)/python -m pytest -q
