@@ -29,7 +29,7 @@ import os
 import tomllib
 import typing
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from distill.errors import ConfigError
 
@@ -227,7 +227,8 @@ def from_text(setting: Setting, text: str, where: str) -> Any:
             return tuple(s.strip() for s in text.split(",") if s.strip())
         value = kind(text.strip())
     except (KeyError, ValueError):
-        raise ConfigError(f"{where}={text!r}: expected {expected(setting)}") from None
+        wanted = "1 or 0 (true/false, yes/no, on/off)" if kind is bool else expected(setting)
+        raise ConfigError(f"{where}={text!r}: expected {wanted}") from None
     if setting.choices and value not in setting.choices:
         raise ConfigError(f"{where}={text!r}: expected {expected(setting)}")
     return value
@@ -269,10 +270,3 @@ def file_keys(*classes: type) -> set[str]:
     """The keys a config-file table for these dataclasses may hold."""
     return {s.name for cls in classes for s in settings_of(cls) if s.toml}
 
-
-def described(value: Any, setter: Callable[..., Any], where: str) -> Any:
-    """`setter(**value)` with a ConfigError from its validation prefixed by `where` (the sources)."""
-    try:
-        return setter(**value)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None

@@ -71,7 +71,8 @@ def test_every_generated_flag_defaults_to_none_and_its_help_shows_the_fields_def
 def test_the_flags_keep_their_names() -> None:
     args = parse("train", "d.jsonl", "--lr", "1e-3", "--target-modules", "q_proj, v_proj", "--gradient-checkpointing")
     config = build_config(args)
-    assert (config.learning_rate, config.target_modules, config.gradient_checkpointing) == (1e-3, ("q_proj", "v_proj"), True)
+    assert (config.learning_rate, config.target_modules, config.gradient_checkpointing) == (
+        1e-3, ("q_proj", "v_proj"), True)
     args = parse(*RUN, "--no-verified-positives", "--no-wait", "--stages", "facts,instructions", "--filters", "empty",
                  "--dedup-threshold", "0", "--max-new-tokens", "64", "--primary", "judge", "--max-kl", "0.5")
     config = _config(args, generation_params(args))
@@ -134,6 +135,12 @@ def test_the_file_beats_the_environment_which_beats_the_default(tmp_path: Path, 
     assert _config(args).offline is False  # the file over the environment
     args = parse(*RUN, "--offline")
     assert _config(args).offline is True  # the flag over the file
+
+
+def test_a_bad_environment_value_names_the_variable(monkeypatch) -> None:
+    monkeypatch.setenv("DISTILL_OFFLINE", "maybe")
+    with pytest.raises(ConfigError, match=r"DISTILL_OFFLINE='maybe': expected 1 or 0"):
+        _config(parse(*RUN))
 
 
 def test_config_flag_and_variable_name_the_file(tmp_path: Path, monkeypatch) -> None:

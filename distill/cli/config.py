@@ -2,12 +2,12 @@
 
 Settings come from flags, the config file (`distill.toml`, `--config` or `DISTILL_CONFIG`),
 environment variables and the config dataclasses' defaults, in that order of precedence (see
-`distill.config`). This command shows the outcome for the four tables: the teacher (with the
-teacher flags below applied), and `[run]`, `[train]` and `[gate]` as the file and the environment
-leave them (a command's own flags then win). It says when nothing was configured and the offline
-default `local:default` applies, and exits with status 2 when the chosen teacher cannot start (a
-missing key, naming the variable to set) or the file is wrong. `add_teacher_args` and `settings_from_args` give every command that calls a teacher the
-same flags.
+`distill.config`). This command shows the outcome for the four tables: the teacher (with the teacher
+flags below applied), and `[run]`, `[train]` and `[gate]` as the file and the environment leave them
+(a command's own flags then win). It says when nothing was configured and the offline default
+`local:default` applies, and exits with status 2 when the chosen teacher cannot start (a missing
+key, naming the variable to set) or the file is wrong. `add_teacher_args` and `settings_from_args`
+give every command that calls a teacher the same flags.
 """
 
 from __future__ import annotations
@@ -173,6 +173,7 @@ def _table(settings: TeacherSettings, needs_key: bool, identity: dict[str, Any] 
     names = max(12, *(len(name) for name, _, _ in every))
     lines = []
     for title, rows in sections:
+        lines += [""] if lines else []
         lines.append(f"[{title}]")
         lines += [f"{name:<{names}} {value:<{width}}  {source}" for name, value, source in rows]
         if title == "teacher" and identity is not None:

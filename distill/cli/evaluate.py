@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--student", default=None, help="base model (default $DISTILL_STUDENT or the embedded student)")
     p.add_argument("--revisions", type=Path, default=None, help="held-out teacher revisions (sft.jsonl) for fidelity")
     p.add_argument("--replay", type=Path, default=None, help="replay/general chat set (sft format) for forgetting")
-    add_options(p, RoundsConfig, only=("judge", "eval_max_new_tokens"), flags={"eval_max_new_tokens": "--max-new-tokens"})
+    add_options(p, RoundsConfig, only=("judge", "eval_max_new_tokens"),
+                flags={"eval_max_new_tokens": "--max-new-tokens"})
     add_policy_args(p)
     add_config_arg(p)
     p.add_argument("-o", "--output", type=Path, default=None, help="write the metrics and decision as JSON")

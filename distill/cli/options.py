@@ -24,7 +24,8 @@ from distill.config import (ENV_CONFIG, Setting, check_keys, config_file, defaul
 
 
 def add_options(group: Any, cls: type, *, only: Iterable[str] | None = None, skip: Iterable[str] = (),
-                flags: Mapping[str, str] | None = None, types: Mapping[str, Callable[[str], Any]] | None = None) -> None:
+                flags: Mapping[str, str] | None = None,
+                types: Mapping[str, Callable[[str], Any]] | None = None) -> None:
     """Add a flag to `group` (a parser or an argument group) for each declared field of `cls` (or those in
     `only`, in that order), but those in `skip`. `flags` renames a field's flag for this command;
     `types` gives a field a stricter argparse type (a usage error before any work)."""

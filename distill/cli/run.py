@@ -23,8 +23,8 @@ from distill.cli.options import add_config_arg, add_options, resolve
 EPILOG = ("Artefacts in runs/NAME/: answers.jsonl, critiques.jsonl, revisions.jsonl, rejected.jsonl (with reasons), "
           "sft.jsonl (prompt/completion chat format), prefs.jsonl (prompt, chosen = revision, rejected = original) "
           "and manifest.json. The teacher comes from DISTILL_TEACHER (default local:default, the embedded model); "
-          "set DISTILL_OFFLINE=1 or --offline to replay from the cache with zero teacher calls. Every option can also be set "
-          "in the [run] table of distill.toml (flags win over it).")
+          "set DISTILL_OFFLINE=1 or --offline to replay from the cache with zero teacher calls. Every option can "
+          "also be set in the [run] table of distill.toml (flags win over it).")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

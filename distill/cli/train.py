@@ -1,12 +1,13 @@
 """`distill train RUN_OR_DATASET`: fit a LoRA adapter to the verified revisions, mixed with replay.
 
-RUN_OR_DATASET is a run directory (`runs/NAME/`: reads `sft.jsonl`, writes `runs/NAME/adapter/`,
-and takes `runs/NAME/replay.jsonl` as the replay set when there is one) or a JSONL file (writes
-`FILE-adapter/` beside it unless --output). Every file is validated whole before any model
-loads. Options come from the defaults of `distill.training.config.TrainConfig` (whose fields the
-flags are generated from), then `[train]` in distill.toml, then --config FILE.json, then the flags. Re-running the same command resumes from the last checkpoint; under
-`accelerate launch --multi_gpu --num_processes N -m distill train ...` it trains on N processes
-(N GPUs, or N CPU processes on gloo where there is no GPU).
+RUN_OR_DATASET is a run directory (`runs/NAME/`: reads `sft.jsonl`, writes `runs/NAME/adapter/`, and
+takes `runs/NAME/replay.jsonl` as the replay set when there is one) or a JSONL file (writes
+`FILE-adapter/` beside it unless --output). Every file is validated whole before any model loads. Options
+come from the defaults of `distill.training.config.TrainConfig` (whose fields the flags are
+generated from), then `[train]` in distill.toml, then --config FILE.json, then the flags. Re-running
+the same command resumes from the last checkpoint; under `accelerate launch --multi_gpu
+--num_processes N -m distill train ...` it trains on N processes (N GPUs, or N CPU processes on gloo
+where there is no GPU).
 """
 
 from __future__ import annotations

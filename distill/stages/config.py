@@ -58,7 +58,8 @@ class RunConfig:
     self_agreement: float = option(
         0.6, help="prompts without a reference: keep the majority answer when at least this share of the samples "
                   "agrees with it")
-    dedup_threshold: float | None = option(0.9, help="drop near-duplicate prompts at this 3-gram Jaccard (0 turns it off)")
+    dedup_threshold: float | None = option(
+        0.9, help="drop near-duplicate prompts at this 3-gram Jaccard (0 turns it off)")
     teacher_max_tokens: int = option(1024, help="the teacher's reply limit")
     concurrency: int | None = option(None, help="rows in flight at once", default_text="the teacher's concurrency")
     offline: bool | None = option(
