@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from distill.checks.similarity import near_duplicates
-from distill.config import default_of
 from distill.errors import CacheError, QuotaExhausted, TeacherError
 from distill.records.files import run_lock, write_atomic, write_jsonl
 from distill.records.ids import content_hash
@@ -45,7 +44,7 @@ from distill.teachers.batch.book import batch_summary, open_batches, summary_lin
 from distill.teachers.batch.queue import BatchMode
 from distill.teachers.cache.layer import CachedTeacher, OfflineMiss, offline_from_env
 from distill.teachers.none import NAME as NO_TEACHER
-from distill.teachers.settings import TeacherSettings, masked_identity
+from distill.teachers.settings import masked_identity
 from distill.teachers.stack import open_teacher, settle
 
 
@@ -347,8 +346,7 @@ async def _teacher_stages(config: RunConfig, chosen: list[dict], chain: Any, pro
                           teacher: Teacher, settings: Any) -> tuple[list[dict], Ledger, tuple]:
     """The critique and filter stages, sharing one teacher (and its cache) on one event loop."""
     cost, batch_cost = cost_functions(settings)
-    concurrency = config.concurrency or (settings.concurrency if settings is not None
-                                         else default_of(TeacherSettings, "concurrency"))
+    concurrency = config.concurrency or (settings.concurrency if settings is not None else 16)
     try:
         ledger = Ledger("critique", cost_fn=cost, batch_cost_fn=batch_cost)
         revisions = await critique_stage(config, chosen, chain, prompt_set, teacher, ledger, concurrency)
