@@ -102,3 +102,31 @@ def test_an_id_twice_is_an_error_naming_both_lines(run_dir: Path, tmp_path: Path
     with pytest.raises(InputError, match=f"{sheet}:4: duplicate id 's0' \\(first on line 2\\)"):
         import_decisions(run_dir, sheet)
     assert not (run_dir / REVIEWED).exists()
+
+
+def _sft_run(folder: Path, revision: str) -> None:
+    folder.mkdir(parents=True)
+    row = {"id": "s0", "prompt": [{"role": "user", "content": "question"}],
+           "completion": [{"role": "assistant", "content": revision}], "meta": {"answer_id": "a0", "prompt_id": "q0"}}
+    (folder / "sft.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+
+
+def test_a_bare_name_means_the_run_under_runs_dir_even_when_a_folder_of_that_name_is_here(
+        tmp_path: Path, monkeypatch) -> None:
+    """`distill review q` reads runs/q/, never ./q/ (a name means RUNS_DIR/NAME; a path needs a slash)."""
+    monkeypatch.chdir(tmp_path)
+    _sft_run(tmp_path / "q", "the folder in the working directory")
+    _sft_run(tmp_path / "runs" / "q", "the run under runs/")
+    assert main(["review", "q", "--export", "by-name.csv"]) == 0
+    assert [r["revision"] for r in csv.DictReader(open("by-name.csv", encoding="utf-8"))] == ["the run under runs/"]
+    assert main(["review", "./q", "--export", "by-path.csv"]) == 0
+    assert [r["revision"] for r in csv.DictReader(open("by-path.csv", encoding="utf-8"))] == [
+        "the folder in the working directory"]
+
+
+def test_a_bare_name_without_its_run_says_how_to_name_the_folder_here(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    _sft_run(tmp_path / "q", "here")
+    assert main(["review", "q", "--export", "out.csv"]) == 2
+    err = capsys.readouterr().err
+    assert f"{Path('runs') / 'q'}: no such run folder" in err and "write ./q" in err

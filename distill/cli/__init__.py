@@ -22,6 +22,7 @@ import os
 import sys
 
 from distill import __version__
+from distill.cli.options import config_env
 from distill.cli import answer, batch, cache, config, convert, evaluate, merge, review, run, teachers, train
 from distill.errors import BatchesPending, DistillError
 
@@ -50,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Environment: DISTILL_STUDENT (student model directory; default the embedded SmolLM2-135M), "
                "DISTILL_TEACHER (backend:model; default local:default), DISTILL_TEACHER_API_KEY / OPENAI_API_KEY / "
                "ANTHROPIC_API_KEY, DISTILL_TEACHER_BASE_URL, DISTILL_OFFLINE=1 (replay from the cache only), "
-               "DISTILL_CACHE_DIR (default ./cache), DISTILL_PROMPTS (templates folder). `distill config` shows the "
-               "resolved teacher. Run `distill COMMAND --help` for each command.",
+               "DISTILL_CACHE_DIR (default ./cache), DISTILL_PROMPTS (templates folder), DISTILL_CONFIG (the config "
+               "file, default ./distill.toml: [run], [teacher], [train] and [gate] tables; flags win over it). "
+               "`distill config` shows every resolved value and where it came from. Run `distill COMMAND --help` "
+               "for each command.",
     )
     parser.add_argument("--version", action="version", version=f"distill {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return int(exc.code)
     try:
-        return int(args.func(args) or 0)
+        with config_env(args):
+            return int(args.func(args) or 0)
     except BatchesPending as pending:  # --no-wait: submitted, not finished; not an error
         print(f"distill: {pending}", file=sys.stderr)
         return pending.exit_code

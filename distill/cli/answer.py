@@ -11,6 +11,9 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from distill.cli.options import add_config_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,22 +28,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("prompts", type=Path, help="JSONL file of prompts")
     p.add_argument("-o", "--output", type=Path, required=True, help="JSONL file to write the answers to")
     add_generation_args(p)
+    add_config_arg(p)
     p.set_defaults(func=run)
 
 
 def add_generation_args(p: argparse.ArgumentParser) -> None:
-    """Flags shared by every command that makes the student generate."""
+    """Flags shared by every command that makes the student generate, from `RunConfig` (the student) and
+    `GenerationParams` (decoding); `[run]` in distill.toml sets them too."""
+    from distill.cli.options import add_options
+    from distill.stages.config import RunConfig
+    from distill.student.model import GenerationParams
+
     g = p.add_argument_group("generation")
-    g.add_argument("--student", default=None,
-                   help="model directory or hub id (default: $DISTILL_STUDENT, else the embedded SmolLM2-135M-Instruct)")
-    g.add_argument("--adapter", default=None, help="a LoRA adapter directory (from `distill train`) to apply")
-    g.add_argument("--max-new-tokens", type=int, default=256, help="longest answer in tokens (default 256)")
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); above 0 samples")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass when sampling (default 1.0)")
-    g.add_argument("--samples", type=int, default=1, help="answers per prompt; needs --temperature > 0 (default 1)")
-    g.add_argument("--seed", type=int, default=0, help="seed for sampling (default 0)")
-    g.add_argument("--batch-size", type=at_least_one("--batch-size"), default=32,
-                   help="prompts generated together (default 32)")
+    add_options(g, RunConfig, only=("student", "adapter"))
+    add_options(g, GenerationParams)
+    add_options(g, RunConfig, only=("batch_size",), types={"batch_size": at_least_one("--batch-size")})
 
 
 def at_least_one(flag: str):  # type: ignore[no-untyped-def]
@@ -56,10 +58,19 @@ def at_least_one(flag: str):  # type: ignore[no-untyped-def]
 
 
 def generation_params(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The decoding parameters: flags > [run] in distill.toml > defaults."""
+    from distill.cli.options import resolve
     from distill.student.model import GenerationParams
 
-    return GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                            top_p=args.top_p, samples=args.samples, seed=args.seed)
+    return GenerationParams(**resolve(args, GenerationParams, "run")[0])
+
+
+def student_options(args: argparse.Namespace) -> dict[str, Any]:
+    """student, adapter and batch_size: flags > [run] in distill.toml > `RunConfig`'s defaults."""
+    from distill.cli.options import resolved
+    from distill.stages.config import RunConfig
+
+    return resolved(args, RunConfig, "run", ("student", "adapter", "batch_size"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,10 +79,11 @@ def run(args: argparse.Namespace) -> int:
 
     prompts = read_prompts(args.prompts)  # validate the whole file before loading any model
     params = generation_params(args)
+    student = student_options(args)
     print(f"distill: {len(prompts)} prompts from {args.prompts}", file=sys.stderr)
     started = time.monotonic()
-    rows = answer_to_file(prompts, args.output, params, source=args.student, adapter=args.adapter,
-                          batch_size=args.batch_size)
+    rows = answer_to_file(prompts, args.output, params, source=student["student"], adapter=student["adapter"],
+                          batch_size=student["batch_size"])
     elapsed = time.monotonic() - started
     print(f"distill: wrote {len(rows)} answers to {args.output} in {elapsed:.1f} s", file=sys.stderr)
     return 0

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from distill.cli.options import add_run_name, run_folder
 from distill.errors import BatchesPending, ConfigError, InputError
 
 RUNNING_EXIT = BatchesPending.exit_code
@@ -52,8 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="the run name (its artefacts are in RUNS_DIR/NAME/)")
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live (default ./runs)")
+    add_run_name(p)
     p.add_argument("--teacher", default=None, help="backend:model (default: the one the batches were sent to)")
     p.add_argument("--base-url", default=None, help="API base URL (default: the configured one); batches.json must "
                                                     "record it as the one the batches were sent to")
@@ -118,7 +118,7 @@ def _report(args: argparse.Namespace, action: Any) -> int:
 
 
 def _run_dir(args: argparse.Namespace) -> Path:
-    run_dir = args.runs_dir / args.name
+    run_dir = run_folder(args, must_exist=False).path
     if not (run_dir / "batches.json").exists():
         raise InputError(f"{run_dir / 'batches.json'}: no provider batches recorded for run {args.name!r} "
                          "(was it run with --batch?)")

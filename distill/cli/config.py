@@ -1,11 +1,13 @@
-"""`distill config`: the resolved teacher configuration, where each value came from, keys masked.
+"""`distill config`: every resolved setting, where each value came from, secrets masked.
 
-The teacher comes from flags, a config file (`distill.toml` or `--config`), environment variables
-and defaults, in that order of precedence (see `distill.teachers.settings`). This command shows
-the outcome, says when nothing was configured and the offline default `local:default` applies,
-and exits with status 2 when the chosen teacher cannot start (a missing key, naming the variable
-to set). `add_teacher_args` and `settings_from_args` give every command that calls a teacher the
-same flags.
+Settings come from flags, the config file (`distill.toml`, `--config` or `DISTILL_CONFIG`),
+environment variables and the config dataclasses' defaults, in that order of precedence (see
+`distill.config`). This command shows the outcome for the four tables: the teacher (with the teacher
+flags below applied), and `[run]`, `[train]` and `[gate]` as the file and the environment leave them
+(a command's own flags then win). It says when nothing was configured and the offline default
+`local:default` applies, and exits with status 2 when the chosen teacher cannot start (a missing
+key, naming the variable to set) or the file is wrong. `add_teacher_args` and `settings_from_args`
+give every command that calls a teacher the same flags.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from distill.config import config_file
 from distill.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -27,10 +30,10 @@ FLAGS = ("teacher", "base_url", "concurrency", "rpm", "tpm", "timeout", "max_ret
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "config",
-        help="show the resolved teacher configuration and where each value came from",
-        description="Resolve the teacher configuration (flags > config file > environment > defaults) and print "
-                    "each value with its source; API keys are masked. Exits 2 when the teacher cannot start, "
-                    "e.g. a hosted teacher without a key.",
+        help="show every resolved setting (teacher, run, train, gate) and where each value came from",
+        description="Resolve the configuration (flags > config file > environment > defaults) and print each "
+                    "value of [teacher], [run], [train] and [gate] with its source; API keys are masked. Exits 2 "
+                    "when the teacher cannot start, e.g. a hosted teacher without a key.",
     )
     add_teacher_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -45,7 +48,8 @@ def add_teacher_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("teacher")
     g.add_argument("--teacher", default=None, metavar="BACKEND:MODEL", help=_teacher_help)
     g.add_argument("--config", default=None, metavar="FILE",
-                   help="TOML config file with a [teacher] table (default: $DISTILL_CONFIG, else ./distill.toml)")
+                   help="config file with [run], [teacher], [train] and [gate] tables (default: $DISTILL_CONFIG, "
+                        "else ./distill.toml)")
     g.add_argument("--base-url", default=None, help="API base URL, e.g. http://localhost:8000/v1 for vLLM")
     g.add_argument("--concurrency", default=None, help="requests in flight at once")
     g.add_argument("--rpm", default=None, help="requests per minute to pace to")
@@ -83,11 +87,12 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     backend = load_backend(settings.backend)
     problem = _problem(settings, backend)
+    others = other_tables(args)
     identity = backend_identity(settings) if args.identity else None
     if args.json:
-        print(json.dumps(_as_json(settings, problem, identity), indent=2))
+        print(json.dumps({**_as_json(settings, problem, identity), "tables": others}, indent=2, default=str))
     else:
-        print(_table(settings, backend.needs_key(settings), identity))
+        print(_table(settings, backend.needs_key(settings), identity, others))
         if settings.uses_default:
             print(default_note())
     if problem:
@@ -121,13 +126,58 @@ def _rows(settings: TeacherSettings, needs_key: bool) -> list[tuple[str, str, st
     return rows
 
 
-def _table(settings: TeacherSettings, needs_key: bool, identity: dict[str, Any] | None) -> str:
-    rows = _rows(settings, needs_key)
-    width = max(len(value) for _, value, _ in rows)
-    names = max(12, *(len(name) for name, _, _ in rows))
-    lines = [f"{name:<{names}} {value:<{width}}  {source}" for name, value, source in rows]
-    if identity is not None:
-        lines.append(f"{'identity':<{names}} " + json.dumps(identity, sort_keys=True))
+def other_tables(args: argparse.Namespace) -> dict[str, dict[str, dict[str, Any]]]:
+    """[run], [train] and [gate] resolved from the config file, the environment and the defaults:
+    {table: {"values": {...}, "sources": {...}}} (the teacher flags of this command do not apply to them)."""
+    from distill.cli.options import table, table_classes
+    from distill.config import resolve_fields, settings_of
+
+    path = config_file(getattr(args, "config", None))
+    holder = argparse.Namespace(config=path)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in ("run", "train", "gate"):
+        file, values = table(holder, name)
+        shown: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for cls in table_classes(name):
+            found, where = resolve_fields(cls, flags={}, table=values, path=file, table_name=name)
+            for setting in settings_of(cls):
+                if setting.toml:
+                    shown[setting.name] = found.get(setting.name, setting.default)
+                    sources[setting.name] = where[setting.name]
+        out[name] = {"values": shown, "sources": sources, "defaults": _defaults_text(name)}
+    return out
+
+
+def _defaults_text(name: str) -> dict[str, str]:
+    from distill.cli.options import table_classes
+    from distill.config import settings_of
+
+    return {s.name: s.default_shown() for cls in table_classes(name) for s in settings_of(cls) if s.toml}
+
+
+def _table(settings: TeacherSettings, needs_key: bool, identity: dict[str, Any] | None,
+           others: dict[str, dict[str, dict[str, Any]]] | None = None) -> str:
+    from distill.config import format_value
+
+    sections: list[tuple[str, list[tuple[str, str, str]]]] = [("teacher", _rows(settings, needs_key))]
+    for name, data in (others or {}).items():
+        rows = []
+        for key, value in data["values"].items():
+            source = data["sources"][key]
+            shown = data["defaults"][key] if source == "default" else format_value(value)
+            rows.append((key, shown, source))
+        sections.append((name, rows))
+    every = [row for _, rows in sections for row in rows]
+    width = min(48, max(len(value) for _, value, _ in every))
+    names = max(12, *(len(name) for name, _, _ in every))
+    lines = []
+    for title, rows in sections:
+        lines += [""] if lines else []
+        lines.append(f"[{title}]")
+        lines += [f"{name:<{names}} {value:<{width}}  {source}" for name, value, source in rows]
+        if title == "teacher" and identity is not None:
+            lines.append(f"{'identity':<{names}} " + json.dumps(identity, sort_keys=True))
     return "\n".join(lines)
 
 

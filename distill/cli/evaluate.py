@@ -9,11 +9,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from distill.cli.options import add_config_arg, add_options, add_run_name, resolve, resolved, run_folder
+
 if TYPE_CHECKING:
     from distill.evaluation.gate import Policy
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from distill.evaluation.config import RoundsConfig
+
     p = sub.add_parser(
         "eval", help="compare base (or an adapter) with an adapter on held-out prompts; apply the gate",
         description="Both models answer held-out PROMPTS (never used in training). Reports objective reference "
@@ -26,36 +30,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--student", default=None, help="base model (default $DISTILL_STUDENT or the embedded student)")
     p.add_argument("--revisions", type=Path, default=None, help="held-out teacher revisions (sft.jsonl) for fidelity")
     p.add_argument("--replay", type=Path, default=None, help="replay/general chat set (sft format) for forgetting")
-    p.add_argument("--no-judge", action="store_true", help="skip the pairwise judge (no teacher calls)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    add_options(p, RoundsConfig, only=("judge", "eval_max_new_tokens"),
+                flags={"eval_max_new_tokens": "--max-new-tokens"})
     add_policy_args(p)
+    add_config_arg(p)
     p.add_argument("-o", "--output", type=Path, default=None, help="write the metrics and decision as JSON")
     p.set_defaults(func=run_eval)
 
     r = sub.add_parser("report", help="print the summary of a multi-round run and rewrite its report.md",
                        description="Print the per-round summary table of runs/NAME (from `distill run --rounds`) "
                                    "and regenerate runs/NAME/report.md with its PNG plots.")
-    r.add_argument("name", help="run name (or a path to the run directory)")
-    r.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    add_run_name(r)
     r.set_defaults(func=run_report)
 
 
 def add_policy_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("gate")
-    g.add_argument("--primary", choices=["checks", "judge", "fidelity"], default="checks",
-                   help="metric whose interval must clear the margin (default: checks, the objective one)")
-    g.add_argument("--margin", type=float, default=0.0, help="the primary metric's lower bound must exceed this")
-    g.add_argument("--max-nll-increase", type=float, default=0.05, help="allowed relative rise in replay NLL (0.05)")
-    g.add_argument("--max-kl", type=float, default=None, help="allowed mean per-token KL from the current model")
+    """The gate's flags, from `distill.evaluation.gate.Policy` (also the [gate] table of distill.toml)."""
+    from distill.evaluation.gate import Policy
+
+    add_options(p.add_argument_group("gate"), Policy)
 
 
 def policy_of(args: argparse.Namespace) -> Policy:
+    """The gate's policy: flags > [gate] in distill.toml > Policy's defaults."""
     from distill.evaluation.gate import Policy
 
-    return Policy(primary=args.primary, margin=args.margin, max_nll_increase=args.max_nll_increase, max_kl=args.max_kl)
+    return Policy(**resolve(args, Policy, "gate")[0])
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from distill.evaluation.config import RoundsConfig
     from distill.evaluation.evaluate import evaluate
     from distill.evaluation.gate import decide
     from distill.records.files import write_atomic
@@ -70,11 +74,12 @@ def run_eval(args: argparse.Namespace) -> int:
     replay = read_examples(args.replay, source="replay") if args.replay else []
     current = Student.load(args.student, adapter=args.against)
     new = Student.load(args.student, adapter=args.adapter)
+    settings = resolved(args, RoundsConfig, "run", ("judge", "eval_max_new_tokens"))
     teacher = None
-    if not args.no_judge:
+    if settings["judge"]:
         teacher, _ = open_round_teacher(None)
     result = evaluate(current, new, prompts, teacher=teacher, prompt_set=load_prompt_set() if teacher else None,
-                      revisions=revisions, replay=replay, max_new_tokens=args.max_new_tokens, close_teacher=True)
+                      revisions=revisions, replay=replay, max_new_tokens=settings["eval_max_new_tokens"], close_teacher=True)
     decision = decide(result.metrics, policy_of(args))
     data = {**result.to_dict(), "decision": decision.to_dict()}
     for name, metric in data["metrics"].items():
@@ -90,10 +95,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from distill.cli.rundir import run_directory
     from distill.evaluation.report import load, summary_table, write_report
 
-    root = run_directory(args.name, args.runs_dir)
+    root = run_folder(args).path
     path = write_report(root)
     print(summary_table(load(root)))
     print(f"\nreport: {path}", file=sys.stderr)

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from distill.cli.options import add_run_name, run_folder
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -14,8 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "decision/edited columns; write accept, reject or edit (new text in 'edited') per row. "
                     "--import reads it back into runs/NAME/sft.reviewed.jsonl; `distill train runs/NAME --reviewed` "
                     "then trains on reviewed rows only.")
-    p.add_argument("name", help="run name (or a path to the run directory)")
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    add_run_name(p)
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--export", type=Path, metavar="FILE.csv", help="write the rows to review")
     mode.add_argument("--import", dest="import_", type=Path, metavar="FILE.csv", help="read the decisions back")
@@ -23,10 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from distill.cli.rundir import run_directory
     from distill.evaluation import review
 
-    root = run_directory(args.name, args.runs_dir)
+    root = run_folder(args).path
     if args.export:
         n = review.export(root, args.export)
         print(f"wrote {n} rows to {args.export}: fill 'decision' (accept / reject / edit) and 'edited'", file=sys.stderr)

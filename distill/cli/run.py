@@ -17,11 +17,14 @@ import sys
 from pathlib import Path
 
 from distill.cli.answer import add_generation_args, generation_params
+from distill.cli.evaluate import add_policy_args
+from distill.cli.options import add_config_arg, add_options, resolve
 
 EPILOG = ("Artefacts in runs/NAME/: answers.jsonl, critiques.jsonl, revisions.jsonl, rejected.jsonl (with reasons), "
           "sft.jsonl (prompt/completion chat format), prefs.jsonl (prompt, chosen = revision, rejected = original) "
           "and manifest.json. The teacher comes from DISTILL_TEACHER (default local:default, the embedded model); "
-          "set DISTILL_OFFLINE=1 or --offline to replay from the cache with zero teacher calls.")
+          "set DISTILL_OFFLINE=1 or --offline to replay from the cache with zero teacher calls. Every option can "
+          "also be set in the [run] table of distill.toml (flags win over it).")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,61 +47,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    from distill.stages.config import RunConfig
+
     p.add_argument("--name", required=True, help="run name: artefacts go to RUNS_DIR/NAME/")
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live (default ./runs)")
+    add_options(p, RunConfig, only=("runs_dir",))
+    add_config_arg(p)
     t = p.add_argument_group("teacher")
-    t.add_argument("--teacher", default=None,
-                   help="backend:model, overriding DISTILL_TEACHER (e.g. openai:gpt-4o-mini); 'none' self-trains: "
-                        "no teacher calls, the student's own samples that pass their prompt's check are the data")
-    t.add_argument("--offline", action="store_true", default=None,
-                   help="never call the teacher: replay from the cache; a miss is an error (also DISTILL_OFFLINE=1)")
-    t.add_argument("--chain", default="default", help="chain of principles from principles.toml (default 'default')")
-    t.add_argument("--stages", default=None, help="comma-separated principles, overriding --chain")
-    t.add_argument("--prompts-dir", default=None, help="templates and principles folder (default $DISTILL_PROMPTS or ./prompts)")
-    t.add_argument("--teacher-max-tokens", type=int, default=1024, help="the teacher's reply limit (default 1024)")
-    t.add_argument("--concurrency", type=int, default=None, help="rows in flight at once (default: teacher concurrency)")
-    t.add_argument("--batch", action="store_true", default=None,
-                   help="send teacher requests that are not cached as provider batches (OpenAI Batch, Anthropic "
-                        "Message Batches): about half the price, answered within 24 h (also DISTILL_TEACHER_BATCH=1)")
-    t.add_argument("--no-wait", action="store_true",
-                   help="with --batch: exit with status 75 once the batches are submitted; run the same command "
-                        "again later to continue (`distill batch status NAME` shows progress)")
+    add_options(t, RunConfig, only=("teacher", "offline", "chain", "stages", "prompts_dir", "teacher_max_tokens",
+                                    "concurrency", "batch", "batch_wait"))
     f = p.add_argument_group("filters")
-    f.add_argument("--filters", default=None,
-                   help=lambda: f"comma-separated filters in order (default {','.join(_default_filters())})")
-    f.add_argument("--keep-acceptable", action="store_true",
-                   help="also keep accepted answers that no check verifies as positive examples (default: dropped)")
-    f.add_argument("--no-verified-positives", dest="verified_positives", action="store_false",
-                   help="drop accepted answers even when they pass their prompt's check (default: kept as "
-                        "positive examples)")
-    f.add_argument("--max-length-ratio", type=float, default=3.0, help="drop revisions longer than this x original")
-    f.add_argument("--unchanged-threshold", type=float, default=1.0,
-                   help="drop revisions at least this similar to the original, by difflib ratio over the text with "
-                        "whitespace normalised (default 1.0: only a revision equal up to whitespace; a change of "
-                        "case, punctuation or line breaks counts)")
-    f.add_argument("--dedup-threshold", type=float, default=0.9,
-                   help="drop near-duplicate prompts at this 3-gram Jaccard (0 turns it off)")
-    f.add_argument("--skip-consistent", type=float, default=None,
-                   help="with --samples > 1: skip prompts whose samples agree at least this often (e.g. 0.8)")
+    add_options(f, RunConfig, only=("filters", "keep_acceptable", "verified_positives", "max_length_ratio",
+                                    "unchanged_threshold", "dedup_threshold", "skip_consistent"))
     s = p.add_argument_group("self-training (--teacher none, or --self-first with a teacher)")
-    s.add_argument("--self-first", action="store_true",
-                   help="with a teacher and --samples K: samples that pass their prompt's check become training "
-                        "rows directly; the teacher is asked only about prompts where no sample passes")
-    s.add_argument("--self-keep", type=int, default=2,
-                   help="distinct passing samples kept per prompt (default 2)")
-    s.add_argument("--self-agreement", type=float, default=0.6,
-                   help="prompts without a reference: keep the majority answer when at least this share of the "
-                        "samples agrees with it (default 0.6)")
-
-
-def _default_filters() -> tuple[str, ...]:
-    from distill.stages.filters import DEFAULT_ORDER
-
-    return DEFAULT_ORDER
+    add_options(s, RunConfig, only=("self_first", "self_keep", "self_agreement"))
 
 
 def _rounds(p: argparse.ArgumentParser) -> None:
-    from distill.cli.evaluate import add_policy_args
+    from distill.evaluation.config import RoundsConfig
 
     r = p.add_argument_group("rounds (answer, critique, train, evaluate, promote; repeat)")
     r.add_argument("--rounds", type=int, default=None,
@@ -106,13 +71,11 @@ def _rounds(p: argparse.ArgumentParser) -> None:
                         "gate says it beats the current student on --heldout; stops at the first refusal")
     r.add_argument("--heldout", type=Path, default=None,
                    help="held-out prompts for the gate (never trained on); required with --rounds")
-    r.add_argument("--replay", type=Path, default=None,
-                   help="general prompts (or chats) the base student answers: 3/4 are mixed into training against "
-                        "forgetting, 1/4 measure forgetting (default: the base answers to --heldout measure it)")
+    add_options(r, RoundsConfig, only=("replay",))
     r.add_argument("--train-option", action="append", default=[], metavar="FIELD=VALUE",
-                   help="a training option (TrainConfig field), e.g. --train-option epochs=2; repeatable")
-    r.add_argument("--no-judge", action="store_true", help="evaluate without the pairwise judge (no teacher calls)")
-    r.add_argument("--eval-max-new-tokens", type=int, default=128, help="answer length for the evaluation")
+                   help="a training option (TrainConfig field), e.g. --train-option epochs=2; repeatable; "
+                        "over [train] in distill.toml")
+    add_options(r, RoundsConfig, only=("judge", "eval_max_new_tokens"))
     add_policy_args(p)
 
 
@@ -134,24 +97,16 @@ def _train_options(pairs: list[str]) -> dict:  # type: ignore[type-arg]
 
 
 def _config(args: argparse.Namespace, generation=None):  # type: ignore[no-untyped-def]
-    from distill.stages.round import RunConfig
+    """The round's RunConfig: flags > [run] in distill.toml > environment > RunConfig's defaults."""
+    from distill.stages.config import RunConfig
 
-    return RunConfig(
-        name=args.name, runs_dir=args.runs_dir, student=getattr(args, "student", None),
-        adapter=getattr(args, "adapter", None),
-        **({"generation": generation, "batch_size": args.batch_size} if generation else {}),
-        skip_consistent=args.skip_consistent, chain=args.chain,
-        stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()) if args.stages else (),
-        prompts_dir=args.prompts_dir,
-        filters=(_default_filters() if args.filters is None
-                 else tuple(s.strip() for s in args.filters.split(",") if s.strip())),
-        keep_acceptable=args.keep_acceptable, verified_positives=args.verified_positives,
-        max_length_ratio=args.max_length_ratio, unchanged_threshold=args.unchanged_threshold,
-        self_first=args.self_first, self_keep=args.self_keep, self_agreement=args.self_agreement,
-        dedup_threshold=args.dedup_threshold or None, teacher_max_tokens=args.teacher_max_tokens,
-        concurrency=args.concurrency, offline=args.offline, teacher=args.teacher,
-        batch=args.batch, batch_wait=not args.no_wait,
-    )
+    values = resolve(args, RunConfig, "run")[0]
+    if generation is None:  # `distill critique`: no student generates
+        for name in ("student", "adapter", "batch_size"):
+            values.pop(name, None)
+    if values.get("dedup_threshold") == 0:  # 0 turns it off
+        values["dedup_threshold"] = None
+    return RunConfig(name=args.name, **values, **({"generation": generation} if generation else {}))
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -169,6 +124,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 def _run_rounds(args: argparse.Namespace, config, prompts) -> int:  # type: ignore[no-untyped-def]
     from distill.cli.evaluate import policy_of
+    from distill.cli.train import train_table
     from distill.errors import ConfigError
     from distill.evaluation.report import load, summary_table
     from distill.evaluation.rounds import RoundsConfig, run_rounds
@@ -180,9 +136,8 @@ def _run_rounds(args: argparse.Namespace, config, prompts) -> int:  # type: igno
         raise ConfigError("--rounds needs --heldout FILE: held-out prompts the gate evaluates on (never trained on)")
     read_prompts(args.heldout)  # validate before any model loads
     rounds = RoundsConfig(run=config, rounds=args.rounds, heldout=args.heldout,
-                          train_options=_train_options(args.train_option), policy=policy_of(args),
-                          eval_max_new_tokens=args.eval_max_new_tokens, judge=not args.no_judge,
-                          replay=args.replay)
+                          train_options={**train_table(args), **_train_options(args.train_option)},
+                          policy=policy_of(args), **resolve(args, RoundsConfig, "run")[0])
     run_rounds(rounds, prompts)
     print(summary_table(load(config.run_dir)))
     print(f"\nreport: {config.run_dir / 'report.md'}", file=sys.stderr)

@@ -1,12 +1,13 @@
 """`distill train RUN_OR_DATASET`: fit a LoRA adapter to the verified revisions, mixed with replay.
 
-RUN_OR_DATASET is a run directory (`runs/NAME/`: reads `sft.jsonl`, writes `runs/NAME/adapter/`,
-and takes `runs/NAME/replay.jsonl` as the replay set when there is one) or a JSONL file (writes
-`FILE-adapter/` beside it unless --output). Every file is validated whole before any model
-loads. Options come from the defaults of `distill.training.config.TrainConfig`, then --config
-FILE.json, then the flags. Re-running the same command resumes from the last checkpoint; under
-`accelerate launch --multi_gpu --num_processes N -m distill train ...` it trains on N processes
-(N GPUs, or N CPU processes on gloo where there is no GPU).
+RUN_OR_DATASET is a run directory (`runs/NAME/`: reads `sft.jsonl`, writes `runs/NAME/adapter/`, and
+takes `runs/NAME/replay.jsonl` as the replay set when there is one) or a JSONL file (writes
+`FILE-adapter/` beside it unless --output). Every file is validated whole before any model loads. Options
+come from the defaults of `distill.training.config.TrainConfig` (whose fields the flags are
+generated from), then `[train]` in distill.toml, then --config FILE.json, then the flags. Re-running
+the same command resumes from the last checkpoint; under `accelerate launch --multi_gpu
+--num_processes N -m distill train ...` it trains on N processes (N GPUs, or N CPU processes on gloo
+where there is no GPU).
 """
 
 from __future__ import annotations
@@ -18,32 +19,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from distill.cli.options import add_config_arg, add_options, table
+from distill.config import resolve_fields, settings_of
 from distill.errors import ConfigError, InputError
 
-# flag, TrainConfig field, type, help (the default is appended from TrainConfig)
-OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
-    ("--epochs", "epochs", int, "passes over the training examples"),
-    ("--max-steps", "max_steps", int, "stop after this many optimizer steps"),
-    ("--lr", "learning_rate", float, "peak learning rate"),
-    ("--batch-size", "batch_size", int, "examples per batch per process"),
-    ("--grad-accum", "grad_accum", int, "batches per optimizer step"),
-    ("--micro-batch-tokens", "micro_batch_tokens", int, "most padded tokens per forward pass (memory)"),
-    ("--max-length", "max_length", int, "longest example in tokens; longer ones are dropped and counted"),
-    ("--rank", "rank", int, "LoRA rank"),
-    ("--alpha", "alpha", float, "LoRA alpha (scale = alpha / rank)"),
-    ("--dropout", "dropout", float, "LoRA dropout"),
-    ("--warmup-ratio", "warmup_ratio", float, "fraction of steps of linear warm-up"),
-    ("--scheduler", "scheduler", str, "cosine, linear or constant"),
-    ("--weight-decay", "weight_decay", float, "AdamW weight decay"),
-    ("--replay-fraction", "replay_fraction", float, "fraction of each epoch drawn from the replay set"),
-    ("--kl-weight", "kl_weight", float, "weight of the KL-to-base penalty (0 = off)"),
-    ("--seed", "seed", int, "seed of the adapter init, data order and replay samples"),
-    ("--precision", "precision", str, "auto, float32 or bfloat16"),
-    ("--save-every", "save_every", int, "steps between checkpoints"),
-)
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from distill.training.config import TrainConfig
+
     p = sub.add_parser(
         "train",
         help="train a LoRA adapter on a run's sft.jsonl (or any chat JSONL)",
@@ -65,26 +47,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-replay", action="store_true", help="train without replay even if RUN/replay.jsonl exists")
     p.add_argument("--reviewed", action="store_true",
                    help="train on RUN/sft.reviewed.jsonl (the rows a person accepted or edited in `distill review`)")
-    p.add_argument("--config", type=Path, default=None, help="JSON object of training options (TrainConfig fields)")
+    add_config_arg(p, help="distill.toml to read ([train] and the other tables; default: $DISTILL_CONFIG, else "
+                           "./distill.toml), or a FILE.json object of training options (TrainConfig fields), read "
+                           "over [train]")
     p.add_argument("--restart", action="store_true", help="discard checkpoints or a finished adapter and start over")
-    g = p.add_argument_group("training options (override --config)")
-    for flag, name, kind, text in OPTIONS:
-        g.add_argument(flag, dest=name, type=kind, default=None, help=_with_default(text, name))
-    g.add_argument("--target-modules", dest="target_modules", default=None,
-                   help="comma-separated layer names to adapt (default: every linear layer but the output head)")
-    g.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true", default=None,
-                   help="recompute activations in the backward pass: less memory, slower (default off)")
+    g = p.add_argument_group("training options (over --config and [train] in distill.toml)")
+    add_options(g, TrainConfig)
     p.set_defaults(func=run)
-
-
-def _with_default(text: str, name: str) -> Any:
-    """The help of a training option: the text, then TrainConfig's default, read when the help is printed."""
-    def help_text() -> str:
-        from distill.training.config import TrainConfig
-
-        return f"{text} (default {getattr(TrainConfig(), name)})"
-
-    return help_text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,12 +101,21 @@ def resolve_paths(source: Path, output: Path | None, replay: Path | None, no_rep
     return data, output, None if no_replay else replay
 
 
-def build_config(args: argparse.Namespace) -> Any:
-    """TrainConfig from its defaults, then --config, then the flags that were given."""
+def train_table(args: argparse.Namespace) -> dict[str, Any]:
+    """The [train] table of distill.toml, its keys and types checked (the training options it sets)."""
     from distill.training.config import TrainConfig
 
+    path, values = table(args, "train")
+    return resolve_fields(TrainConfig, flags={}, table=values, path=path, table_name="train", env={})[0]
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """TrainConfig from its defaults, then [train] in distill.toml, then --config FILE.json, then the flags."""
+    from distill.training.config import TrainConfig
+
+    file_values = train_table(args)
     values: dict[str, Any] = {}
-    if args.config is not None:
+    if args.config is not None and args.config.suffix == ".json":
         try:
             values = json.loads(args.config.read_text(encoding="utf-8"))
         except OSError as exc:
@@ -146,11 +124,8 @@ def build_config(args: argparse.Namespace) -> Any:
             raise ConfigError(f"{args.config}:{exc.lineno}: invalid JSON ({exc.msg})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{args.config}: expected a JSON object of training options")
-    names = [name for _, name, _, _ in OPTIONS] + ["target_modules", "gradient_checkpointing"]
-    flags = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    if "target_modules" in flags:
-        flags["target_modules"] = tuple(m.strip() for m in flags["target_modules"].split(",") if m.strip())
-    return TrainConfig.from_mapping({**values, **flags}, source=str(args.config or "flags"))
+    flags = {s.name: getattr(args, s.name) for s in settings_of(TrainConfig) if getattr(args, s.name) is not None}
+    return TrainConfig.from_mapping({**file_values, **values, **flags}, source=str(args.config or "flags"))
 
 
 def say(message: str) -> None:

@@ -1,9 +1,9 @@
 """Evaluation: does the new student beat the current one, and what happened over the rounds.
 
-Owns: `evaluate` (held-out objective checks, the pairwise judge, fidelity and forgetting),
-`gate` (the promotion policy and its decision), `rounds` (`distill run --rounds N`: round, train,
-evaluate, gate, repeat), `state` (rounds.json), `report` (report.md, report.html, the terminal
-table), and `review` (a person's review of the training rows).
+Owns: `evaluate` (held-out objective checks, the pairwise judge, fidelity and forgetting), `gate`
+(the promotion policy and its decision), `config` (`RoundsConfig`), `rounds` (`distill run --rounds
+N`: round, train, evaluate, gate, repeat), `state` (rounds.json), `report` (report.md, report.html,
+the terminal table), and `review` (a person's review of the training rows).
 
 May import: `distill.stages` (a multi-round run runs rounds; the judge uses the critique protocol
 and templates), `distill.training`, `distill.teachers`, `distill.student`, `distill.records`,

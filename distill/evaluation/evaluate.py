@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from distill.checks.reference import run_checks
+from distill.config import default_of
+from distill.evaluation.config import RoundsConfig
 from distill.evaluation.gate import Interval, bootstrap_ci
 from distill.records.prompts import Prompt
 from distill.stages.protocol import ProtocolFailure, Settings, judge_both_orders
@@ -155,7 +157,8 @@ def forgetting_metric(current: Student, new: Student, replay: Sequence[Any],
 
 def evaluate(current: Student, new: Student, prompts: Sequence[Prompt], *, teacher: Teacher | None = None,
              prompt_set: PromptSet | None = None, revisions: Sequence[Any] = (), replay: Sequence[Any] = (),
-             max_new_tokens: int = 128, teacher_identity: Mapping[str, Any] | None = None,
+             max_new_tokens: int = default_of(RoundsConfig, "eval_max_new_tokens"),
+             teacher_identity: Mapping[str, Any] | None = None,
              close_teacher: bool = False) -> Evaluation:
     """Compare `new` against `current` on held-out `prompts` (see the module docstring).
     `close_teacher` closes the judge when done (on the event loop its connections live on)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
-import numpy as np
+from distill.config import option
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ def interval_text(mean: float, low: float, high: float, digits: int = 3) -> str:
 def bootstrap_ci(values: Sequence[float], *, confidence: float = 0.95, resamples: int = 10_000,
                  seed: int = 0) -> Interval:
     """Percentile bootstrap interval of the mean of `values` (deterministic for a seed)."""
+    import numpy as np  # here: the command line imports this module (for Policy) to build its parser
+
     data = np.asarray(values, dtype=np.float64)
     if data.size == 0:
         return Interval(float("nan"), float("nan"), float("nan"), 0, confidence)
@@ -50,12 +52,14 @@ def bootstrap_ci(values: Sequence[float], *, confidence: float = 0.95, resamples
 
 @dataclass(frozen=True)
 class Policy:
-    """What it takes to be promoted."""
+    """What it takes to be promoted: the `--primary`, `--margin`, ... flags and the `[gate]` table."""
 
-    primary: str = "checks"  # "checks" (objective reference checks), "judge" or "fidelity"
-    margin: float = 0.0  # the primary metric's lower bound must exceed this
-    max_nll_increase: float = 0.05  # relative rise in replay-set NLL allowed (5%)
-    max_kl: float | None = None  # mean per-token KL(current || new) allowed on held-out prompts
+    primary: str = option("checks", choices=("checks", "judge", "fidelity"),
+                          help="metric whose interval must clear the margin (checks: the objective one)")
+    margin: float = option(0.0, help="the primary metric's lower bound must exceed this")
+    max_nll_increase: float = option(0.05, help="allowed relative rise in replay NLL (0.05: 5 percent)")
+    max_kl: float | None = option(None, default_text="no limit",
+                                  help="allowed mean per-token KL(current || new) on held-out prompts")
 
 
 @dataclass

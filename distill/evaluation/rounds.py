@@ -26,31 +26,17 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from distill.errors import InputError
-from distill.evaluation.gate import Policy, decide
+from distill.evaluation.config import RoundsConfig
+from distill.evaluation.gate import decide
 from distill.evaluation.report import write_report
 from distill.evaluation.state import load_state, save_state
 from distill.records.files import run_lock, write_atomic, write_jsonl
 from distill.records.prompts import Prompt, read_answers, read_prompts
 from distill.stages.round import RunConfig, no_teacher, open_round_teacher, run_round
-
-
-@dataclass
-class RoundsConfig:
-    """A multi-round run: the round settings, the held-out prompts, training and the gate."""
-
-    run: RunConfig
-    rounds: int
-    heldout: Path
-    train_options: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
-    policy: Policy = field(default_factory=Policy)
-    eval_max_new_tokens: int = 128
-    judge: bool = True
-    replay: Path | None = None  # general prompts (or chats) for replay and the forgetting measure
 
 
 def _log(message: str) -> None:
@@ -77,7 +63,7 @@ def _replay_sets(config: RoundsConfig, held_cfg: RunConfig) -> tuple[list[Any], 
     if config.replay is None:
         return [], _replay_from_answers(read_answers(held_cfg.run_dir / "answers.jsonl"))
     chats, replay_prompts = read_replay(config.replay)
-    out = config.run.run_dir / "replay" / "answers.jsonl"
+    out = config.run.folder.replay / "answers.jsonl"
     answered = _base_answers(config, replay_prompts, out) if replay_prompts else []
     examples = list(chats) + _replay_from_answers(answered)
     held = [e for i, e in enumerate(examples) if i % 4 == 3]
@@ -115,7 +101,7 @@ def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> 
     state = load_state(root)
     state.update(name=config.run.name, heldout=str(config.heldout), policy=config.policy.__dict__)
 
-    held_cfg = replace(config.run, name=f"{config.run.name}/heldout", adapter=None, round=0)
+    held_cfg = config.run.inside(config.run.folder.heldout, adapter=None, round=0)
     self_only = no_teacher(config.run.teacher)
     if self_only:  # no teacher: no revisions to measure fidelity with; the base answers measure forgetting
         _log("held-out: the base student answers the held-out prompts (greedy; no teacher)")
@@ -133,11 +119,11 @@ def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> 
         _log(f"round {finished[-1]['round']} was refused earlier; nothing more to do")
         return state
     for number in range(len(finished) + 1, config.rounds + 1):
-        round_cfg = replace(config.run, name=f"{config.run.name}/round-{number}", adapter=current, round=number)
+        round_cfg = config.run.inside(config.run.folder.round(number), adapter=current, round=number)
         _log(f"round {number}: student {'base' if current is None else 'base + ' + current}")
         summary = run_round(round_cfg, prompts)
         fresh = _examples(round_cfg.run_dir / "sft.jsonl")
-        data = [e for k in range(1, number) for e in _examples(root / f"round-{k}" / "sft.jsonl")] + fresh
+        data = [e for k in range(1, number) for e in _examples(config.run.folder.round(k) / "sft.jsonl")] + fresh
         record: dict[str, Any] = {"round": number, "adapter": None, "counts": summary.counts,
                                   "rejected": summary.rejected, "dataset": summary.dataset,
                                   "new_examples": len(fresh), "train_examples": len(data)}

@@ -38,8 +38,10 @@ from importlib.metadata import entry_points
 from typing import Any, Awaitable, Callable, Mapping
 
 from distill.checks.reference import Check, parse_reference, run_checks
+from distill.config import default_of
 from distill.errors import ConfigError
 from distill.stages.accounting import Ledger
+from distill.stages.config import RunConfig
 from distill.stages.protocol import Settings, judge_both_orders
 from distill.stages.templates import PromptSet
 from distill.teachers.base import Teacher
@@ -103,10 +105,10 @@ class FilterContext:
 
     teacher: Teacher | None
     prompts: PromptSet | None
-    keep_acceptable: bool = False  # also keep accepted answers that no check verifies
-    verified_positives: bool = True  # keep accepted answers that pass their prompt's check
-    max_length_ratio: float = 3.0
-    unchanged_threshold: float = 1.0  # 1.0: only a revision equal up to whitespace is "unchanged"
+    keep_acceptable: bool = default_of(RunConfig, "keep_acceptable")  # also keep accepted answers no check verifies
+    verified_positives: bool = default_of(RunConfig, "verified_positives")  # keep those that pass their check
+    max_length_ratio: float = default_of(RunConfig, "max_length_ratio")
+    unchanged_threshold: float = default_of(RunConfig, "unchanged_threshold")  # 1.0: equal up to whitespace
     settings: Settings = Settings(max_tokens=256)
     ledger: Ledger | None = None  # judge calls are billed here
 
@@ -255,7 +257,7 @@ FILTERS: dict[str, FilterFn] = {
     "reference": reference,
     "judge": judge,
 }
-DEFAULT_ORDER = ("acceptable", "boilerplate", "empty", "unchanged", "length", "reference", "judge")
+DEFAULT_ORDER: tuple[str, ...] = default_of(RunConfig, "filters")  # the order filters run in by default
 
 
 def resolve(names: list[str] | tuple[str, ...] = DEFAULT_ORDER) -> list[tuple[str, FilterFn]]:

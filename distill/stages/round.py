@@ -22,7 +22,7 @@ import asyncio
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -35,10 +35,10 @@ from distill.records.prompts import Prompt
 from distill.stages import consistency, filters, self_training
 from distill.stages.accounting import CostFn, Ledger, no_prices
 from distill.stages.answer import answer_to_file
+from distill.stages.config import RunConfig
 from distill.stages.critique import revise_all, revision_id, teacher_key
 from distill.stages.protocol import ProtocolFailure, Settings
 from distill.stages.templates import PromptSet, load_prompt_set
-from distill.student.model import GenerationParams
 from distill.teachers.base import Deferred, Teacher
 from distill.teachers.batch.book import batch_summary, open_batches, summary_line
 from distill.teachers.batch.queue import BatchMode
@@ -46,47 +46,6 @@ from distill.teachers.cache.layer import CachedTeacher, OfflineMiss, offline_fro
 from distill.teachers.none import NAME as NO_TEACHER
 from distill.teachers.settings import masked_identity
 from distill.teachers.stack import open_teacher, settle
-
-
-@dataclass
-class RunConfig:
-    """Everything that shapes a round. Each field is a `distill run` flag of the same name."""
-
-    name: str
-    runs_dir: Path = Path("runs")
-    student: str | None = None  # model dir or hub id; None: $DISTILL_STUDENT or the embedded default
-    adapter: str | None = None  # LoRA adapter applied to the student (later rounds)
-    generation: GenerationParams = field(default_factory=lambda: GenerationParams(max_new_tokens=256))
-    batch_size: int = 32  # student prompts generated together
-    skip_consistent: float | None = None  # with samples > 1: skip prompts whose agreement >= this
-    chain: str = "default"  # a chain from principles.toml
-    stages: tuple[str, ...] = ()  # or an explicit list of principles (overrides chain)
-    prompts_dir: str | None = None  # templates and principles; None: $DISTILL_PROMPTS or ./prompts
-    filters: tuple[str, ...] = filters.DEFAULT_ORDER
-    keep_acceptable: bool = False  # also keep accepted answers that no check verifies, as positive examples
-    verified_positives: bool = True  # keep accepted answers that pass their prompt's check as positive examples
-    max_length_ratio: float = 3.0  # drop revisions longer than this times the original
-    unchanged_threshold: float = 1.0  # drop revisions this similar to the original (1.0: equal up to whitespace)
-    self_first: bool = False  # with a teacher: samples that pass their check train directly; the teacher sees the rest
-    self_keep: int = 2  # self-training: distinct verified samples kept per prompt
-    self_agreement: float = 0.6  # self-training without a reference: the majority share needed to keep it
-    dedup_threshold: float | None = 0.9  # drop prompts whose 3-gram Jaccard to an earlier one is >= this
-    teacher_max_tokens: int = 1024  # the teacher's reply limit per call
-    concurrency: int | None = None  # rows in flight at once (default: the teacher's concurrency)
-    offline: bool | None = None  # None: $DISTILL_OFFLINE
-    teacher: str | None = None  # backend:model, overriding DISTILL_TEACHER and the config file
-    round: int = 1
-    batch: bool | None = None  # uncached teacher requests as provider batches; None: DISTILL_TEACHER_BATCH
-    batch_wait: bool = True  # False (--no-wait): exit once the batches are submitted; re-run to continue
-
-    @property
-    def run_dir(self) -> Path:
-        return self.runs_dir / self.name
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["runs_dir"] = str(self.runs_dir)
-        return data
 
 
 @dataclass

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from distill.config import cache_dir, student_source
+from distill.config import cache_dir, option, student_source
 from distill.errors import ConfigError, InputError, ModelError
 from distill.records.ids import content_hash
 from distill.records.prompts import Prompt
@@ -53,11 +53,11 @@ class ModelIdentity:
 class GenerationParams:
     """How to decode. Greedy (temperature 0) by default; `samples` answers per prompt."""
 
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    samples: int = 1
-    seed: int = 0
+    max_new_tokens: int = option(256, help="longest answer in tokens")
+    temperature: float = option(0.0, help="0 = greedy; above 0 samples")
+    top_p: float = option(1.0, help="nucleus sampling mass when sampling")
+    samples: int = option(1, help="answers per prompt; needs --temperature > 0")
+    seed: int = option(0, help="seed for sampling")
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

@@ -1,7 +1,9 @@
 """Training configuration: every knob of a LoRA run, with its default and why, validated on creation.
 
-`distill train` builds one from these defaults, a `--config FILE.json` and its flags; a multi-round
-run from `--train-option NAME=VALUE`. `run_key()` is what must match for a run to resume.
+Each field is declared once, with its default and its help: the `distill train` flags are generated
+from the fields (`--lr` is `learning_rate`), `[train]` in `distill.toml` sets them per project, and
+a multi-round run takes `--train-option NAME=VALUE` over `[train]`. `distill train --config
+FILE.json` still takes a JSON object of fields. `run_key()` is what must match for a run to resume.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
+from distill.config import option
 from distill.errors import ConfigError
 
 
@@ -30,60 +33,62 @@ class TrainConfig:
     """
 
     # LoRA
-    rank: int = 16
+    rank: int = option(16, help="LoRA rank")
     """LoRA rank r: the adapter adds r x (in + out) parameters to each target layer."""
-    alpha: float = 32.0
+    alpha: float = option(32.0, help="LoRA alpha (scale = alpha / rank)")
     """LoRA scaling numerator; the update is scaled by alpha / rank (2 by default)."""
-    dropout: float = 0.0
+    dropout: float = option(0.0, help="LoRA dropout")
     """Dropout on the adapter's input. 0: replay and few epochs regularise, and dropout costs a copy
     of every layer's input on CPU."""
-    target_modules: tuple[str, ...] | None = None
+    target_modules: tuple[str, ...] | None = option(
+        None, help="comma-separated layer names to adapt", default_text="every linear layer but the output head")
     """Names of the layers to adapt; None = every linear layer except the output head (for Llama:
     q/k/v/o_proj, gate/up/down_proj), named as in the base model, as vLLM's LoRA serving expects."""
 
     # optimisation
-    learning_rate: float = 2e-4
+    learning_rate: float = option(2e-4, help="peak learning rate", flag="--lr")
     """Peak AdamW learning rate (swept, see the class docstring)."""
-    epochs: int = 3
+    epochs: int = option(3, help="passes over the training examples")
     """Passes over the training examples (each with a fresh replay sample)."""
-    max_steps: int | None = None
+    max_steps: int | None = option(None, help="stop after this many optimizer steps", default_text="all epochs")
     """Stop after this many optimizer steps (the schedule is sized for it); None = all epochs."""
-    batch_size: int = 8
+    batch_size: int = option(8, help="examples per batch per process")
     """Examples per micro-batch per process. Batches are grouped by length to waste little padding."""
-    grad_accum: int = 1
+    grad_accum: int = option(1, help="batches per optimizer step")
     """Batches per optimizer step (per process)."""
-    micro_batch_tokens: int = 2048
+    micro_batch_tokens: int = option(2048, help="most padded tokens per forward pass (memory)")
     """Most padded tokens in one forward pass; a batch with more is cut into several passes (same
     step, bounded memory). Activations take 2-3 MB per token on SmolLM2-135M (bf16 / float32)."""
-    warmup_ratio: float = 0.1
+    warmup_ratio: float = option(0.1, help="fraction of steps of linear warm-up")
     """Fraction of the steps over which the learning rate rises linearly from 0."""
-    scheduler: str = "cosine"
+    scheduler: str = option(
+        "cosine", help="learning-rate decay after warm-up", choices=("cosine", "linear", "constant"))
     """Learning-rate decay after warm-up: cosine, linear or constant."""
-    weight_decay: float = 0.0
+    weight_decay: float = option(0.0, help="AdamW weight decay")
     """AdamW weight decay on the adapter weights."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = option(1.0, help="gradient clipping (0 turns it off)")
     """Gradient clipping; 0 turns it off."""
-    max_length: int = 1024
+    max_length: int = option(1024, help="longest example in tokens; longer ones are dropped and counted")
     """Longest example in tokens (prompt + completion); longer ones are dropped and counted."""
 
     # against forgetting
-    replay_fraction: float = 0.25
+    replay_fraction: float = option(0.25, help="fraction of each epoch drawn from the replay set")
     """Fraction of each epoch's examples drawn from the replay set (when there is one)."""
-    kl_weight: float = 0.0
+    kl_weight: float = option(0.0, help="weight of the KL-to-base penalty (0 = off)")
     """Weight of KL(adapter || base) at completion positions; 0 = off. Costs one more forward pass."""
 
     # machinery
-    seed: int = 0
+    seed: int = option(0, help="seed of the adapter init, data order and replay samples")
     """Seeds the adapter's initialisation, the data order and the replay samples."""
-    precision: str = "auto"
+    precision: str = option("auto", help="auto, float32 or bfloat16", choices=("auto", "float32", "bfloat16"))
     """auto, float32 or bfloat16 (mixed precision: adapter and optimizer state stay float32). auto =
     bfloat16 where it runs natively (a GPU; a CPU with AVX512-BF16 or AMX), float32 elsewhere."""
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = option(False, help="recompute activations in the backward pass: less memory, slower")
     """Recompute activations in the backward pass: less memory, about a third slower. Off: a 135M
     model does not need it, and on CPU it only costs time."""
-    save_every: int = 50
+    save_every: int = option(50, help="steps between checkpoints")
     """Write a resumable checkpoint every this many steps (and on Ctrl-C)."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = option(2, help="how many of the newest checkpoints to keep while training")
     """How many of the newest checkpoints to keep while training; all are removed at the end."""
 
     def __post_init__(self) -> None:

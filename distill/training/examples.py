@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+from distill.config import default_of
 from distill.errors import ModelError
 from distill.records.ids import content_hash
 from distill.records.jsonl import read_rows
@@ -131,7 +132,8 @@ def _is_prompt_row(obj: Any) -> bool:
     return "prompt" in obj
 
 
-def answer_replay(student: Student, prompts: Sequence[Prompt], max_new_tokens: int = 256) -> list[Example]:
+def answer_replay(student: Student, prompts: Sequence[Prompt],
+                  max_new_tokens: int = default_of(GenerationParams, "max_new_tokens")) -> list[Example]:
     """The student's own greedy answers to general prompts, as replay examples.
 
     Answers cut off by `max_new_tokens` are left out: training on them would teach the model to end

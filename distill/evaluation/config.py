@@ -1,0 +1,36 @@
+"""`RoundsConfig`: a multi-round run's settings (`distill run --rounds N`), each field with its one default.
+
+The evaluation flags of `distill run --rounds` and `distill eval` are generated from these fields
+and from `distill.evaluation.gate.Policy`; the `[run]` table of `distill.toml` sets them too. A
+light module on purpose: the command line imports it to build its parser.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distill.config import option
+from distill.evaluation.gate import Policy
+from distill.stages.config import RunConfig
+
+
+@dataclass
+class RoundsConfig:
+    """A multi-round run: the round settings, the held-out prompts, training and the gate."""
+
+    run: RunConfig
+    rounds: int
+    """Up to this many rounds; the run stops at the first refusal."""
+    heldout: Path
+    """Held-out prompts the gate evaluates on (never trained on)."""
+    train_options: dict[str, Any] = field(default_factory=dict)
+    """TrainConfig fields (`--train-option FIELD=VALUE`, `[train]`)."""
+    policy: Policy = field(default_factory=Policy)
+    eval_max_new_tokens: int = option(128, help="answer length for the evaluation")
+    judge: bool = option(True, flag="--no-judge", help="evaluate without the pairwise judge (no teacher calls)")
+    replay: Path | None = option(
+        None, metavar="FILE", default_text="the base answers to --heldout measure forgetting",
+        help="general prompts (or chats) the base student answers: 3/4 are mixed into training against "
+             "forgetting, 1/4 measure forgetting")
