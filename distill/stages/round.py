@@ -176,7 +176,7 @@ def select_stage(answers: Sequence[Mapping[str, Any]], skip_consistent: float | 
 async def filter_stage(revisions: Sequence[Mapping[str, Any]], ctx: filters.FilterContext,
                        names: Sequence[str], concurrency: int, teacher: TeacherHandle) -> tuple[list, list, list]:
     """Apply the filters to every revision; returns (sft rows, prefs rows, rejected rows).
-    `teacher` is the handle behind `ctx.teacher` (it settles the judge's batches between passes)."""
+    `teacher` is the handle behind `ctx.teacher` (its `settle_batches()` runs between passes)."""
     chain = filters.resolve(tuple(names))
     results: list[tuple[Mapping[str, Any], filters.Candidate, filters.Drop | None]] = []
     pending: list[Mapping[str, Any]] = []  # batch mode: waiting on a provider batch, judged again after it

@@ -167,7 +167,7 @@ class BatchQueue:
 
     def running(self) -> list[Part]:
         """This run's batches that are not collected yet: submitted or ended, or being submitted
-        by another process right now (a dead one's are settled by `refresh` first)."""
+        by another process right now (a dead one's are recovered or given up by `refresh` first)."""
         return [p for p in self.book.parts() if self.mine(p) and p.state in OPEN_STATES]
 
     def pending_message(self, running: Sequence[Part]) -> str:
