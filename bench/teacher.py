@@ -5,7 +5,7 @@ stage does) to the loopback server (tests/loopback_server.py) running in its own
 50 ms latency and an enforced 3,000 requests/minute (a token bucket holding one second of burst,
 answering 429 with retry-after-ms beyond it). Clients:
 
-    distill          the `openai` backend from create_backend, DISTILL_TEACHER_RPM set to the limit
+    distill          the `openai` backend from distill.teachers.stack.live_teacher, DISTILL_TEACHER_RPM set to the limit
     distill-learned  the same with no RPM set: the limit is learned from x-ratelimit-* headers
     naive            AsyncOpenAI with default settings (httpx transport, 2 SDK retries) and
                      asyncio.gather over every request
@@ -55,12 +55,12 @@ async def _timed_gather(send: Callable[[int], Awaitable[Any]], n: int) -> list[t
 
 async def _distill(url: str, n: int, rpm: int | None) -> list[tuple[bool, float]]:
     from distill.teachers.base import Request
-    from distill.teachers.registry import create_backend
     from distill.teachers.resolve import resolve_settings
+    from distill.teachers.stack import live_teacher
 
     env = {"DISTILL_TEACHER": f"openai:{MODEL}", "DISTILL_TEACHER_BASE_URL": url,
            "DISTILL_TEACHER_API_KEY": "sk-bench-0000000000000000"}
-    teacher = create_backend(resolve_settings(env=env, overrides={"rpm": rpm}))
+    teacher = live_teacher(resolve_settings(env=env, overrides={"rpm": rpm}))
     try:
         return await _timed_gather(lambda i: teacher.complete(
             Request(messages=({"role": "user", "content": f"prompt {i}"},), max_tokens=16)), n)

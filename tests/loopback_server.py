@@ -19,6 +19,7 @@ use it. What tests control:
 - faults, queued for the next requests: `fail_next(503)`, `fail_next(429, retry_after=0.2)`,
   `fail_next("insufficient_quota")`, `fail_next("timeout", delay=5)`, `fail_next("malformed")` (a 200
   whose body is cut short), `fail_next("unreadable")` (a 200 with well-formed JSON that holds no answer),
+  `fail_next("bad_usage")` (a whole answer with a token count that is no number),
   `fail_next("drop")` (connection closed without an answer), `fail_next("slow", delay=0.3)`;
   or at random: `chaos(0.2, [500, 503, "drop"], seed=1)`;
 - limits: `LoopbackServer(rpm=3000, tpm=...)` enforces token buckets (`burst_s` seconds of
@@ -62,7 +63,7 @@ OPENAI_FILES, OPENAI_BATCHES, ANTHROPIC_BATCHES = "openai_files", "openai_batche
 BATCH_OUTCOMES = ("succeeded", "errored", "expired", "canceled")
 ANTHROPIC_CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 STATUS_FAULTS = {400, 401, 403, 404, 408, 409, 422, 429, 500, 502, 503, 529}
-NAMED_FAULTS = {"insufficient_quota", "timeout", "slow", "malformed", "unreadable", "drop"}
+NAMED_FAULTS = {"bad_usage", "insufficient_quota", "timeout", "slow", "malformed", "unreadable", "drop"}
 
 
 @dataclass(frozen=True)
@@ -511,6 +512,10 @@ class LoopbackServer:
                      "choices": []} if endpoint == OPENAI else \
                 {"id": "msg_empty", "type": "message", "role": "assistant", "model": view.model, "content": None}
             return web.json_response(empty)
+        if kind == "bad_usage":  # a whole answer, but a field of the wrong type: a token count that is no number
+            payload = (_openai_body if endpoint == OPENAI else _anthropic_body)(view, Reply("fine"), 1, 1)
+            payload["usage"]["prompt_tokens" if endpoint == OPENAI else "cache_read_input_tokens"] = "many"
+            return web.json_response(payload)
         headers: dict[str, str] = {}
         if fault.retry_after is not None:
             headers["retry-after"] = str(max(0, math.ceil(fault.retry_after)))

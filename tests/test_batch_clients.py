@@ -14,11 +14,11 @@ import pytest
 
 from distill.errors import ConfigError, TeacherError
 from distill.teachers.base import Request
-from distill.teachers.batch.clients import batch_client
 from distill.teachers.batch.wire import CLOCK_SKEW_S, BatchState, Limits, LostBatch, split
-from distill.teachers.registry import create_backend
+from distill.teachers.registry import batch_client
 from distill.teachers.resolve import resolve_settings
 from distill.teachers.settings import TeacherSettings
+from distill.teachers.stack import live_teacher
 
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}
 SCHEMA = {"type": "object", "properties": {"verdict": {"type": "string"}}, "required": ["verdict"],
@@ -92,7 +92,7 @@ def test_a_batch_line_carries_exactly_the_live_request_body(backend, loopback, t
     reqs = requests(2)
 
     async def live() -> None:
-        teacher = create_backend(settings)
+        teacher = live_teacher(settings)
         try:
             for r in reqs:
                 await teacher.complete(r)

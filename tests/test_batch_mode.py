@@ -20,15 +20,13 @@ from distill.errors import BatchesPending, TeacherError
 from distill.stages.round import RunConfig, critique_answers
 from distill.teachers.base import Completion, Deferred, Request
 from distill.teachers.batch.book import BatchBook, Part
-from distill.teachers.batch.clients import batch_client
 from distill.teachers.batch.queue import BatchMode
 from distill.teachers.cache.key import cache_key, canonical_request
-from distill.teachers.cache.layer import CachedTeacher
 from distill.teachers.cache.store import CacheStore, cache_path
-from distill.teachers.registry import backend_identity
+from distill.teachers.registry import backend_identity, batch_client
 from distill.teachers.resolve import resolve_settings
 from distill.teachers.settings import TeacherSettings
-from distill.teachers.stack import open_teacher
+from distill.teachers.stack import TeacherHandle, open_teacher
 from test_round_e2e import teacher_script
 
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}
@@ -59,12 +57,12 @@ async def batch_pass(settings: TeacherSettings, cache_dir: Path, run_dir: Path, 
                      wait: bool = True) -> tuple[list[Any], list[Any]]:
     """One process's worth of batch mode: a pass, a flush, and a second pass."""
     teacher = open_teacher(settings, offline=False, cache_dir=cache_dir, batch=BatchMode(run_dir, wait=wait))
-    assert isinstance(teacher, CachedTeacher)
+    assert isinstance(teacher, TeacherHandle)
     async with teacher:
         first = await ask_all(teacher, reqs)
         if any(isinstance(r, Deferred) for r in first):
             try:
-                await teacher.inner.flush()  # type: ignore[union-attr]
+                await teacher.settle_batches()
             except BatchesPending as pending:
                 return first, [pending]
         return first, await ask_all(teacher, reqs)

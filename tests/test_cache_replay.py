@@ -14,7 +14,7 @@ from distill.teachers.base import Completion, Request, Usage
 from distill.teachers.cache.layer import CachedTeacher, OfflineMiss
 from distill.teachers.resolve import resolve_settings
 from distill.teachers.settings import TeacherSettings
-from distill.teachers.stack import open_teacher
+from distill.teachers.stack import TeacherHandle, open_teacher
 
 SCHEMA = {"type": "object", "properties": {"verdict": {"type": "string"}}, "required": ["verdict"],
           "additionalProperties": False}
@@ -44,10 +44,10 @@ def settings_for(backend: str, base_url: str, key: str | None, tmp_path: Path) -
 async def run_batch(settings: TeacherSettings, cache_dir: Path, *, offline: bool | None,
                     requests: list[Request]) -> tuple[list[Any], CachedTeacher]:
     teacher = open_teacher(settings, offline=offline, cache_dir=cache_dir)
-    assert isinstance(teacher, CachedTeacher)
+    assert isinstance(teacher, TeacherHandle) and isinstance(teacher.cache, CachedTeacher)
     async with teacher:
         results = await asyncio.gather(*(teacher.complete(r) for r in requests), return_exceptions=True)
-    return list(results), teacher
+    return list(results), teacher.cache
 
 
 @pytest.mark.parametrize("backend", ["openai", "anthropic"])

@@ -23,7 +23,8 @@ pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not 
 from distill.student import embedded  # noqa: E402
 from distill.stages.protocol import extract_json  # noqa: E402
 from distill.teachers.base import Request  # noqa: E402
-from distill.teachers.registry import create_backend  # noqa: E402
+from distill.teachers.openai_api import OpenAIWire  # noqa: E402
+from distill.teachers.stack import live_teacher  # noqa: E402
 from distill.teachers.resolve import resolve_settings  # noqa: E402
 
 pytestmark = [pytest.mark.llamacpp, pytest.mark.slow]
@@ -70,7 +71,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_the_openai_backend_talks_to_llama_cpp(llama_server: str) -> None:
     settings = resolve_settings(env={"DISTILL_TEACHER": "openai:smollm2", "DISTILL_TEACHER_BASE_URL": llama_server,
                                      "DISTILL_TEACHER_TIMEOUT": "120"})
-    teacher = create_backend(settings)  # no key needed for a local server
+    teacher = live_teacher(settings)  # no key needed for a local server
     schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 8}}, "required": ["answer"]}
 
     async def go() -> list:
@@ -85,4 +86,4 @@ def test_the_openai_backend_talks_to_llama_cpp(llama_server: str) -> None:
     plain, structured = asyncio.run(go())
     assert plain.text and plain.usage.output_tokens > 0 and plain.cost is None  # a local model: price unknown
     assert isinstance(extract_json(structured.text)["answer"], str)  # distill's own reading of a reply
-    assert teacher.json_mode in ("json_schema", "json_object")  # llama-cpp-python: json_object, after one refusal
+    assert teacher.layer(OpenAIWire).json_mode in ("json_schema", "json_object")  # llama-cpp-python: json_object, after one refusal

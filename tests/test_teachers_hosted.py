@@ -16,7 +16,9 @@ from loopback_server import Fault, LoopbackRequest, LoopbackServer, Reply
 
 from distill.errors import ConfigError, QuotaExhausted, TeacherError
 from distill.teachers.base import Completion, Request, Teacher
-from distill.teachers.registry import create_backend
+from distill.teachers.openai_api import OpenAIWire
+from distill.teachers.pacing import PacedTeacher
+from distill.teachers.stack import live_teacher
 from distill.teachers.resolve import resolve_settings
 
 KEY = "sk-loopback-0123456789-abcdefghij"
@@ -32,7 +34,21 @@ def make_teacher(server: LoopbackServer, provider: str, **flags: Any) -> Teacher
         "DISTILL_TEACHER_TIMEOUT": "2",
         "DISTILL_TEACHER_MAX_RETRIES": "3",
     }
-    return create_backend(resolve_settings(env=env, overrides=flags))
+    return live_teacher(resolve_settings(env=env, overrides=flags))
+
+
+def paced(teacher: Teacher) -> PacedTeacher:
+    """The retry-and-pacing layer of a stack from `make_teacher`."""
+    layer = teacher.layer(PacedTeacher)  # type: ignore[attr-defined]
+    assert layer is not None
+    return layer
+
+
+def wire(teacher: Teacher) -> OpenAIWire:
+    """The openai backend of a stack from `make_teacher` (its JSON mode steps down)."""
+    layer = teacher.layer(OpenAIWire)  # type: ignore[attr-defined]
+    assert layer is not None
+    return layer
 
 
 def ask(text: str, **fields: Any) -> Request:
@@ -92,11 +108,9 @@ def test_openai_sends_messages_and_decoding_parameters(loopback: LoopbackServer)
 def test_the_official_openai_endpoint_gets_max_completion_tokens(loopback: LoopbackServer) -> None:
     import openai
 
-    from distill.teachers.openai_api import OpenAITeacher
-
     settings = resolve_settings(env={"DISTILL_TEACHER": "openai:gpt-5-mini", "OPENAI_API_KEY": KEY})
     client = openai.AsyncOpenAI(api_key=KEY, base_url=loopback.openai_url, max_retries=0)  # stands in for the API
-    run_one(OpenAITeacher(settings, client), ask("q", max_tokens=77))
+    run_one(PacedTeacher(OpenAIWire(settings, client), settings), ask("q", max_tokens=77))
     body = loopback.requests[0].body
     assert body["max_completion_tokens"] == 77 and "max_tokens" not in body
 
@@ -150,7 +164,7 @@ def test_a_server_that_rejects_json_schema_gets_json_object_with_the_schema(loop
     kinds = [(s.body.get("response_format") or {}).get("type") for s in loopback.requests]
     assert kinds.count("json_object") == 4 and 1 <= kinds.count("json_schema") <= 4  # no blind retries
     sent = next(s.body["response_format"] for s in loopback.requests if s.status == 200)
-    assert sent == {"type": "json_object", "schema": SCHEMA} and teacher.json_mode == "json_object"
+    assert sent == {"type": "json_object", "schema": SCHEMA} and wire(teacher).json_mode == "json_object"
 
 
 def test_a_server_that_rejects_every_response_format_gets_the_prompt_alone(loopback: LoopbackServer) -> None:
@@ -214,6 +228,18 @@ def test_a_complete_reply_that_cannot_be_read_is_not_bought_again(loopback: Loop
         run_one(make_teacher(loopback, provider, max_retries=6), ask("empty"))
     assert loopback.count(provider) == 1
     assert caught.value.reason == "malformed_response" and "1 attempt" in str(caught.value)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_reply_with_a_field_of_the_wrong_type_is_a_teacher_error_not_a_crash(loopback: LoopbackServer,
+                                                                               provider: str) -> None:
+    """A whole answer with a token count that is no number fails its request like any unreadable
+    answer (a TeacherError the row records, not bought again), not with a bare ValueError."""
+    loopback.fail_next("bad_usage", times=7)
+    with pytest.raises(TeacherError) as caught:
+        run_one(make_teacher(loopback, provider, max_retries=6), ask("usage"))
+    assert loopback.count(provider) == 1
+    assert caught.value.reason == "malformed_response" and "'many'" in str(caught.value)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -282,8 +308,8 @@ def test_the_limit_is_learned_from_rate_limit_headers(provider: str) -> None:
         teacher = make_teacher(server, provider, concurrency=4)
         results = run_all(teacher, [ask(f"p{i}") for i in range(30)])
         assert all(isinstance(r, Completion) for r in results)
-        assert teacher.pacer.requests.rate == pytest.approx(20)  # type: ignore[attr-defined]
-        assert teacher.pacer.tokens.rate == pytest.approx(1000)  # type: ignore[attr-defined]
+        assert paced(teacher).pacer.requests.rate == pytest.approx(20)  # type: ignore[attr-defined]
+        assert paced(teacher).pacer.tokens.rate == pytest.approx(1000)  # type: ignore[attr-defined]
 
 
 def test_tokens_per_minute_are_paced_from_estimates_corrected_by_usage() -> None:
@@ -293,7 +319,7 @@ def test_tokens_per_minute_are_paced_from_estimates_corrected_by_usage() -> None
         results = run_all(teacher, [ask(f"p{i}") for i in range(12)])
         assert all(isinstance(r, Completion) for r in results)
         assert server.count(status=429) == 0
-        assert teacher.pacer.tokens.level > -1  # type: ignore[attr-defined]  # refunds kept it out of debt
+        assert paced(teacher).pacer.tokens.level > -1  # type: ignore[attr-defined]  # refunds kept it out of debt
 
 
 # ---------------------------------------------------------------- nothing lost, nothing doubled

@@ -17,8 +17,10 @@ from fakes import run_all
 
 from distill.errors import ModelError, TeacherError
 from distill.teachers.base import Completion, Request, Teacher
-from distill.teachers.registry import backend_identity, create_backend
+from distill.teachers.local import LocalTeacher
+from distill.teachers.registry import backend_identity
 from distill.teachers.resolve import resolve_settings
+from distill.teachers.stack import live_teacher
 
 JUDGEMENT = {
     "type": "object",
@@ -73,7 +75,14 @@ def conforms(value: Any, schema: dict[str, Any]) -> bool:
 
 
 def local_teacher(model: str, **flags: Any) -> Teacher:
-    return create_backend(resolve_settings(env={"DISTILL_TEACHER": f"local:{model}"}, overrides=flags))
+    return live_teacher(resolve_settings(env={"DISTILL_TEACHER": f"local:{model}"}, overrides=flags))
+
+
+def local_backend(teacher: Teacher) -> LocalTeacher:
+    """The local backend under a stack from `local_teacher`."""
+    backend = teacher.layer(LocalTeacher)  # type: ignore[attr-defined]
+    assert backend is not None
+    return backend
 
 
 def ask(text: str, **fields: Any) -> Request:
@@ -84,7 +93,7 @@ def test_concurrent_requests_are_generated_as_one_batch(tiny_model_dir: Path) ->
     teacher = local_teacher(str(tiny_model_dir), batch_size=8)
     budgets = [3, 5, 8, 13, 2, 7]
     results = run_all(teacher, [ask(f"question {i}" * (i + 1), max_tokens=n) for i, n in enumerate(budgets)])
-    assert teacher.batches == [6]  # type: ignore[attr-defined]
+    assert local_backend(teacher).batches == [6]  # type: ignore[attr-defined]
     for result, budget in zip(results, budgets):
         assert isinstance(result, Completion)
         assert 1 <= result.usage.output_tokens <= budget and result.usage.input_tokens > 0
@@ -95,7 +104,7 @@ def test_batches_are_capped_at_the_batch_size(tiny_model_dir: Path) -> None:
     teacher = local_teacher(str(tiny_model_dir), batch_size=3)
     results = run_all(teacher, [ask(f"q{i}", max_tokens=2) for i in range(7)])
     assert all(isinstance(r, Completion) for r in results)
-    assert sorted(teacher.batches, reverse=True) == [3, 3, 1]  # type: ignore[attr-defined]
+    assert sorted(local_backend(teacher).batches, reverse=True) == [3, 3, 1]  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("max_tokens", [1, 6, 24])
@@ -115,7 +124,7 @@ def test_unconstrained_and_constrained_rows_share_a_batch(tiny_model_dir: Path) 
     teacher = local_teacher(str(tiny_model_dir))
     free, constrained = run_all(teacher, [ask("talk", max_tokens=4), ask("json", max_tokens=4,
                                                                        response_schema=JUDGEMENT)])
-    assert teacher.batches == [2]  # type: ignore[attr-defined]
+    assert local_backend(teacher).batches == [2]  # type: ignore[attr-defined]
     assert free.usage.output_tokens <= 4
     assert conforms(json.loads(constrained.text), JUDGEMENT)
 
@@ -154,8 +163,8 @@ def test_identity_hashes_the_weights_without_loading_the_model(tiny_model_dir: P
     weights = (tiny_model_dir / "model.safetensors").read_bytes()
     assert identity["weights_sha256"] == hashlib.sha256(weights).hexdigest()
     assert identity["path"] == str(tiny_model_dir) and identity["constrained_decoding"].startswith("xgrammar==")
-    teacher = create_backend(settings)
-    assert teacher.identity() == identity and teacher._engine is None  # type: ignore[attr-defined]
+    teacher = live_teacher(settings)
+    assert teacher.identity() == identity and local_backend(teacher)._engine is None  # type: ignore[attr-defined]
 
 
 @pytest.mark.slow

@@ -125,7 +125,7 @@ def test_tokens_are_corrected_from_usage() -> None:
     async def go() -> float:
         pacer = Pacer(concurrency=2, tpm=60_000, burst_s=1.0)  # 1000 tokens in the bucket
         async with pacer.slot(900) as slot:  # 900 reserved...
-            slot.settle(100)  # ...100 used: 800 come back
+            slot.charge(100)  # ...100 used: 800 come back
         return pacer.tokens.available()  # type: ignore[union-attr]
 
     assert asyncio.run(go()) == pytest.approx(900, abs=5)

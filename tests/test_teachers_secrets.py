@@ -12,8 +12,8 @@ from loopback_server import LoopbackServer
 from distill.cli import main
 from distill.errors import TeacherError
 from distill.teachers.base import Request
-from distill.teachers.registry import create_backend
 from distill.teachers.resolve import resolve_settings
+from distill.teachers.stack import live_teacher
 
 KEY = "sk-proj-SECRETSECRET-0123456789-abcdefghijklmnop"
 PROVIDERS = {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-4-5"}
@@ -35,7 +35,7 @@ def test_a_key_never_leaks(provider: str, loopback: LoopbackServer, tmp_path: Pa
                       "code": "invalid_api_key"}}
     loopback.fail_next(503, retry_after=0.01)  # a retried failure is logged...
     loopback.fail_next(401, body=echo)  # ...and the final one echoes the key back, as some servers do
-    teacher = create_backend(resolve_settings())
+    teacher = live_teacher(resolve_settings())
 
     async def go() -> BaseException:
         try:

@@ -13,9 +13,10 @@ import pytest
 
 from distill.cli import main
 from distill.errors import ConfigError
-from distill.teachers.registry import GROUP, backend_identity, create_backend, installed, load_backend
+from distill.teachers.registry import GROUP, backend_identity, installed, load_backend
 from distill.teachers.resolve import resolve_settings
 from distill.teachers.settings import Secret, TeacherSettings
+from distill.teachers.stack import live_teacher
 
 KEY = "sk-settings-0123456789abcdefWXYZ"
 
@@ -143,14 +144,14 @@ def test_a_bad_environment_value_names_the_variable(variable: str, value: str) -
 
 def test_a_missing_key_fails_before_any_work_naming_the_variables() -> None:
     with pytest.raises(ConfigError, match="set DISTILL_TEACHER_API_KEY or OPENAI_API_KEY"):
-        create_backend(resolve_settings(env={"DISTILL_TEACHER": "openai:gpt-4o-mini"}))
+        live_teacher(resolve_settings(env={"DISTILL_TEACHER": "openai:gpt-4o-mini"}))
     with pytest.raises(ConfigError, match="set DISTILL_TEACHER_API_KEY or ANTHROPIC_API_KEY"):
-        create_backend(resolve_settings(env={"DISTILL_TEACHER": "anthropic:claude-sonnet-4-5"}))
+        live_teacher(resolve_settings(env={"DISTILL_TEACHER": "anthropic:claude-sonnet-4-5"}))
 
 
 def test_a_local_compatible_server_needs_no_key() -> None:
     env = {"DISTILL_TEACHER": "openai:llama3", "DISTILL_TEACHER_BASE_URL": "http://127.0.0.1:11434/v1"}
-    teacher = create_backend(resolve_settings(env=env))
+    teacher = live_teacher(resolve_settings(env=env))
     assert teacher.backend == "openai" and teacher.model == "llama3"
 
 
@@ -217,7 +218,7 @@ def test_a_third_party_backend_registers_through_the_same_group(third_party: Pat
     from distill.teachers.base import Request
 
     settings = resolve_settings(env={"DISTILL_TEACHER": "echo:v1"})
-    teacher = create_backend(settings)
+    teacher = live_teacher(settings)
     done = asyncio.run(teacher.complete(Request(messages=({"role": "user", "content": "hello"},))))
     assert done.text == "hello" and backend_identity(settings) == {"backend": "echo", "model": "v1"}
     assert {i.name: i.distribution for i in installed()}["echo"] == "echo-teacher"

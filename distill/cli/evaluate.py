@@ -79,7 +79,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if settings["judge"]:
         teacher, _ = open_round_teacher(None)
     result = evaluate(current, new, prompts, teacher=teacher, prompt_set=load_prompt_set() if teacher else None,
-                      revisions=revisions, replay=replay, max_new_tokens=settings["eval_max_new_tokens"], close_teacher=True)
+                      revisions=revisions, replay=replay, max_new_tokens=settings["eval_max_new_tokens"])
     decision = decide(result.metrics, policy_of(args))
     data = {**result.to_dict(), "decision": decision.to_dict()}
     for name, metric in data["metrics"].items():

@@ -31,6 +31,7 @@ from distill.stages.protocol import ProtocolFailure, Settings, judge_both_orders
 from distill.stages.templates import PromptSet
 from distill.student.model import GenerationParams, Student
 from distill.teachers.base import Teacher
+from distill.teachers.stack import TeacherHandle
 
 
 @dataclass
@@ -92,12 +93,12 @@ async def judge_scores(teacher: Teacher, prompt_set: PromptSet, prompts: Sequenc
 
 
 async def _judge(teacher: Teacher, prompt_set: PromptSet, prompts: Sequence[Prompt], current: Sequence[str],
-                 new: Sequence[str], close: bool) -> list[float | None]:
-    try:
-        return await judge_scores(teacher, prompt_set, prompts, current, new)
-    finally:
-        if close:
-            await teacher.aclose()
+                 new: Sequence[str]) -> list[float | None]:
+    """The judge's scores; a teacher handle from `open_teacher` is closed when they are in (on the
+    event loop its connections live on), a teacher the caller built is left to the caller."""
+    handle = teacher if isinstance(teacher, TeacherHandle) else TeacherHandle.borrow(teacher)
+    async with handle:
+        return await judge_scores(handle, prompt_set, prompts, current, new)
 
 
 def judge_metric(scores: Sequence[float | None]) -> dict[str, Any] | None:
@@ -158,10 +159,9 @@ def forgetting_metric(current: Student, new: Student, replay: Sequence[Any],
 def evaluate(current: Student, new: Student, prompts: Sequence[Prompt], *, teacher: Teacher | None = None,
              prompt_set: PromptSet | None = None, revisions: Sequence[Any] = (), replay: Sequence[Any] = (),
              max_new_tokens: int = default_of(RoundsConfig, "eval_max_new_tokens"),
-             teacher_identity: Mapping[str, Any] | None = None,
-             close_teacher: bool = False) -> Evaluation:
-    """Compare `new` against `current` on held-out `prompts` (see the module docstring).
-    `close_teacher` closes the judge when done (on the event loop its connections live on)."""
+             teacher_identity: Mapping[str, Any] | None = None) -> Evaluation:
+    """Compare `new` against `current` on held-out `prompts` (see the module docstring). A
+    `teacher` opened by `distill.teachers.stack.open_teacher` is closed once the judge is done."""
     from distill.training.examples import Example
 
     result = Evaluation()
@@ -173,7 +173,7 @@ def evaluate(current: Student, new: Student, prompts: Sequence[Prompt], *, teach
         result.metrics["checks"] = checks
     scores: list[float | None] = [None] * len(prompts)
     if teacher is not None and prompt_set is not None:
-        scores = asyncio.run(_judge(teacher, prompt_set, prompts, cur_answers, new_answers, close_teacher))
+        scores = asyncio.run(_judge(teacher, prompt_set, prompts, cur_answers, new_answers))
         judged = judge_metric(scores)
         if judged:
             result.metrics["judge"] = judged

@@ -1,10 +1,11 @@
 """Accounting for a stage: rows, teacher calls, cache hits, tokens, estimated cost, failures.
 
 Every teacher `Completion` passes through `Ledger.add`, which bills zero for cache hits (they
-cost nothing) and asks the price table for the rest; an unknown model's cost stays unknown
-(`None`), never invented. Each billed call is priced twice, at the live and at the batch price,
-so a run shows what it cost beside what the other mode would have cost; a call answered through
-a provider batch (`Completion.batch`) costs the batch price. `Ledger.line()` is the live
+cost nothing) and `Completion.cost` for the rest: the one price, set by the teacher stack's
+pricing layer (`distill.teachers.pricing`); an unknown model's cost stays unknown (`None`), never
+invented. Each billed call is shown at the live and at the batch price (its `cost` and its
+`alternative_cost`), so a run shows what it cost beside what the other mode would have cost; a
+call answered through a provider batch (`Completion.batch`) cost the batch price. `Ledger.line()` is the live
 progress text; `to_dict()` goes to the manifest. A stage bills one row's calls together through `Ledger.row()`.
 """
 
@@ -14,16 +15,10 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from distill.stages.protocol import ProtocolFailure
-from distill.teachers.base import Completion, Deferred, Usage
-
-CostFn = Callable[[str, Usage], float | None]
-
-
-def no_prices(model: str, usage: Usage) -> float | None:
-    return None
+from distill.teachers.base import Completion, Deferred
 
 
 @dataclass
@@ -31,8 +26,6 @@ class Ledger:
     """Running totals for one stage."""
 
     stage: str
-    cost_fn: CostFn = no_prices  # live prices
-    batch_cost_fn: CostFn = no_prices  # the providers' batch prices
     rows: int = 0
     calls: int = 0
     cache_hits: int = 0
@@ -58,8 +51,8 @@ class Ledger:
         self.input_tokens += completion.usage.input_tokens
         self.output_tokens += completion.usage.output_tokens
         self.retries += completion.retries
-        live = self.cost_fn(completion.model, completion.usage)
-        batch = self.batch_cost_fn(completion.model, completion.usage)
+        cost, other = completion.cost, completion.alternative_cost
+        live, batch = (other, cost) if completion.batch else (cost, other)
         if live is None:
             self.live_unknown_calls += 1
         else:
@@ -69,7 +62,6 @@ class Ledger:
         else:
             self.batch_prices_usd += batch
         self.batch_calls += completion.batch
-        cost = batch if completion.batch else live
         if cost is None:
             self.cost_unknown_calls += 1
         else:

@@ -12,8 +12,8 @@ reason. `manifest.json` records the configuration, template ids, model identitie
 stage, token usage, estimated cost, cache hit rate and timings.
 
 In batch mode (`--batch`, see `distill.teachers.batch`) the critique and filter stages run in passes: rows
-whose requests went into provider batches are deferred, `settle` submits and waits for those
-batches, and the next pass picks the rows up again from the cache.
+whose requests went into provider batches are deferred, the teacher handle's `settle_batches()`
+submits, waits for and collects those batches, and the next pass picks the rows up again from the cache.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from distill.records.ids import content_hash
 from distill.records.jsonl import JsonlSink
 from distill.records.prompts import Prompt
 from distill.stages import consistency, filters, self_training
-from distill.stages.accounting import CostFn, Ledger, no_prices
+from distill.stages.accounting import Ledger
 from distill.stages.answer import answer_to_file
 from distill.stages.config import RunConfig
 from distill.stages.critique import revise_all, revision_id, teacher_key
@@ -42,10 +42,10 @@ from distill.stages.templates import PromptSet, load_prompt_set
 from distill.teachers.base import Deferred, Teacher
 from distill.teachers.batch.book import batch_summary, open_batches, summary_line
 from distill.teachers.batch.queue import BatchMode
-from distill.teachers.cache.layer import CachedTeacher, OfflineMiss, offline_from_env
+from distill.teachers.cache.layer import OfflineMiss, offline_from_env
 from distill.teachers.none import NAME as NO_TEACHER
 from distill.teachers.settings import masked_identity
-from distill.teachers.stack import open_teacher, settle
+from distill.teachers.stack import TeacherHandle, open_teacher
 
 
 @dataclass
@@ -133,8 +133,9 @@ def select_stage(answers: Sequence[Mapping[str, Any]], skip_consistent: float | 
 
 
 async def filter_stage(revisions: Sequence[Mapping[str, Any]], ctx: filters.FilterContext,
-                       names: Sequence[str], concurrency: int) -> tuple[list, list, list]:
-    """Apply the filters to every revision; returns (sft rows, prefs rows, rejected rows)."""
+                       names: Sequence[str], concurrency: int, teacher: TeacherHandle) -> tuple[list, list, list]:
+    """Apply the filters to every revision; returns (sft rows, prefs rows, rejected rows).
+    `teacher` is the handle behind `ctx.teacher` (its `settle_batches()` runs between passes)."""
     chain = filters.resolve(tuple(names))
     results: list[tuple[Mapping[str, Any], filters.Candidate, filters.Drop | None]] = []
     pending: list[Mapping[str, Any]] = []  # batch mode: waiting on a provider batch, judged again after it
@@ -170,7 +171,7 @@ async def filter_stage(revisions: Sequence[Mapping[str, Any]], ctx: filters.Filt
             await asyncio.gather(*(one(r) for r in todo))
             todo, pending[:] = list(pending), []
             if todo:
-                await settle(ctx.teacher)
+                await teacher.settle_batches()
     finally:
         bar.close()
     order = {r["id"]: i for i, r in enumerate(revisions)}
@@ -210,19 +211,15 @@ def no_teacher(teacher: str | None = None) -> bool:
 
 
 def open_round_teacher(offline: bool | None, teacher: str | None = None, *, batch: bool | None = None,
-                       run_dir: Path | None = None, wait: bool = True) -> tuple[Teacher | None, Any]:
+                       run_dir: Path | None = None, wait: bool = True) -> tuple[TeacherHandle | None, Any]:
     """The configured teacher behind the cache, and its settings; a missing key fails here, before any work.
     In batch mode (`batch`, else DISTILL_TEACHER_BATCH) misses go to provider batches recorded in `run_dir`;
     a caller that gives no `run_dir` (its stage does not run in passes) gets a live teacher.
     The teacher `none` gives (None, settings): the round self-trains and calls no one."""
-    from distill.teachers import registry
-
     settings = teacher_settings(teacher, batch)
     if settings.backend == NO_TEACHER:
         return None, settings
     offline = offline_from_env() if offline is None else offline
-    if not offline:
-        registry.require_key(settings)
     if settings.uses_default:
         _log("no teacher configured (DISTILL_TEACHER unset): using local:default, the embedded model critiquing itself")
     mode = BatchMode(run_dir, wait=wait) if settings.batch and not offline and run_dir is not None else None
@@ -232,32 +229,19 @@ def open_round_teacher(offline: bool | None, teacher: str | None = None, *, batc
     elif run_dir is not None and not offline and (running := open_batches(run_dir)):
         _log(f"warning: {running} provider batch(es) of this run are still running; requests they hold are sent "
              f"live now and paid twice. To use them instead: `distill batch collect {run_dir.name} --wait`, or --batch")
-    return open_teacher(settings, offline=offline, batch=mode), settings
-
-
-def cost_functions(settings: Any) -> tuple[CostFn, CostFn]:
-    """The teacher's live and batch prices for a call's usage (the price file is read once)."""
-    from distill.teachers.pricing import PriceTable
-
-    if settings is None:
-        return no_prices, no_prices
-
-    table = PriceTable.load(settings.prices_file)
-
-    def at(batch: bool) -> CostFn:  # prices settings.model; the completion's `model` is not consulted
-        return lambda model, usage: table.cost(settings.backend, settings.model, usage, batch=batch)
-    return at(False), at(True)
+    return open_teacher(settings, offline=offline, batch=mode, check_key=True), settings
 
 
 def run_round(config: RunConfig, prompts: Sequence[Prompt], teacher: Teacher | None = None) -> Summary:
     """Answer, critique, revise and filter `prompts`; writes every artefact under `config.run_dir`.
 
-    The teacher is the configured one behind the cache unless one is given (any `Teacher`); with
-    the teacher `none` the round self-trains (`distill.stages.self_training`) and calls no teacher.
+    The teacher is the configured one behind the cache unless one is given (any `Teacher`, which
+    the caller closes); with the teacher `none` the round self-trains (`distill.stages.self_training`)
+    and calls no teacher.
     Another process working on the same run directory is an error (`distill.records.files.run_lock`)."""
     with run_lock(config.run_dir):
         prompt_set, chain = _templates(config)
-        teacher, settings = (teacher, None) if teacher else open_round_teacher(
+        handle, settings = (TeacherHandle.borrow(teacher), None) if teacher else open_round_teacher(
             config.offline, config.teacher, batch=config.batch, run_dir=config.run_dir, wait=config.batch_wait)
         summary, started = Summary(), time.monotonic()
         kept, rejected = dedup_stage(prompts, config.dedup_threshold)
@@ -266,19 +250,19 @@ def run_round(config: RunConfig, prompts: Sequence[Prompt], teacher: Teacher | N
         answers = answer_to_file(kept, config.run_dir / "answers.jsonl", config.generation, source=config.student,
                                  adapter=config.adapter, batch_size=config.batch_size, round_=config.round)
         summary.counts["answer"] = {"in": len(kept), "out": len(answers), "seconds": time.monotonic() - t0}
-        return _critique_and_filter(config, answers, prompt_set, chain, teacher, settings, summary, rejected, started)
+        return _critique_and_filter(config, answers, prompt_set, chain, handle, settings, summary, rejected, started)
 
 
 def critique_answers(config: RunConfig, answers: Sequence[Mapping[str, Any]], teacher: Teacher | None = None) -> Summary:
     """Critique, revise and filter existing answers (from `distill answer`) into `config.run_dir`."""
     with run_lock(config.run_dir):
         prompt_set, chain = _templates(config)
-        teacher, settings = (teacher, None) if teacher else open_round_teacher(
+        handle, settings = (TeacherHandle.borrow(teacher), None) if teacher else open_round_teacher(
             config.offline, config.teacher, batch=config.batch, run_dir=config.run_dir, wait=config.batch_wait)
         write_jsonl(config.run_dir / "answers.jsonl", answers)
         summary = Summary()
         summary.counts["answer"] = {"in": len(answers), "out": len(answers), "seconds": 0.0}
-        return _critique_and_filter(config, answers, prompt_set, chain, teacher, settings, summary, [],
+        return _critique_and_filter(config, answers, prompt_set, chain, handle, settings, summary, [],
                                     time.monotonic())
 
 
@@ -306,7 +290,7 @@ def self_stage(config: RunConfig, answers: Sequence[Mapping[str, Any]], summary:
 
 
 def _critique_and_filter(config: RunConfig, answers: Sequence[Mapping[str, Any]], prompt_set: PromptSet, chain: Any,
-                         teacher: Teacher | None, settings: Any, summary: Summary, rejected: list[dict],
+                         teacher: TeacherHandle | None, settings: Any, summary: Summary, rejected: list[dict],
                          started: float) -> Summary:
     sft: list[dict] = []
     prefs: list[dict] = []
@@ -336,38 +320,35 @@ def _critique_and_filter(config: RunConfig, answers: Sequence[Mapping[str, Any]]
     write_jsonl(run_dir / "sft.jsonl", sft)
     write_jsonl(run_dir / "prefs.jsonl", prefs)
     write_jsonl(run_dir / "rejected.jsonl", rejected)
-    summary.batches = batch_summary(run_dir, settings)
+    summary.batches = batch_summary(run_dir, teacher.pricing if teacher is not None else None)
     write_manifest(run_dir, config, prompt_set, chain, answers, teacher, settings, summary,
                    time.monotonic() - started, len(sft), len(prefs))
     return summary
 
 
 async def _teacher_stages(config: RunConfig, chosen: list[dict], chain: Any, prompt_set: PromptSet,
-                          teacher: Teacher, settings: Any) -> tuple[list[dict], Ledger, tuple]:
-    """The critique and filter stages, sharing one teacher (and its cache) on one event loop."""
-    cost, batch_cost = cost_functions(settings)
+                          teacher: TeacherHandle, settings: Any) -> tuple[list[dict], Ledger, tuple]:
+    """The critique and filter stages, sharing one teacher (and its cache) on one event loop; the
+    handle closes what it owns when they end."""
     concurrency = config.concurrency or (settings.concurrency if settings is not None else 16)
-    try:
-        ledger = Ledger("critique", cost_fn=cost, batch_cost_fn=batch_cost)
+    async with teacher:
+        ledger = Ledger("critique")
         revisions = await critique_stage(config, chosen, chain, prompt_set, teacher, ledger, concurrency)
         raise_offline_misses(teacher)
-        fledger = Ledger("filter", cost_fn=cost, batch_cost_fn=batch_cost)
+        fledger = Ledger("filter")
         ctx = filters.FilterContext(teacher=teacher, prompts=prompt_set, keep_acceptable=config.keep_acceptable,
                                     verified_positives=config.verified_positives,
                                     max_length_ratio=config.max_length_ratio,
                                     unchanged_threshold=config.unchanged_threshold,
                                     settings=Settings(max_tokens=min(config.teacher_max_tokens, 512)), ledger=fledger)
-        sft, prefs, rejected = await filter_stage(revisions, ctx, config.filters, concurrency)
+        sft, prefs, rejected = await filter_stage(revisions, ctx, config.filters, concurrency, teacher)
         fledger.done()
         raise_offline_misses(teacher)
-    finally:
-        if settings is not None:  # we opened it, so we close it
-            await teacher.aclose()
     return revisions, ledger, (sft, prefs, rejected, fledger)
 
 
 async def critique_stage(config: RunConfig, chosen: list[dict], chain: Any, prompt_set: PromptSet,
-                         teacher: Teacher, ledger: Ledger, concurrency: int) -> list[dict]:
+                         teacher: TeacherHandle, ledger: Ledger, concurrency: int) -> list[dict]:
     """Revise every chosen answer into revisions.jsonl (+ critiques.jsonl); returns the rows in order."""
     run_dir = config.run_dir
     revisions_sink = JsonlSink(run_dir / "revisions.jsonl", reuse_finished=True)
@@ -389,7 +370,7 @@ async def critique_stage(config: RunConfig, chosen: list[dict], chain: Any, prom
                                        critiques=critiques_sink, ledger=ledger, concurrency=concurrency,
                                        round_=config.round, on_row=progress)
             if pending:
-                await settle(teacher)
+                await teacher.settle_batches()
     finally:
         revisions_sink.close()
         critiques_sink.close()
@@ -402,9 +383,9 @@ async def critique_stage(config: RunConfig, chosen: list[dict], chain: Any, prom
     return revisions
 
 
-def raise_offline_misses(teacher: Teacher) -> None:
+def raise_offline_misses(teacher: TeacherHandle) -> None:
     """After a stage: one error counting every offline miss of the run, with the first prompt ids."""
-    if isinstance(teacher, CachedTeacher) and teacher.misses.count:
+    if teacher.misses is not None and teacher.misses.count:
         raise CacheError(teacher.misses.summary())
 
 

@@ -1,8 +1,11 @@
 """The `anthropic` backend: the Messages API through the official `anthropic` SDK (AsyncAnthropic).
 
-Like the `openai` backend, the SDK does transport, auth and error mapping, with its own retries
-off, the aiohttp transport, and every attempt paced and retried by distill (`anthropic-ratelimit-*`
-headers are read through `with_raw_response`). Differences the backend absorbs:
+Like the `openai` backend, this module speaks the wire format only (`AnthropicWire.attempt`: one
+request, read back as a Completion), with the SDK's own retries off and the aiohttp transport;
+the stack (`distill.teachers.stack`) puts retry and pacing (which reads the
+`anthropic-ratelimit-*` headers), the cache and the price over it. Its batch client
+(`distill.teachers.batch.clients.AnthropicBatches`) is declared in its `BackendSpec`.
+Differences the wire absorbs:
 
 - system messages go to the request's own `system` field; the rest stay in order;
 - a requested JSON schema becomes one forced tool (`tool_choice: {"type": "tool"}`) whose input
@@ -16,14 +19,11 @@ headers are read through `with_raw_response`). Differences the backend absorbs:
 from __future__ import annotations
 
 import json
-import time
 from typing import Any, Mapping
 
-from distill.teachers.base import Completion, Request, Usage
-from distill.teachers.pacing import Pacer, estimate_tokens
-from distill.teachers.pricing import PriceTable
+from distill.teachers.base import Completion, Reply, Request, Usage
+from distill.teachers.batch.clients import AnthropicBatches
 from distill.teachers.registry import BackendSpec
-from distill.teachers.retry import RetryLoop, failure_from_sdk
 from distill.teachers.settings import TeacherSettings
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -33,60 +33,28 @@ FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "
           "refusal": "refusal", "pause_turn": "stop"}
 
 
-class AnthropicTeacher:
-    """A Teacher over an AsyncAnthropic client (built by `create`, or passed in by a caller)."""
+class AnthropicWire:
+    """The Messages API wire over an AsyncAnthropic client (built by `create`, or passed in)."""
 
     backend = "anthropic"
+    sdk = "anthropic"
 
     def __init__(self, settings: TeacherSettings, client: Any):
         self.model = settings.model
         self.settings = settings
         self.client = client
-        self.pacer = Pacer(concurrency=settings.concurrency, rpm=settings.rpm, tpm=settings.tpm)
-        self.retry = RetryLoop(settings.name, max_retries=settings.max_retries)
-        self.prices = PriceTable.load(settings.prices_file)
-        self._redact = settings.redact
 
     def identity(self) -> Mapping[str, Any]:
         return identity(self.settings)
 
-    async def complete(self, request: Request) -> Completion:
-        started = time.monotonic()
-        kwargs, wrapped = self._arguments(request)
-        estimate = estimate_tokens(request)
-        body, retries = await self.retry.run(lambda: self._attempt(kwargs, estimate),
-                                             what=f"request {request.prompt_id or ''}".strip())
-        return self._completion(body, request, wrapped, retries, time.monotonic() - started)
+    async def attempt(self, request: Request) -> Reply:
+        kwargs, wrapped = message_arguments(self.model, request)
+        raw = await self.client.messages.with_raw_response.create(**kwargs)
+        body = (await raw.parse()).to_dict()
+        return Reply(message_completion(body, request, wrapped, self.model), raw.headers)
 
     async def aclose(self) -> None:
         await self.client.close()
-
-    def _arguments(self, request: Request) -> tuple[dict[str, Any], bool]:
-        return message_arguments(self.model, request)
-
-    async def _attempt(self, kwargs: dict[str, Any], estimate: int) -> dict[str, Any]:
-        import anthropic
-
-        async with self.pacer.slot(estimate) as slot:
-            self.retry.check()  # a quota ran out while this attempt waited: do not call
-            try:
-                raw = await self.client.messages.with_raw_response.create(**kwargs)
-                slot.observe(raw.headers)
-                body = (await raw.parse()).to_dict()
-                usage = body.get("usage") or {}
-                slot.settle(int(usage.get("input_tokens") or 0) + int(usage.get("output_tokens") or 0) or estimate)
-                if not isinstance(body.get("content"), list):
-                    raise ValueError("no content in the response")
-                return body
-            except Exception as exc:
-                failure = failure_from_sdk(anthropic, exc, self._redact)
-                if failure is None:
-                    raise
-                raise failure from None
-
-    def _completion(self, body: dict[str, Any], request: Request, wrapped: bool, retries: int,
-                    latency: float) -> Completion:
-        return message_completion(body, request, wrapped, self.model, self.prices, retries=retries, latency=latency)
 
 
 def message_arguments(model: str, request: Request) -> tuple[dict[str, Any], bool]:
@@ -116,9 +84,13 @@ def message_arguments(model: str, request: Request) -> tuple[dict[str, Any], boo
     return kwargs, wrapped
 
 
-def message_completion(body: Mapping[str, Any], request: Request, wrapped: bool, model: str, prices: PriceTable,
-                       *, retries: int = 0, latency: float = 0.0, batch: bool = False) -> Completion:
-    """A Messages API response body as a Completion (live, or one succeeded row of a batch)."""
+def message_completion(body: Mapping[str, Any], request: Request, wrapped: bool, model: str, *,
+                       batch: bool = False) -> Completion:
+    """A Messages API response body as a Completion (live, or one succeeded row of a batch). A
+    body without content, or with a field of the wrong type, raises ValueError / LookupError /
+    TypeError, which the retry layer and the batch queue record as an unreadable answer."""
+    if not isinstance(body.get("content"), list):
+        raise ValueError("no content in the response")
     blocks = body["content"]
     finish = FINISH.get(str(body.get("stop_reason")), str(body.get("stop_reason") or "stop"))
     forced = next((b for b in blocks if b.get("type") == "tool_use" and request.response_schema is not None
@@ -134,9 +106,8 @@ def message_completion(body: Mapping[str, Any], request: Request, wrapped: bool,
     u = body.get("usage") or {}
     usage = Usage(int(u.get("input_tokens") or 0) + int(u.get("cache_creation_input_tokens") or 0)
                   + int(u.get("cache_read_input_tokens") or 0), int(u.get("output_tokens") or 0))
-    reported = str(body.get("model") or model)
-    return Completion(text=text, finish_reason=finish, usage=usage, raw=dict(body), model=reported, latency_s=latency,
-                      retries=retries, batch=batch, cost=prices.cost("anthropic", reported, usage, batch=batch))
+    return Completion(text=text, finish_reason=finish, usage=usage, raw=dict(body), model=str(body.get("model") or model),
+                      batch=batch)
 
 
 # ---------------------------------------------------------------- the registered backend
@@ -159,8 +130,19 @@ def make_client(settings: TeacherSettings) -> Any:
                                     http_client=anthropic.DefaultAioHttpClient(timeout=settings.timeout))
 
 
-def create(settings: TeacherSettings) -> AnthropicTeacher:
-    return AnthropicTeacher(settings, make_client(settings))
+def create(settings: TeacherSettings) -> AnthropicWire:
+    return AnthropicWire(settings, make_client(settings))
+
+
+def batch_client(settings: TeacherSettings) -> AnthropicBatches:
+    """Anthropic Message Batches for `settings`: a line carries the live call's parameters, a
+    succeeded row is read by the live call's parser."""
+    def read(body: Mapping[str, Any], request: Request) -> Completion:
+        _, wrapped = message_arguments(settings.model, request)
+        return message_completion(body, request, wrapped, settings.model, batch=True)
+
+    return AnthropicBatches(settings, make_client, body=lambda request: message_arguments(settings.model, request)[0],
+                            read=read)
 
 
 BACKEND = BackendSpec(
@@ -171,4 +153,5 @@ BACKEND = BackendSpec(
     key_env=("ANTHROPIC_API_KEY",),
     base_url_env=("ANTHROPIC_BASE_URL",),
     key_required=needs_key,
+    batch=batch_client,
 )

@@ -73,8 +73,9 @@ class Completion:
     latency_s: float = 0.0
     retries: int = 0
     cached: bool = False  # True when served by the cache: billed zero
-    cost: float | None = None  # estimated USD from the price table; None = unknown model, never guessed
+    cost: float | None = None  # THE price in USD, set by the pricing layer; None = unknown model, never guessed
     batch: bool = False  # answered through a provider batch API: billed at the batch price
+    alternative_cost: float | None = None  # the same usage at the other mode's price (live <-> batch): compared, never billed
 
 
 class Deferred(Exception):
@@ -85,6 +86,32 @@ class Deferred(Exception):
     def __init__(self, key: str):
         super().__init__(f"request {key} is waiting on a provider batch")
         self.key = key
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One attempt's answer from a hosted wire: the completion read from the body, and the
+    response headers (the pacing layer reads the provider's rate limits from them)."""
+
+    completion: Completion
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Wire(Protocol):
+    """What a hosted backend implements: its wire format and nothing else. `attempt` sends one
+    request once and reads the reply; an exception it raises is classified by the retry layer
+    (`distill.teachers.retry.failure_from_sdk`, with the SDK module named by `sdk`)."""
+
+    backend: str
+    model: str
+    sdk: str  # the SDK module whose exceptions the retry layer reads ("" when it uses none)
+
+    def identity(self) -> Mapping[str, Any]: ...
+
+    async def attempt(self, request: Request) -> Reply: ...
+
+    async def aclose(self) -> None: ...
 
 
 @runtime_checkable

@@ -239,7 +239,7 @@ class _Engine:
             text = text.strip()
         usage = Usage(prompt_tokens, len(kept) + (end is not None and not truncated))  # a forced stop is not output
         return Completion(text=text, finish_reason=finish, usage=usage, model=self.student.identity.name,
-                          raw={"token_ids": kept, "finish_reason": finish}, cost=0.0)
+                          raw={"token_ids": kept, "finish_reason": finish})
 
 
 def _batch_seed(requests: Sequence[Request]) -> int:

@@ -1,11 +1,14 @@
 """The `openai` backend: chat completions through the official `openai` SDK (AsyncOpenAI).
 
 Serves OpenAI itself and any OpenAI-compatible server by base URL (vLLM, llama.cpp server,
-Ollama, TGI). The SDK does transport, auth and error mapping; distill does the rest:
+Ollama, TGI). This module speaks the wire format only (`OpenAIWire.attempt`: one request, read
+back as a Completion); the stack (`distill.teachers.stack`) puts the layers over it: retry and
+pacing (`distill.teachers.pacing.PacedTeacher`, which reads the `x-ratelimit-*` headers the
+attempt returns and turns the SDK's errors into failures with the key redacted), the cache and
+the price. Its batch client (`distill.teachers.batch.clients.OpenAIBatches`) is declared in its
+`BackendSpec`.
 
-- its retries are off (`max_retries=0`): `distill.teachers.retry` is the one retry loop;
-- every attempt passes the pacer (`distill.teachers.pacing`), which reads the `x-ratelimit-*`
-  headers through `with_raw_response`;
+- the SDK's retries are off (`max_retries=0`): `distill.teachers.retry` is the one retry loop;
 - the transport is the SDK's aiohttp client (`DefaultAioHttpClient`), which costs less CPU per
   request than the default httpx transport at high concurrency (see bench/teacher.py);
 - a requested JSON schema goes out as `response_format: {"type": "json_schema", ...}`, strict when
@@ -13,118 +16,75 @@ Ollama, TGI). The SDK does transport, auth and error mapping; distill does the r
   takes that shape (the llama-cpp-python server accepts only `text` and `json_object`, with the
   schema beside it), so with `json_mode` auto a rejection of `response_format` steps down once, for
   the rest of the session, to json_object and then to none (the prompt alone asks for JSON, and
-  `distill.stages.protocol` parses and repairs). The cache key holds the schema, not this wire shape;
+  `distill.stages.protocol` parses and repairs); the same attempt sends the next shape at once,
+  so a step down is no retry. The cache key holds the schema, not this wire shape;
 - the official endpoint gets `max_completion_tokens`, other servers the older `max_tokens` that
   every compatible server understands.
-
-Errors the SDK raises become `ProviderFailure`s with the key redacted from their text.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-from dataclasses import replace
 from typing import Any, Mapping
 
-from distill.errors import TeacherError
-from distill.teachers.base import Completion, Request, Usage
-from distill.teachers.pacing import Pacer, estimate_tokens
-from distill.teachers.pricing import PriceTable
+from distill.teachers.base import Completion, Reply, Request, Usage
+from distill.teachers.batch.clients import OpenAIBatches
 from distill.teachers.registry import BackendSpec
-from distill.teachers.retry import ProviderFailure, RetryLoop, failure_from_sdk
 from distill.teachers.settings import TeacherSettings
 
 log = logging.getLogger("distill.teachers")
 
 JSON_STEPS = ("json_schema", "json_object", "off")  # response_format shapes, most to least constrained
-FORMAT_REJECTED = "response_format_rejected"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 PLACEHOLDER_KEY = "no-key"  # local OpenAI-compatible servers ignore the key, the SDK wants one
 
 
-class OpenAITeacher:
-    """A Teacher over an AsyncOpenAI client (built by `create`, or passed in by a caller)."""
+class OpenAIWire:
+    """The chat-completions wire over an AsyncOpenAI client (built by `create`, or passed in)."""
 
     backend = "openai"
+    sdk = "openai"
 
     def __init__(self, settings: TeacherSettings, client: Any):
         self.model = settings.model
         self.settings = settings
         self.client = client
         self.official = is_official(settings.base_url)
-        self.pacer = Pacer(concurrency=settings.concurrency, rpm=settings.rpm, tpm=settings.tpm)
-        self.retry = RetryLoop(settings.name, max_retries=settings.max_retries)
-        self.prices = PriceTable.load(settings.prices_file)
-        self._redact = settings.redact
         self.json_mode = "json_schema" if settings.json_mode == "auto" else settings.json_mode
         self._step_down = settings.json_mode == "auto"
 
     def identity(self) -> Mapping[str, Any]:
         return identity(self.settings)
 
-    async def complete(self, request: Request) -> Completion:
-        started = time.monotonic()
-        estimate = estimate_tokens(request)
+    async def attempt(self, request: Request) -> Reply:
+        """Send `request` once; with `json_mode` auto, a rejected response_format is sent again
+        at once in the next shape (see JSON_STEPS)."""
+        import openai
+
         while True:
             mode = self.json_mode
+            kwargs = chat_arguments(self.model, request, official=self.official, json_mode=mode)
             try:
-                body, retries = await self._send(request, estimate)
-                return self._completion(body, retries, time.monotonic() - started)
-            except TeacherError as exc:
-                if exc.reason != FORMAT_REJECTED or not self._step_down_from(mode, exc):
+                raw = await self.client.chat.completions.with_raw_response.create(**kwargs)
+            except openai.APIStatusError as exc:
+                if not (self._step_down and "response_format" in kwargs and format_rejected(exc)):
                     raise
+                self._step_down_from(mode, exc.status_code)
+                continue
+            return Reply(chat_completion(raw.parse().to_dict(), self.model), raw.headers)
 
-    async def _send(self, request: Request, estimate: int) -> tuple[dict[str, Any], int]:
-        """The request in the current JSON mode, through the retry loop: (response body, retries)."""
-        kwargs = self._arguments(request)
-        return await self.retry.run(lambda: self._attempt(kwargs, estimate),
-                                    what=f"request {request.prompt_id or ''}".strip())
-
-    def _step_down_from(self, mode: str, exc: TeacherError) -> bool:
+    def _step_down_from(self, mode: str, status: int) -> None:
         """After the server rejected `mode`'s response_format: use the next shape (once for all
-        requests in flight); False when there is none left to try."""
-        if mode == "off":
-            return False
+        requests in flight)."""
         if self.json_mode == mode:
             self.json_mode = JSON_STEPS[JSON_STEPS.index(mode) + 1]
             log.warning("%s: the server rejected response_format %s (HTTP %s); sending %s from now on "
-                        "(DISTILL_TEACHER_JSON_MODE pins a choice)", self.settings.name, mode, exc.status,
+                        "(DISTILL_TEACHER_JSON_MODE pins a choice)", self.settings.name, mode, status,
                         "no response_format" if self.json_mode == "off" else self.json_mode)
-        return True
 
     async def aclose(self) -> None:
         await self.client.close()
-
-    def _arguments(self, request: Request) -> dict[str, Any]:
-        return chat_arguments(self.model, request, official=self.official, json_mode=self.json_mode)
-
-    async def _attempt(self, kwargs: dict[str, Any], estimate: int) -> dict[str, Any]:
-        import openai
-
-        async with self.pacer.slot(estimate) as slot:
-            self.retry.check()  # a quota ran out while this attempt waited: do not call
-            try:
-                raw = await self.client.chat.completions.with_raw_response.create(**kwargs)
-                slot.observe(raw.headers)
-                body = raw.parse().to_dict()
-                usage = body.get("usage") or {}
-                slot.settle(int(usage.get("total_tokens") or estimate))
-                if not body.get("choices"):
-                    raise ValueError("no choices in the response")
-                return body
-            except Exception as exc:
-                failure = failure_from_sdk(openai, exc, self._redact)
-                if failure is None:
-                    raise
-                if (isinstance(exc, openai.APIStatusError) and self._step_down and "response_format" in kwargs
-                        and format_rejected(exc.status_code, failure)):
-                    failure = replace(failure, reason=FORMAT_REJECTED, final=True)
-                raise failure from None
-
-    def _completion(self, body: dict[str, Any], retries: int, latency: float) -> Completion:
-        return chat_completion(body, self.model, self.prices, retries=retries, latency=latency)
 
 
 def chat_arguments(model: str, request: Request, *, official: bool, json_mode: str = "json_schema") -> dict[str, Any]:
@@ -162,15 +122,21 @@ def response_format(request: Request, json_mode: str) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": spec}
 
 
-def format_rejected(status: int, failure: ProviderFailure) -> bool:
-    """Whether an error response says the server does not take this `response_format` (a 400 or
-    422, or the 500 the llama-cpp-python server answers a validation error with)."""
-    return status in (400, 422, 500, 501) and "response_format" in failure.message.lower()
+def format_rejected(exc: Any) -> bool:
+    """Whether an error response (`openai.APIStatusError`) says the server does not take this
+    `response_format` (a 400 or 422, or the 500 the llama-cpp-python server answers a validation
+    error with)."""
+    body = exc.body.get("error", exc.body) if isinstance(exc.body, Mapping) else exc.body
+    text = f"{body.get('message', '') if isinstance(body, Mapping) else body or ''} {exc.message}"
+    return exc.status_code in (400, 422, 500, 501) and "response_format" in text.lower()
 
 
-def chat_completion(body: Mapping[str, Any], model: str, prices: PriceTable, *, retries: int = 0,
-                    latency: float = 0.0, batch: bool = False) -> Completion:
-    """A chat-completion response body as a Completion (live, or one line of a batch's output)."""
+def chat_completion(body: Mapping[str, Any], model: str, *, batch: bool = False) -> Completion:
+    """A chat-completion response body as a Completion (live, or one line of a batch's output).
+    A body without choices, or with a field of the wrong type, raises ValueError / LookupError /
+    TypeError, which the retry layer and the batch queue record as an unreadable answer."""
+    if not body.get("choices"):
+        raise ValueError("no choices in the response")
     choice = body["choices"][0]
     message = choice.get("message") or {}
     text = message.get("content")
@@ -181,10 +147,8 @@ def chat_completion(body: Mapping[str, Any], model: str, prices: PriceTable, *, 
         text, finish = message["refusal"], "refusal"
     usage_body = body.get("usage") or {}
     usage = Usage(int(usage_body.get("prompt_tokens") or 0), int(usage_body.get("completion_tokens") or 0))
-    reported = str(body.get("model") or model)
-    return Completion(text=text or "", finish_reason=finish, usage=usage, raw=dict(body), model=reported,
-                      latency_s=latency, retries=retries, batch=batch,
-                      cost=prices.cost("openai", reported, usage, batch=batch) if reported else None)
+    return Completion(text=text or "", finish_reason=finish, usage=usage, raw=dict(body),
+                      model=str(body.get("model") or model), batch=batch)
 
 
 def strict_compatible(schema: Any) -> bool:
@@ -226,8 +190,17 @@ def make_client(settings: TeacherSettings) -> Any:
                               http_client=openai.DefaultAioHttpClient(timeout=settings.timeout))
 
 
-def create(settings: TeacherSettings) -> OpenAITeacher:
-    return OpenAITeacher(settings, make_client(settings))
+def create(settings: TeacherSettings) -> OpenAIWire:
+    return OpenAIWire(settings, make_client(settings))
+
+
+def batch_client(settings: TeacherSettings) -> OpenAIBatches:
+    """OpenAI Batch for `settings`: its lines carry the live call's body, its rows are read by
+    the live call's parser, so batch and live answers are interchangeable in the cache."""
+    official = is_official(settings.base_url)
+    return OpenAIBatches(settings, make_client,
+                         body=lambda request: chat_arguments(settings.model, request, official=official),
+                         read=lambda body, request: chat_completion(body, settings.model, batch=True))
 
 
 BACKEND = BackendSpec(
@@ -238,4 +211,5 @@ BACKEND = BackendSpec(
     key_env=("OPENAI_API_KEY",),
     base_url_env=("OPENAI_BASE_URL",),
     key_required=needs_key,
+    batch=batch_client,
 )

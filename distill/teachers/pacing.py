@@ -19,19 +19,26 @@ Buckets hold 90% of one second of burst by default: a full minute's worth would 
 fire a whole minute's quota at once, which providers meter more finely than per minute, and the
 10% left over absorbs the lag between our clock and the server's (a request is counted when it
 arrives, not when we send it), so a client pacing at exactly the limit does not meet 429s.
+
+`PacedTeacher` is the retry-and-pacing layer the stack (`distill.teachers.stack`) puts over every
+hosted backend (a `Wire`): each attempt waits for its slot, is sent once by the backend, reports
+the provider's headers and usage to the pacer, and its failures go to the one retry loop
+(`distill.teachers.retry`). The backends themselves neither pace, retry nor map errors.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import math
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, AsyncIterator, Callable, Mapping
 
-from distill.teachers.base import Request
-from distill.teachers.retry import ProviderFailure
+from distill.teachers.base import Completion, Reply, Request, Wire
+from distill.teachers.retry import ProviderFailure, RetryLoop, failure_from_sdk
+from distill.teachers.settings import TeacherSettings
 
 DEFAULT_COOL_DOWN = 1.0  # seconds to pause after a 429 that carries no retry-after
 BURST_S = 1.0  # seconds of traffic a full bucket holds...
@@ -130,16 +137,16 @@ class Slot:
         self.started = pacer.clock()
         self.sent_mark = pacer.sent  # requests and tokens admitted before this one
         self.tokens_mark = pacer.tokens_sent
-        self.settled = False
+        self.charged = False
 
     def observe(self, headers: Mapping[str, str]) -> None:
         self.pacer.observe(headers, self)
 
-    def settle(self, actual_tokens: int) -> None:
-        """Correct the token bucket from the estimate to the usage the provider reported."""
-        if not self.settled and self.pacer.tokens is not None:
+    def charge(self, actual_tokens: int) -> None:
+        """Correct the token bucket from the estimate to the usage the provider reported (once)."""
+        if not self.charged and self.pacer.tokens is not None:
             self.pacer.tokens.give(self.estimate - actual_tokens)
-        self.settled = True
+        self.charged = True
 
 
 class Pacer:
@@ -169,10 +176,10 @@ class Pacer:
                 yield slot
             except ProviderFailure as failure:
                 self.failed(failure, slot)
-                slot.settle(0)  # a failed attempt consumed no tokens
+                slot.charge(0)  # a failed attempt consumed no tokens
                 raise
             except BaseException:
-                slot.settle(0)
+                slot.charge(0)
                 raise
 
     async def _admit(self, estimate: int) -> Slot:
@@ -241,3 +248,55 @@ class Pacer:
             if now_remaining < bucket.available() - tolerance:
                 bucket.lower_to(now_remaining)
         return bucket
+
+
+class PacedTeacher:
+    """The retry-and-pacing layer over a hosted backend: a Teacher made of a `Wire`.
+
+    Every attempt holds a pacer slot, checks that no call has exhausted the quota meanwhile, and
+    is sent once by the wire; its headers and usage correct the pacer. An exception from the wire
+    (the SDK's, or a body that cannot be read) becomes a `ProviderFailure` here, with the key
+    redacted, and the retry loop decides what happens next.
+    """
+
+    def __init__(self, wire: Wire, settings: TeacherSettings):
+        self.wire = wire
+        self.backend, self.model = wire.backend, wire.model
+        self.pacer = Pacer(concurrency=settings.concurrency, rpm=settings.rpm, tpm=settings.tpm)
+        self.retry = RetryLoop(settings.name, max_retries=settings.max_retries)
+        self._redact = settings.redact
+        self._sdk: Any = None
+
+    def identity(self) -> Mapping[str, Any]:
+        return self.wire.identity()
+
+    async def complete(self, request: Request) -> Completion:
+        started = time.monotonic()
+        estimate = estimate_tokens(request)
+        reply, retries = await self.retry.run(lambda: self._attempt(request, estimate),
+                                              what=f"request {request.prompt_id or ''}".strip())
+        return replace(reply.completion, retries=retries, latency_s=time.monotonic() - started)
+
+    async def _attempt(self, request: Request, estimate: int) -> Reply:
+        async with self.pacer.slot(estimate) as slot:
+            self.retry.check()  # a quota ran out while this attempt waited: do not call
+            try:
+                reply = await self.wire.attempt(request)
+            except ProviderFailure:
+                raise
+            except Exception as exc:
+                failure = failure_from_sdk(self._sdk_module(), exc, self._redact)
+                if failure is None:
+                    raise
+                raise failure from None
+            slot.observe(reply.headers)
+            slot.charge(reply.completion.usage.total_tokens or estimate)
+            return reply
+
+    def _sdk_module(self) -> Any:
+        if self._sdk is None and self.wire.sdk:
+            self._sdk = importlib.import_module(self.wire.sdk)
+        return self._sdk
+
+    async def aclose(self) -> None:
+        await self.wire.aclose()

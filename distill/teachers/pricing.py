@@ -14,6 +14,13 @@ adds models in a TOML or JSON file named by `DISTILL_PRICES` (or `prices_file` i
 A model not in the table has cost `None`, reported as unknown: never guessed, never zero.
 Providers report dated model names (`gpt-4o-mini-2024-07-18`, `claude-sonnet-4-5-20250929`);
 those match the undated entry. The `local` backend runs in process and costs 0.
+
+`Completion.cost` is the one price of a call, and the pricing layer (`PricedTeacher`, the top of
+the stack `distill.teachers.stack` builds) sets it by one rule (`Pricing.bill`): a cache hit
+costs 0; any other call costs its usage at the configured teacher's price (backend:model as
+configured, not the name the provider reports), at the batch price when a provider batch answered
+it. `Completion.alternative_cost` is the same usage at the other mode's price, for the ledger's
+comparison columns. The price table is loaded once per stack (`Pricing.of`).
 """
 
 from __future__ import annotations
@@ -21,12 +28,13 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from distill.errors import ConfigError
-from distill.teachers.base import Usage
+from distill.teachers.base import Completion, Request, Teacher, Usage
+from distill.teachers.settings import TeacherSettings
 
 PRICES_AS_OF = "2025-10"
 _DATE_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8})$")
@@ -98,6 +106,48 @@ class PriceTable:
         """USD for `usage`, or None when the model (or its batch price) is not in the table."""
         price = self.price(backend, model)
         return price.cost(usage, batch=batch) if price is not None else None
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """The configured teacher's prices: what a call of it costs, live or in a batch."""
+
+    table: PriceTable
+    backend: str
+    model: str
+
+    @classmethod
+    def of(cls, settings: TeacherSettings) -> "Pricing":
+        """The price table (built-in + `prices_file`) read once, for the teacher `settings` name."""
+        return cls(PriceTable.load(settings.prices_file), settings.backend, settings.model)
+
+    def at(self, usage: Usage, *, batch: bool = False) -> float | None:
+        return self.table.cost(self.backend, self.model, usage, batch=batch)
+
+    def bill(self, completion: Completion) -> Completion:
+        """`completion` with its one price set (see the module docstring for the rule)."""
+        if completion.cached:
+            return replace(completion, cost=0.0, alternative_cost=0.0)
+        return replace(completion, cost=self.at(completion.usage, batch=completion.batch),
+                       alternative_cost=self.at(completion.usage, batch=not completion.batch))
+
+
+class PricedTeacher:
+    """The pricing layer: every completion that comes through it leaves with its price."""
+
+    def __init__(self, inner: Teacher, pricing: Pricing):
+        self.inner = inner
+        self.pricing = pricing
+        self.backend, self.model = inner.backend, inner.model
+
+    def identity(self) -> Mapping[str, Any]:
+        return self.inner.identity()
+
+    async def complete(self, request: Request) -> Completion:
+        return self.pricing.bill(await self.inner.complete(request))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 def read_price_file(path: Path) -> dict[str, Price]:

@@ -11,8 +11,13 @@ The entry point names an object with the `Backend` shape; `BackendSpec` is a rea
 Loading an entry point imports only the module that defines it; backends import their SDKs
 inside `create`, so listing backends or resolving settings stays cheap.
 
-`create_backend(settings)` is the one place a teacher (and with it a network client) is built;
-`backend_identity(settings)` names the provider and model without building anything.
+A backend speaks its wire format only: `create` returns a `Wire` (a hosted API: one attempt, the
+stack adds retry, pacing, cache and price) or a `Teacher` (anything else). A backend that has a
+provider batch API declares its client as `batch` (a function of the settings returning a
+`distill.teachers.batch.wire.BatchClient`), and batch mode works with it like with the built-ins.
+
+The teacher itself is built in one place, `distill.teachers.stack.open_teacher`, from one loaded
+backend; `backend_identity(settings)` names the provider and model without building anything.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from importlib import metadata
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from distill.errors import ConfigError
-from distill.teachers.base import Teacher
+from distill.teachers.base import Teacher, Wire
 from distill.teachers.settings import TeacherSettings, masked_identity
 
 GROUP = "distill.teachers"
@@ -42,7 +47,9 @@ class Backend(Protocol):
 
     def identity(self, settings: TeacherSettings) -> dict[str, Any]: ...
 
-    def create(self, settings: TeacherSettings) -> Teacher: ...
+    def create(self, settings: TeacherSettings) -> Teacher | Wire: ...
+
+    # optional: `batch(settings) -> BatchClient` when the provider has a batch API (see BackendSpec)
 
 
 def _never(settings: TeacherSettings) -> bool:
@@ -55,11 +62,12 @@ class BackendSpec:
 
     name: str
     summary: str
-    make: Callable[[TeacherSettings], Teacher]
+    make: Callable[[TeacherSettings], Teacher | Wire]
     identify: Callable[[TeacherSettings], dict[str, Any]]
     key_env: tuple[str, ...] = ()
     base_url_env: tuple[str, ...] = ()
     key_required: Callable[[TeacherSettings], bool] = _never
+    batch: Callable[[TeacherSettings], Any] | None = None  # the provider batch client, when there is one
 
     def needs_key(self, settings: TeacherSettings) -> bool:
         return self.key_required(settings)
@@ -67,7 +75,7 @@ class BackendSpec:
     def identity(self, settings: TeacherSettings) -> dict[str, Any]:
         return self.identify(settings)
 
-    def create(self, settings: TeacherSettings) -> Teacher:
+    def create(self, settings: TeacherSettings) -> Teacher | Wire:
         return self.make(settings)
 
 
@@ -123,16 +131,22 @@ def require_key(settings: TeacherSettings, backend: Backend | None = None) -> No
         raise ConfigError(f"teacher {settings.name} needs an API key: {settings.key_hint()}")
 
 
-def backend_identity(settings: TeacherSettings) -> dict[str, Any]:
+def backend_identity(settings: TeacherSettings, backend: Backend | None = None) -> dict[str, Any]:
     """Provider and resolved model identity (part of the cache key). Builds no client, loads no
     model; for local models this is the model directory and a SHA-256 of its weights. It is
     recorded (manifests, batch records) and shown, so credentials in a base URL are masked."""
-    return masked_identity(load_backend(settings.backend).identity(settings))
+    return masked_identity((backend or load_backend(settings.backend)).identity(settings))
 
 
-def create_backend(settings: TeacherSettings) -> Teacher:
-    """Build the teacher `settings` describe, after checking it can run (key present)."""
-    backend = load_backend(settings.backend)
+def batch_client(settings: TeacherSettings, backend: Backend | None = None) -> Any:
+    """The provider batch client the backend declares (`batch`), after checking the key;
+    ConfigError for a backend without one."""
+    backend = backend or load_backend(settings.backend)
+    make = getattr(backend, "batch", None)
+    if make is None:
+        raise ConfigError(f"batch mode (--batch / DISTILL_TEACHER_BATCH=1): the teacher {settings.name} has no "
+                          f"batch API; it works with openai (and OpenAI-compatible servers that implement "
+                          f"/v1/files and /v1/batches), anthropic, and backends that declare a batch client. "
+                          "Run without --batch")
     require_key(settings, backend)
-    return backend.create(settings)
-
+    return make(settings)

@@ -73,7 +73,7 @@ def resolve_settings(env: Mapping[str, str] | None = None,
     `overrides` uses the field names (`teacher` for backend:model, `base_url`, `rpm`, ...); None
     values are ignored, so argparse namespaces can be passed through as they are. The backend must
     be installed (entry-point group `distill.teachers`); a missing key is not an error here
-    (`distill config` shows it) but `distill.teachers.registry.create_backend` refuses to start.
+    (`distill config` shows it) but `distill.teachers.stack` refuses to build the backend.
     """
     env = os.environ if env is None else env
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}

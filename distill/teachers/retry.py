@@ -114,17 +114,20 @@ def failure_from_status(status: int, headers: Mapping[str, str], body: Any, mess
 
 
 def failure_from_sdk(sdk: Any, exc: BaseException, redact: Callable[[str], str] = str) -> ProviderFailure | None:
-    """`exc`, raised by a call through the `openai` or `anthropic` SDK module `sdk` or by reading its
-    answer, as a ProviderFailure; None for any other exception, which the caller lets through."""
-    if isinstance(exc, sdk.APIStatusError):
+    """`exc`, raised by a call through the `openai` or `anthropic` SDK module `sdk` (None: no SDK) or
+    by reading its answer, as a ProviderFailure; None for any other exception, which the caller
+    lets through. A body that is whole but lacks a completion's fields, or holds a field of the wrong
+    type (a token count that is no number), is `malformed_response` and final."""
+    if sdk is not None and isinstance(exc, sdk.APIStatusError):
         return failure_from_status(exc.status_code, exc.response.headers, exc.body, exc.message, redact)
-    if isinstance(exc, sdk.APITimeoutError):  # aiohttp's transport reports a dropped connection as one too
+    if sdk is not None and isinstance(exc, sdk.APITimeoutError):  # aiohttp reports a dropped connection so too
         return transport_failure("timeout", exc, redact)
-    if isinstance(exc, sdk.APIConnectionError):
+    if sdk is not None and isinstance(exc, sdk.APIConnectionError):
         return transport_failure("connection", exc, redact)
     if isinstance(exc, json.JSONDecodeError):  # bytes that are not a whole document: cut short on the way
         return transport_failure("malformed_response", exc, redact)
-    if isinstance(exc, (sdk.APIResponseValidationError, ValueError, KeyError, TypeError, AttributeError)):
+    unreadable = (ValueError, LookupError, TypeError, AttributeError)
+    if isinstance(exc, unreadable + ((sdk.APIResponseValidationError,) if sdk is not None else ())):
         failure = transport_failure("malformed_response", exc, redact)
         return replace(failure, final=True, message=failure.message + "; the answer came back whole, and is "
                        "billed, but cannot be read: not bought again")

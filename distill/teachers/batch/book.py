@@ -31,8 +31,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from distill.errors import InputError
 from distill.records.files import write_atomic, write_jsonl
 from distill.teachers.base import Usage
-from distill.teachers.pricing import PriceTable
-from distill.teachers.settings import TeacherSettings
+from distill.teachers.pricing import Pricing
 
 BOOK = "batches.json"
 FOLDER = "batches"
@@ -194,10 +193,10 @@ class BatchBook:
 
 # ---------------------------------------------------------------------------------- for the stages
 
-def batch_summary(run_dir: Path, settings: TeacherSettings | None = None) -> dict[str, Any] | None:
+def batch_summary(run_dir: Path, pricing: Pricing | None = None) -> dict[str, Any] | None:
     """All of the run's batches, over every process that worked on it, for its manifest: how many,
-    their states, how their rows ended, the tokens of the answers, and (with `settings`) what those
-    cost at batch prices beside what they would have cost live."""
+    their states, how their rows ended, the tokens of the answers, and (with the teacher's
+    `pricing`) what those cost at batch prices beside what they would have cost live."""
     book = BatchBook(run_dir)
     parts = book.parts()
     if not parts:
@@ -214,10 +213,9 @@ def batch_summary(run_dir: Path, settings: TeacherSettings | None = None) -> dic
         "by_state": dict(Counter(p.state for p in parts)), "outcomes": dict(outcomes),
         "ids": [p.batch_id for p in parts if p.batch_id],
         "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
-    if settings is not None:
-        prices = PriceTable.load(settings.prices_file)
-        summary["cost_usd"] = prices.cost(settings.backend, settings.model, usage, batch=True)
-        summary["cost_at_live_prices_usd"] = prices.cost(settings.backend, settings.model, usage)
+    if pricing is not None:
+        summary["cost_usd"] = pricing.at(usage, batch=True)
+        summary["cost_at_live_prices_usd"] = pricing.at(usage)
     return summary
 
 

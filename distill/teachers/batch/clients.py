@@ -1,10 +1,12 @@
 """The provider batch clients: OpenAI Batch and Anthropic Message Batches, in the shape of
-`distill.teachers.batch.wire.BatchClient`, and `batch_client(settings)` to choose one.
+`distill.teachers.batch.wire.BatchClient`.
 
-A batch line carries exactly the body a live call sends for the same request
-(`openai_api.chat_arguments`, `anthropic_api.message_arguments`), and a succeeded row is read by
-the live backend's own parser (`chat_completion`, `message_completion`), so a batch answer and a
-live answer are interchangeable in the cache.
+A backend declares its batch client in its `BackendSpec` (`batch=`), so a third-party backend can
+offer batch mode too; `distill.teachers.registry.batch_client(settings)` builds the configured
+backend's. The backend hands its client its own wire: `body(request)`, exactly the body a live
+call sends for the same request (`openai_api.chat_arguments`, `anthropic_api.message_arguments`),
+and `read(body, request)`, the live call's own parser (`chat_completion`, `message_completion`),
+so a batch answer and a live answer are interchangeable in the cache.
 
     OpenAI      a JSONL file uploaded through the files API (purpose "batch"), then
                 POST /v1/batches for /v1/chat/completions; custom_id = the cache key; when the
@@ -34,16 +36,14 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
 
-from distill.errors import ConfigError
-from distill.teachers import anthropic_api, openai_api
 from distill.teachers.base import Completion, Request
-from distill.teachers.batch.wire import (CLOCK_SKEW_S, FIND_WINDOW_S, MAX_LISTED, BatchClient, BatchState, Calls,
-                                         Limits, LostBatch, Outcome, jsonl_line, listing)
-from distill.teachers.pricing import PriceTable
-from distill.teachers.registry import require_key
+from distill.teachers.batch.wire import (CLOCK_SKEW_S, FIND_WINDOW_S, MAX_LISTED, BatchState, Calls, Limits, LostBatch,
+                                         Outcome, jsonl_line, listing)
 from distill.teachers.settings import TeacherSettings
 
 COMPLETION_WINDOW = "24h"
+Body = Callable[[Request], Mapping[str, Any]]  # a request as the live call's body
+Read = Callable[[Mapping[str, Any], Request], Completion]  # a response body as a Completion
 
 # ---------------------------------------------------------------- OpenAI (and compatible servers)
 
@@ -59,20 +59,17 @@ class OpenAIBatches:
     endpoint = "/v1/chat/completions"
     page_size = 100  # batches per listing page (the API allows 1 to 100)
 
-    def __init__(self, settings: TeacherSettings, client: Any = None):
-        self._api = openai_api
-        self.model = settings.model
-        self.official = openai_api.is_official(settings.base_url)
+    def __init__(self, settings: TeacherSettings, make_client: Callable[[TeacherSettings], Any], *, body: Body,
+                 read: Read, client: Any = None):
         self.limits = OPENAI_LIMITS.capped(settings.batch_max_requests)
-        self.prices = PriceTable.load(settings.prices_file)
-        self.calls = Calls(settings, openai_api.make_client, client)
+        self.calls = Calls(settings, make_client, client)
+        self._body, self._read = body, read
 
     def custom_id(self, key: str) -> str:
         return key
 
     def line(self, custom_id: str, request: Request) -> bytes:
-        body = self._api.chat_arguments(self.model, request, official=self.official)
-        return jsonl_line({"custom_id": custom_id, "method": "POST", "url": self.endpoint, "body": body})
+        return jsonl_line({"custom_id": custom_id, "method": "POST", "url": self.endpoint, "body": self._body(request)})
 
     async def submit(self, lines: Sequence[bytes], label: str, known_ids: frozenset[str] = frozenset()) -> BatchState:
         data = b"".join(lines)
@@ -126,7 +123,7 @@ class OpenAIBatches:
         return Outcome("", status, reason=reason)
 
     def completion(self, body: Mapping[str, Any], request: Request) -> Completion:
-        return self._api.chat_completion(body, self.model, self.prices, batch=True)
+        return self._read(body, request)
 
     async def aclose(self) -> None:
         await self.calls.aclose()
@@ -171,19 +168,17 @@ class AnthropicBatches:
     provider = "anthropic"
     page_size = 100  # batches per listing page (the API allows 1 to 1000)
 
-    def __init__(self, settings: TeacherSettings, client: Any = None):
-        self._api = anthropic_api
-        self.model = settings.model
+    def __init__(self, settings: TeacherSettings, make_client: Callable[[TeacherSettings], Any], *, body: Body,
+                 read: Read, client: Any = None):
         self.limits = ANTHROPIC_LIMITS.capped(settings.batch_max_requests)
-        self.prices = PriceTable.load(settings.prices_file)
-        self.calls = Calls(settings, anthropic_api.make_client, client)
+        self.calls = Calls(settings, make_client, client)
+        self._body, self._read = body, read
 
     def custom_id(self, key: str) -> str:
         return key.split(":", 1)[-1]
 
     def line(self, custom_id: str, request: Request) -> bytes:
-        params, _ = self._api.message_arguments(self.model, request)
-        return jsonl_line({"custom_id": custom_id, "params": params})
+        return jsonl_line({"custom_id": custom_id, "params": self._body(request)})
 
     async def submit(self, lines: Sequence[bytes], label: str, known_ids: frozenset[str] = frozenset()) -> BatchState:
         requests = [json.loads(line) for line in lines]
@@ -244,8 +239,7 @@ class AnthropicBatches:
         return Outcome("", "errored", reason="the batch ended without a result for this request")
 
     def completion(self, body: Mapping[str, Any], request: Request) -> Completion:
-        _, wrapped = self._api.message_arguments(self.model, request)
-        return self._api.message_completion(body, request, wrapped, self.model, self.prices, batch=True)
+        return self._read(body, request)
 
     async def aclose(self) -> None:
         await self.calls.aclose()
@@ -278,19 +272,3 @@ def _anthropic_outcome(row: Mapping[str, Any]) -> Outcome:
         return Outcome(custom_id, kind, reason=f"the request {kind} before it was processed")
     error = (result.get("error") or {}).get("error") or result.get("error") or {}
     return Outcome(custom_id, "errored", reason=f"{error.get('type', kind)}: {error.get('message', '')}".strip())
-
-
-# ---------------------------------------------------------------- choosing a client
-
-CLIENTS: dict[str, Callable[[TeacherSettings], BatchClient]] = {"openai": OpenAIBatches, "anthropic": AnthropicBatches}
-
-
-def batch_client(settings: TeacherSettings) -> BatchClient:
-    """The batch client for the configured teacher; ConfigError for backends without a batch API."""
-    make = CLIENTS.get(settings.backend)
-    if make is None:
-        raise ConfigError(f"batch mode (--batch / DISTILL_TEACHER_BATCH=1): the teacher {settings.name} has no "
-                          f"batch API; it works with openai (and OpenAI-compatible servers that implement "
-                          f"/v1/files and /v1/batches) and anthropic. Run without --batch")
-    require_key(settings)
-    return make(settings)

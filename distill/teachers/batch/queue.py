@@ -43,8 +43,9 @@ billed at the batch price (`Completion.batch`), so the manifest shows what the r
 what it would have cost live.
 
 The run's record of its batches (runs/NAME/batches.json and the files beside it) is
-`distill.teachers.batch.book`; the provider clients are `distill.teachers.batch.clients`. The queue
-is stacked behind the cache by `distill.teachers.stack`, which also flushes it after a pass (`settle`).
+`distill.teachers.batch.book`; the provider clients are `distill.teachers.batch.clients`, each
+declared by its backend. The queue is stacked behind the cache by `distill.teachers.stack`, whose
+handle flushes it after a pass (`TeacherHandle.settle_batches`).
 """
 
 from __future__ import annotations
@@ -62,12 +63,10 @@ from distill.errors import BatchesPending, CacheError, InputError, TeacherError
 from distill.records.ids import content_hash
 from distill.teachers.base import Completion, Deferred, Request, Usage
 from distill.teachers.batch.book import ABANDONED, COLLECTED, ENDED, OPEN_STATES, SUBMITTED, SUBMITTING, BatchBook, Part
-from distill.teachers.batch.clients import batch_client
 from distill.teachers.batch.wire import BatchClient, BatchState, LostBatch, Outcome, split
 from distill.teachers.cache.entry import Entry, entry_of, storable
 from distill.teachers.cache.key import cache_key, canonical_request, key_of
 from distill.teachers.cache.store import CacheStore
-from distill.teachers.pricing import PriceTable
 from distill.teachers.settings import TeacherSettings, mask_url
 
 MAX_POLL_S = 600.0  # the longest wait between two status checks
@@ -95,8 +94,9 @@ class BatchMode:
     wait: bool = True  # False (--no-wait): exit once submitted, with BatchesPending
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
-    def queue(self, settings: TeacherSettings, store: CacheStore, identity: Mapping[str, Any]) -> "BatchQueue":
-        return BatchQueue(settings, store, identity, self.run_dir, wait=self.wait, sleep=self.sleep)
+    def queue(self, settings: TeacherSettings, store: CacheStore, identity: Mapping[str, Any],
+              client: BatchClient) -> "BatchQueue":
+        return BatchQueue(settings, store, identity, self.run_dir, client, wait=self.wait, sleep=self.sleep)
 
 
 class BatchQueue:
@@ -104,9 +104,8 @@ class BatchQueue:
     is asked for (a cache miss) is queued and deferred; `flush()` sends the queue as provider
     batches, waits for them and stores their answers in the cache."""
 
-    def __init__(self, settings: TeacherSettings, store: CacheStore, identity: Mapping[str, Any], run_dir: Path, *,
-                 wait: bool = True, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 client: BatchClient | None = None):
+    def __init__(self, settings: TeacherSettings, store: CacheStore, identity: Mapping[str, Any], run_dir: Path,
+                 client: BatchClient, *, wait: bool = True, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
         self.settings = settings
         self.backend, self.model = settings.backend, settings.model
         self.store = store
@@ -117,8 +116,7 @@ class BatchQueue:
         self.endpoint = mask_url(str(identity.get("base_url") or ""))  # recorded: credentials masked
         self._identity = dict(identity)
         self._sleep = sleep
-        self._client = client if client is not None else batch_client(settings)  # no batch API: fails here
-        self.prices = PriceTable.load(settings.prices_file)
+        self._client = client  # the backend's own (`distill.teachers.registry.batch_client`)
         self.queued: dict[str, Request] = {}
         self.failed: dict[str, Failure] = {}  # outcomes collected by this process: acted on once
         self.answered: set[str] = self.book.succeeded_keys()  # billed at the batch price when used
@@ -140,12 +138,11 @@ class BatchQueue:
         raise Deferred(key)
 
     def bill(self, entry: Entry, completion: Completion) -> Completion:
-        """A cache hit on an answer this run's batches delivered is billed, at the batch price."""
+        """A cache hit on an answer this run's batches delivered is billed: it leaves as a batch
+        answer with its usage, which the pricing layer prices at the batch price."""
         if entry.key not in self.answered:
             return completion
-        usage = Usage(entry.input_tokens, entry.output_tokens)
-        return replace(completion, cached=False, batch=True, usage=usage,
-                       cost=self.prices.cost(self.backend, completion.model, usage, batch=True))
+        return replace(completion, cached=False, batch=True, usage=Usage(entry.input_tokens, entry.output_tokens))
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -170,7 +167,7 @@ class BatchQueue:
 
     def running(self) -> list[Part]:
         """This run's batches that are not collected yet: submitted or ended, or being submitted
-        by another process right now (a dead one's are settled by `refresh` first)."""
+        by another process right now (a dead one's are recovered or given up by `refresh` first)."""
         return [p for p in self.book.parts() if self.mine(p) and p.state in OPEN_STATES]
 
     def pending_message(self, running: Sequence[Part]) -> str:
@@ -279,10 +276,10 @@ class BatchQueue:
             if row is None or row["key"] in results:
                 unknown += 1
                 continue
-            results[row["key"]] = self._settle(row, outcome, entries)
+            results[row["key"]] = self._result(row, outcome, entries)
         for row in rows:
             if row["key"] not in results:
-                results[row["key"]] = self._settle(row, self._client.unanswered(state), entries)
+                results[row["key"]] = self._result(row, self._client.unanswered(state), entries)
         if unknown:
             _log(f"batch {state.id}: ignored {unknown} result line(s) with an unknown or repeated custom_id")
         if entries:
@@ -298,7 +295,7 @@ class BatchQueue:
                 self.failed[key] = Failure(result["outcome"], result["reason"], state.id)
         _log(f"collected batch {state.id}: " + ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items())))
 
-    def _settle(self, row: Mapping[str, Any], outcome: Outcome, entries: list[Entry]) -> dict[str, Any]:
+    def _result(self, row: Mapping[str, Any], outcome: Outcome, entries: list[Entry]) -> dict[str, Any]:
         result = {"key": row["key"], "custom_id": row["custom_id"], "prompt_id": row.get("prompt_id"),
                   "outcome": outcome.status, "reason": outcome.reason}
         if outcome.status != "succeeded" or outcome.body is None:
