@@ -16,42 +16,21 @@ Each resolved value records its source (flag, config file, environment variable 
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
+from distill.config import config_file as config_file_of
+from distill.config import read_tables
 from distill.errors import ConfigError
 from distill.teachers.registry import load_backend
-from distill.teachers.settings import (DEFAULT_CONFIG_FILE, DEFAULT_TEACHER, ENV_API_KEY, ENV_CONFIG, ENV_TEACHER,
+from distill.teachers.settings import (DEFAULT_TEACHER, ENV_API_KEY, ENV_TEACHER,
                                        KNOBS, Knob, Secret, TeacherSettings, parse_knob, parse_teacher)
-
-
-def config_path(env: Mapping[str, str], config_file: str | os.PathLike[str] | None) -> Path | None:
-    """The config file to read: the argument, else $DISTILL_CONFIG, else ./distill.toml if present."""
-    if config_file is not None:
-        return Path(config_file)
-    if env.get(ENV_CONFIG, "").strip():
-        return Path(env[ENV_CONFIG].strip()).expanduser()
-    default = Path.cwd() / DEFAULT_CONFIG_FILE
-    return default if default.is_file() else None
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """The whole TOML document; ConfigError naming the file and the problem."""
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found (named by --config or {ENV_CONFIG})") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
 
 def _teacher_table(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
-    table = read_config_file(path).get("teacher", {})
+    table = read_tables(path).get("teacher", {})
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [teacher] must be a table")
     if "api_key" in table:
@@ -77,7 +56,7 @@ def resolve_settings(env: Mapping[str, str] | None = None,
     """
     env = os.environ if env is None else env
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
-    path = config_path(env, config_file)
+    path = config_file_of(config_file, env)
     table = _teacher_table(path)
     file_label = str(path) if path is not None else ""
     values: dict[str, Any] = {}
