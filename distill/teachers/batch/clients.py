@@ -52,18 +52,26 @@ OPENAI_ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
 OPENAI_ROW_CODES = {"batch_expired": "expired", "batch_cancelled": "canceled", "batch_canceled": "canceled"}
 
 
-class OpenAIBatches:
-    """OpenAI Batch: JSONL upload, /v1/batches, output and error files."""
+class _ProviderBatches:
+    """What every provider's batch client holds: its limits (capped by the settings), the SDK calls,
+    and the backend's own request body and reply reader, so the batch wire matches the live one."""
 
-    provider = "openai"
-    endpoint = "/v1/chat/completions"
-    page_size = 100  # batches per listing page (the API allows 1 to 100)
+    provider_limits: Limits
 
     def __init__(self, settings: TeacherSettings, make_client: Callable[[TeacherSettings], Any], *, body: Body,
                  read: Read, client: Any = None):
-        self.limits = OPENAI_LIMITS.capped(settings.batch_max_requests)
+        self.limits = self.provider_limits.capped(settings.batch_max_requests)
         self.calls = Calls(settings, make_client, client)
         self._body, self._read = body, read
+
+
+class OpenAIBatches(_ProviderBatches):
+    """OpenAI Batch: JSONL upload, /v1/batches, output and error files."""
+
+    provider = "openai"
+    provider_limits = OPENAI_LIMITS
+    endpoint = "/v1/chat/completions"
+    page_size = 100  # batches per listing page (the API allows 1 to 100)
 
     def custom_id(self, key: str) -> str:
         return key
@@ -162,17 +170,12 @@ def _openai_outcome(text: str, where: str) -> Outcome:
 ANTHROPIC_LIMITS = Limits(max_requests=100_000, max_bytes=256_000_000)
 
 
-class AnthropicBatches:
+class AnthropicBatches(_ProviderBatches):
     """Anthropic Message Batches: requests inline, results as JSONL."""
 
     provider = "anthropic"
+    provider_limits = ANTHROPIC_LIMITS
     page_size = 100  # batches per listing page (the API allows 1 to 1000)
-
-    def __init__(self, settings: TeacherSettings, make_client: Callable[[TeacherSettings], Any], *, body: Body,
-                 read: Read, client: Any = None):
-        self.limits = ANTHROPIC_LIMITS.capped(settings.batch_max_requests)
-        self.calls = Calls(settings, make_client, client)
-        self._body, self._read = body, read
 
     def custom_id(self, key: str) -> str:
         return key.split(":", 1)[-1]
