@@ -49,6 +49,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
 
+from distill.config import BOOL_TEXT
 from distill.errors import ConfigError
 
 DEFAULT_TEACHER = "local:default"
@@ -221,12 +222,10 @@ FLAG_VALUES = "1 or 0 (true/false, yes/no, on/off)"
 
 def parse_flag(text: str) -> bool:
     """An on/off setting: 1/true/yes/on or 0/false/no/off, any case; empty is off. ValueError otherwise."""
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError
+    try:
+        return BOOL_TEXT[text.strip().lower()]
+    except KeyError:
+        raise ValueError(text) from None
 
 
 JSON_MODES = ("auto", "json_schema", "json_object", "off")
