@@ -245,7 +245,7 @@ END_PHRASES = ("Is there anything else I can help with?", "Have a nice day.", "T
 START_PHRASES = ("In short:", "Quick answer:", "Here is my answer:")
 
 
-def check_of(kind: str, n: int | None, phrase: str | None, question: Question) -> Any:
+def check_of(kind: str, n: int | None, phrase: str | None) -> Any:
     """The reference check of one prompt."""
     return {
         "lowercase": {"type": "lowercase"},
@@ -309,7 +309,7 @@ def build(split: str, per_kind: int | dict[str, int], short: list[Question], num
             phrase = {"end_phrase": rng.choice(END_PHRASES), "start_phrase": rng.choice(START_PHRASES)}.get(kind.name)
             prompt = kind.phrasings[i % len(kind.phrasings)].format(q=question.text, n=n, p=phrase)
             rows.append({"id": f"{split}-{kind.name}-{i + 1:02d}", "prompt": prompt,
-                         "reference": check_of(kind.name, n, phrase, question),
+                         "reference": check_of(kind.name, n, phrase),
                          "meta": {"kind": kind.name, "question": question.text,
                                   **({"n": n} if n is not None else {}), **({"phrase": phrase} if phrase else {})}})
     return rows
