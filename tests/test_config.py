@@ -18,7 +18,7 @@ from distill.config import settings_of
 from distill.errors import ConfigError
 from distill.evaluation.config import RoundsConfig
 from distill.evaluation.gate import Policy
-from distill.records.rundir import RunDir
+from distill.records.rundir import RunDir, as_argument
 from distill.stages.config import RunConfig
 from distill.student.model import GenerationParams
 from distill.training.config import TrainConfig
@@ -237,6 +237,13 @@ def test_a_bare_name_is_under_runs_dir_and_a_path_needs_a_slash(tmp_path: Path) 
     for bad in ("", ".", ".."):
         with pytest.raises(Exception, match="is not a run name"):
             RunDir.named(bad, Path("runs"))
+
+
+def test_a_run_folder_named_in_a_command_to_type_reads_back_as_the_same_folder(tmp_path: Path) -> None:
+    """Messages that tell the user what to type (`distill batch status ...`) name the folder so that
+    the naming rule finds it again: a round's folder by its path, never by its last part."""
+    for folder in (Path("runs") / "q" / "round-2", Path("q"), tmp_path / "q"):
+        assert RunDir.named(as_argument(folder), Path("elsewhere")).path == folder
 
 
 def test_a_round_of_a_run_is_a_folder_inside_it_not_a_name_with_a_slash(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The critique stage (`distill.stages.critique.revise_all`) against a teacher that fails: one row's failure
+"""The critique stage (`distill.stages.critique.critique_stage`) against a teacher that fails: one row's failure
 is that row's, but the same failure row after row is a fault of the teacher, and stops the stage."""
 
 from __future__ import annotations

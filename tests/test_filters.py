@@ -123,18 +123,24 @@ def test_judge_drops_losses_position_bias_and_ties(prefers: str, verdicts: str) 
 
 
 def test_a_failed_judge_reply_and_its_repair_are_billed() -> None:
+    """The filter stage bills every call a row made, the unusable reply's repair included, and
+    drops that row as `filter_failed`."""
+    from distill.records.rows import Revision
     from distill.stages.accounting import Ledger
-    from distill.stages.protocol import ProtocolFailure
+    from distill.teachers.stack import TeacherHandle
 
     def script(request):  # a good judgement in the first order, then garbage (the repair too)
         return judge_reply("A") if len(teacher.requests) == 1 else "no JSON here"
     teacher = ScriptedTeacher(script)
     ledger = Ledger("filter")
-    ctx = FilterContext(teacher=teacher, prompts=PROMPTS, ledger=ledger)
-    with pytest.raises(ProtocolFailure):
-        run("judge", revision("41", "42"), ctx)
+    ctx = FilterContext(teacher=teacher, prompts=PROMPTS)
+    rev = Revision.from_row({**revision("41", "42"), "round": 1, "teacher": "scripted"})
+    selection = asyncio.run(filters.filter_stage([rev], ctx, ["judge"], teacher=TeacherHandle.borrow(teacher),
+                                                 ledger=ledger, progress=False))
     assert len(teacher.requests) == 3
     assert ledger.calls == 3 and ledger.input_tokens == 300 and ledger.output_tokens == 60
+    assert [r.filter for r in selection.rejected] == ["filter_failed"] and not selection.sft
+    assert "ProtocolFailure" in selection.rejected[0].reason and ledger.failures == {"ProtocolFailure": 1}
 
 
 def test_filters_run_in_order_and_first_drop_wins() -> None:

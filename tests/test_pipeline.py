@@ -193,7 +193,7 @@ def test_dedup_keeps_distinct_conversations_and_distinct_wordless_prompts() -> N
             {"id": "q", "prompt": "???"}, {"id": "bang", "prompt": "!!!"}, {"id": "q-again", "prompt": "???"}]
     kept, rejected = dedup_stage([parse_prompt(r) for r in rows], 0.9)
     assert [p.id for p in kept] == ["prime", "paris", "q", "bang"]
-    assert [(r["prompt_id"], r["reason"]) for r in rejected] == [("q-again", "near-duplicate of prompt 'q'")]
+    assert [(r.ids["prompt_id"], r.reason) for r in rejected] == [("q-again", "near-duplicate of prompt 'q'")]
 
 
 def test_a_second_process_on_the_same_run_fails_fast_naming_the_first(tmp_path, tiny_model_dir, prompts) -> None:

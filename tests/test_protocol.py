@@ -171,10 +171,9 @@ def test_judge_both_orders_swaps_positions_and_reports_per_order() -> None:
         return json.dumps({"reason": "r", "winner": "A" if a == "good" else "B"})
 
     for concurrent in (False, True):
-        teacher, spend = ScriptedTeacher(prefers_good), []
-        verdicts = asyncio.run(judge_both_orders(teacher, PROMPTS, MESSAGES, "good", "bad", spend=spend,
-                                                 concurrent=concurrent))
-        assert verdicts == ("candidate", "candidate") and len(spend) == 2
+        teacher = ScriptedTeacher(prefers_good)
+        verdicts = asyncio.run(judge_both_orders(teacher, PROMPTS, MESSAGES, "good", "bad", concurrent=concurrent))
+        assert verdicts == ("candidate", "candidate") and len(teacher.requests) == 2
         assert [r.messages[-1]["content"].count("<<<A\ngood\nA>>>") for r in teacher.requests] == [1, 0]
     teacher = ScriptedTeacher(lambda r: json.dumps({"reason": "r", "winner": "A"}))
     assert asyncio.run(judge_both_orders(teacher, PROMPTS, MESSAGES, "x", "y")) == ("candidate", "other")

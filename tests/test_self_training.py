@@ -36,12 +36,12 @@ def read(path: Path) -> list[dict]:
 def test_passing_samples_become_rows_and_pairs_with_failing_ones() -> None:
     rows = samples("q", ["Paris", "paris is the capital", "Paris!", "paris is the capital", "paris, france"], LOWER)
     out = self_training.select(rows, SelfPolicy(keep=2))
-    assert [r["completion"][0]["content"] for r in out.sft] == ["paris is the capital", "paris, france"]
-    assert all(r["meta"]["source"] == "self" and r["meta"]["verified"] for r in out.sft)
+    assert [r.text for r in out.sft] == ["paris is the capital", "paris, france"]
+    assert all(r.meta["source"] == "self" and r.meta["verified"] for r in out.sft)
     assert out.pass_rates["q"] == 0.6 and not out.unresolved
-    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in out.prefs] == [
+    assert [(p.chosen, p.rejected) for p in out.prefs] == [
         ("paris is the capital", "Paris"), ("paris, france", "Paris!")]
-    assert out.prefs[0]["meta"]["rejected_fails"] == ["lowercase"]
+    assert out.prefs[0].meta["rejected_fails"] == ["lowercase"]
 
 
 def test_a_prompt_no_sample_solves_is_unresolved_with_the_reason() -> None:
@@ -58,9 +58,9 @@ def test_without_a_reference_the_majority_is_kept_above_the_agreement_threshold(
     agree = samples("a", ["The answer is 12.", "It is 12", "12", "I think 13"])
     split = samples("b", ["Blue.", "Green.", "Red.", "Blue."])
     out = self_training.select(agree + split, SelfPolicy(min_agreement=0.6))
-    assert [r["meta"]["prompt_id"] for r in out.sft] == ["a"]
-    assert out.sft[0]["completion"][0]["content"] == "The answer is 12." and out.sft[0]["meta"]["agreement"] == 0.75
-    assert out.sft[0]["meta"]["source"] == "self_consistent" and not out.sft[0]["meta"]["verified"]
+    assert [r.meta["prompt_id"] for r in out.sft] == ["a"]
+    assert out.sft[0].text == "The answer is 12." and out.sft[0].meta["agreement"] == 0.75
+    assert out.sft[0].meta["source"] == "self_consistent" and not out.sft[0].meta["verified"]
     assert "agree 50% of the time" in out.unresolved["b"]
 
 

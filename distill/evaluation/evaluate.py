@@ -27,7 +27,9 @@ from distill.config import default_of
 from distill.evaluation.config import RoundsConfig
 from distill.evaluation.gate import Interval, bootstrap_ci
 from distill.records.prompts import Prompt
+from distill.stages.accounting import Ledger
 from distill.stages.protocol import ProtocolFailure, Settings, judge_both_orders
+from distill.stages.runner import run_rows
 from distill.stages.templates import PromptSet
 from distill.student.model import GenerationParams, Student
 from distill.teachers.base import Teacher
@@ -74,22 +76,25 @@ def checks_metric(passed: Sequence[tuple[bool, bool] | None]) -> dict[str, Any] 
             "delta": bootstrap_ci([n - c for c, n in pairs])}
 
 
-async def judge_scores(teacher: Teacher, prompt_set: PromptSet, prompts: Sequence[Prompt], current: Sequence[str],
-                       new: Sequence[str], concurrency: int = 8) -> list[float | None]:
-    """Per prompt in [-1, 1] (new vs current, averaged over both orders); None if the judge failed."""
-    semaphore = asyncio.Semaphore(concurrency)
+async def judge_scores(teacher: TeacherHandle, prompt_set: PromptSet, prompts: Sequence[Prompt],
+                       current: Sequence[str], new: Sequence[str], concurrency: int = 8) -> list[float | None]:
+    """Per prompt in [-1, 1] (new vs current, averaged over both orders); None if the judge failed.
+    The rows run through the stage runner (`distill.stages.runner`), `concurrency` judge requests at a time."""
+    limit = asyncio.Semaphore(concurrency)
     settings = Settings(max_tokens=256)
     points = {"candidate": 1.0, "other": -1.0, "tie": 0.0}
 
-    async def score(p: Prompt, c: str, n: str) -> float | None:
+    async def score(row: tuple[Prompt, str, str], judge: Teacher) -> float | None:
+        p, c, n = row
         try:
-            verdicts = await judge_both_orders(teacher, prompt_set, p.messages, n, c, settings, prompt_id=p.id,
-                                               concurrent=True, limit=semaphore)
+            verdicts = await judge_both_orders(judge, prompt_set, p.messages, n, c, settings, prompt_id=p.id,
+                                               concurrent=True, limit=limit)
         except ProtocolFailure:
             return None
         return sum(points[v] for v in verdicts) / 2
 
-    return list(await asyncio.gather(*(score(p, c, n) for p, c, n in zip(prompts, current, new))))
+    return await run_rows("judge", list(zip(prompts, current, new)), score, teacher=teacher, ledger=Ledger("judge"),
+                          concurrency=concurrency, failure=lambda s: "unparseable_reply" if s is None else None)
 
 
 async def _judge(teacher: Teacher, prompt_set: PromptSet, prompts: Sequence[Prompt], current: Sequence[str],

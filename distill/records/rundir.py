@@ -26,6 +26,13 @@ def is_path(text: str) -> bool:
     return any(sep in text for sep in _SEPARATORS)
 
 
+def as_argument(path: str | os.PathLike[str]) -> str:
+    """How to name the run folder `path` in a command to type: a path with a slash, so the rule
+    above never reads it as a name under RUNS_DIR (`q` -> `./q`; `runs/q/round-1` as it is)."""
+    text = os.fspath(path)
+    return text if is_path(text) else f".{os.sep}{text}"
+
+
 class RunDir(os.PathLike[str]):
     """A run's folder. `run / "sft.jsonl"` is a file in it; `round(k)` the folder of round k."""
 

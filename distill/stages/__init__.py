@@ -5,8 +5,9 @@ answers), `critique` (the teacher critiques and revises along a chain of princip
 (the JSON requests and replies of critique, judge and repair), `templates` (the teacher's prompt
 templates and principles), `filters` (which revisions become training data), `self_training` and
 `consistency` (training rows without a teacher: verified samples, agreement), `accounting` (tokens
-and cost per stage), and `round` (one round, stage by stage, with its files under runs/NAME/ and its
-manifest).
+and cost per stage), `runner` (the one loop every teacher-calling stage runs its rows through:
+concurrency, billing, batch passes, offline misses, output files and resume, progress), and
+`round` (one round, stage by stage, with its files under runs/NAME/ and its manifest).
 
 May import: `distill.teachers` (a stage sees only a `Teacher`; the round gets its teacher from
 `distill.teachers.stack`), `distill.student`, `distill.records`, `distill.checks`, `distill.config`,

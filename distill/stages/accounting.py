@@ -6,19 +6,18 @@ pricing layer (`distill.teachers.pricing`); an unknown model's cost stays unknow
 invented. Each billed call is shown at the live and at the batch price (its `cost` and its
 `alternative_cost`), so a run shows what it cost beside what the other mode would have cost; a
 call answered through a provider batch (`Completion.batch`) cost the batch price. `Ledger.line()` is the live
-progress text; `to_dict()` goes to the manifest. A stage bills one row's calls together through `Ledger.row()`.
+progress text; `to_dict()` goes to the manifest. The stage runner (`distill.stages.runner`) bills
+each row's calls when the row ends.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
-from distill.stages.protocol import ProtocolFailure
-from distill.teachers.base import Completion, Deferred
+from distill.teachers.base import Completion
 
 
 @dataclass
@@ -66,27 +65,6 @@ class Ledger:
             self.cost_unknown_calls += 1
         else:
             self.cost_usd += cost
-
-    @contextmanager
-    def row(self) -> Iterator[list[Completion]]:
-        """Collect one row's teacher calls (`spend += completions`) and bill them when the row ends.
-
-        However the row ends, the calls it made are billed, and a reply that stayed unparseable
-        (`ProtocolFailure`) bills its calls too, the repair request included. A row deferred to a
-        provider batch (`Deferred`, batch mode) bills nothing: it runs again from the start once the
-        batch has answered, and is billed then."""
-        spent: list[Completion] = []
-        try:
-            yield spent
-        except Deferred:
-            spent.clear()
-            raise
-        except ProtocolFailure as exc:
-            spent += exc.completions
-            raise
-        finally:
-            for completion in spent:
-                self.add(completion)
 
     def fail(self, reason: str) -> None:
         self.failures[reason] += 1

@@ -31,20 +31,23 @@ that could backtrack), so a 20,000-space reply costs microseconds, not seconds.
 from __future__ import annotations
 
 import re
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from importlib.metadata import entry_points
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from distill.checks.reference import Check, parse_reference, run_checks
 from distill.config import default_of
-from distill.errors import ConfigError
+from distill.errors import ConfigError, QuotaExhausted, TeacherError
+from distill.records.rows import PrefRow, Rejected, Revision, SftRow
 from distill.stages.accounting import Ledger
 from distill.stages.config import RunConfig
-from distill.stages.protocol import Settings, judge_both_orders
+from distill.stages.protocol import ProtocolFailure, Settings, judge_both_orders
+from distill.stages.runner import run_rows
 from distill.stages.templates import PromptSet
 from distill.teachers.base import Teacher
+from distill.teachers.cache.layer import OfflineMiss
+from distill.teachers.stack import TeacherHandle
 
 _WRAPPER_HEAD = re.compile(
     r"(?:(?:sure|certainly|of course|okay|ok|absolutely)[,!.]?\s*)?"
@@ -101,7 +104,8 @@ class Drop:
 
 @dataclass
 class FilterContext:
-    """What filters may use: the teacher (for the judge), templates, and thresholds."""
+    """What filters may use: the teacher (for the judge), templates, and thresholds. In the filter
+    stage `teacher` is the row's own view of the run's teacher: its calls are billed to the row."""
 
     teacher: Teacher | None
     prompts: PromptSet | None
@@ -110,7 +114,6 @@ class FilterContext:
     max_length_ratio: float = default_of(RunConfig, "max_length_ratio")
     unchanged_threshold: float = default_of(RunConfig, "unchanged_threshold")  # 1.0: equal up to whitespace
     settings: Settings = Settings(max_tokens=256)
-    ledger: Ledger | None = None  # judge calls are billed here
 
 
 FilterFn = Callable[[Candidate, FilterContext], Awaitable[Drop | None]]
@@ -234,10 +237,8 @@ async def judge(c: Candidate, ctx: FilterContext) -> Drop | None:
         return None
     if ctx.teacher is None or ctx.prompts is None:
         raise ConfigError("the 'judge' filter needs a teacher; remove it with --filters or configure a teacher")
-    # billed once the row is judged (a failed reply too); a deferred row (batch mode) bills nothing
-    with ctx.ledger.row() if ctx.ledger is not None else nullcontext([]) as spend:
-        orders = await judge_both_orders(ctx.teacher, ctx.prompts, c.revision["messages"], c.text, c.original,
-                                         ctx.settings, prompt_id=c.revision.get("prompt_id"), spend=spend)
+    orders = await judge_both_orders(ctx.teacher, ctx.prompts, c.revision["messages"], c.text, c.original,
+                                     ctx.settings, prompt_id=c.revision.get("prompt_id"))
     verdicts = [{"candidate": "revision", "other": "original"}.get(v, v) for v in orders]
     c.notes["judge"] = verdicts
     if verdicts == ["revision", "revision"]:
@@ -278,3 +279,86 @@ async def apply(candidate: Candidate, chain: list[tuple[str, FilterFn]], ctx: Fi
         if dropped is not None:
             return dropped
     return None
+
+
+# ---------------------------------------------------------------- the filter stage
+
+@dataclass
+class Filtered:
+    """One revision through the filters: the candidate, the Drop that stopped it (None: kept), and
+    the type of the error when a filter's teacher call failed (the judge's, say)."""
+
+    candidate: Candidate
+    dropped: Drop | None
+    error: str | None = None
+
+
+@dataclass
+class Selection:
+    """Training rows, preference pairs and rejections: what the filter stage made of the revisions
+    (and, in a round, what every stage selected)."""
+
+    sft: list[SftRow] = field(default_factory=list)
+    prefs: list[PrefRow] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+    def extend(self, other: "Selection") -> None:
+        self.sft += other.sft
+        self.prefs += other.prefs
+        self.rejected += other.rejected
+
+
+async def filter_one(revision: Revision, chain: list[tuple[str, FilterFn]], ctx: FilterContext) -> Filtered:
+    """The filters on one ok revision; a failed teacher call drops the row (`filter_failed`), an
+    exhausted quota stops the stage."""
+    row = revision.to_row()
+    candidate = Candidate(revision=row, text=row["revision"], original=row["original"])
+    try:
+        return Filtered(candidate, await apply(candidate, chain, ctx))
+    except QuotaExhausted:
+        raise
+    except (TeacherError, OfflineMiss, ProtocolFailure) as exc:
+        return Filtered(candidate, Drop("filter_failed", f"{type(exc).__name__}: {exc}"[:500]), type(exc).__name__)
+
+
+async def filter_stage(revisions: Sequence[Revision], ctx: FilterContext, names: Sequence[str], *,
+                       teacher: TeacherHandle | None, ledger: Ledger, concurrency: int = 16,
+                       progress: bool = True) -> Selection:
+    """The filters on every revision through the stage runner (`teacher`: the run's, behind the
+    judge); a failed revision is rejected as it is. The rows come out in the revisions' order."""
+    chain = resolve(tuple(names))
+    ok = [r for r in revisions if r.ok]
+
+    async def work(revision: Revision, row_teacher: Teacher) -> Filtered:
+        return await filter_one(revision, chain, replace(ctx, teacher=row_teacher))
+
+    if teacher is not None:
+        outcomes = await run_rows("filter", ok, work, teacher=teacher, ledger=ledger, concurrency=concurrency,
+                                  failure=lambda f: f.error, progress=progress)
+    else:
+        outcomes = [await filter_one(r, chain, ctx) for r in ok]
+        ledger.rows += len(ok)
+        ledger.done()
+    judged = {r.id: f for r, f in zip(ok, outcomes)}
+    selection = Selection()
+    for revision in revisions:
+        _select(revision, judged.get(revision.id), selection)
+    return selection
+
+
+def _select(rev: Revision, filtered: Filtered | None, out: Selection) -> None:
+    ids = {"prompt_id": rev.prompt_id, "answer_id": rev.answer_id, "revision_id": rev.id}
+    if filtered is None:  # the critique failed
+        detail = f"{rev.reason}: {rev.detail or ''}"[:500]
+        out.rejected.append(Rejected("critique", "failed", detail, {**ids, "round": rev.round}))
+        return
+    cand, dropped = filtered.candidate, filtered.dropped
+    if dropped is not None:
+        out.rejected.append(Rejected("filter", dropped.filter, dropped.detail, {**ids, "round": rev.round}))
+        return
+    meta = {**ids, "round": rev.round, "teacher": rev.teacher, "template_ids": rev.template_ids,
+            "source": "acceptable" if cand.positive else "revision", **cand.notes,
+            "verified": cand.passes(cand.text) is True}
+    out.sft.append(SftRow(rev.messages, cand.text, meta, parent=rev.id))
+    if not cand.positive:
+        out.prefs.append(PrefRow(rev.messages, cand.text, cand.original, meta, parents=(rev.id, cand.text)))

@@ -243,12 +243,10 @@ async def ask(teacher: Teacher, prompts: PromptSet, request: Request, parse: Cal
 
 async def judge_both_orders(teacher: Teacher, prompts: PromptSet, messages: Sequence[Mapping[str, str]],
                             candidate: str, other: str, settings: Settings = Settings(), *,
-                            prompt_id: str | None = None, spend: list[Completion] | None = None,
-                            concurrent: bool = False, limit: asyncio.Semaphore | None = None) -> tuple[str, str]:
+                            prompt_id: str | None = None, concurrent: bool = False, limit: asyncio.Semaphore | None = None) -> tuple[str, str]:
     """The pairwise judge asked in both orders (position swap): `candidate` as answer A, then as B.
 
-    Returns the verdict of each order: "candidate" (it won), "other" (it lost) or "tie". The
-    completions of each parsed reply are appended to `spend` as they arrive. The two orders are
+    Returns the verdict of each order: "candidate" (it won), "other" (it lost) or "tie". The two orders are
     asked one after the other (the second not at all if the first fails), or with `concurrent`
     at the same time; `limit` bounds how many judge requests run at once. A reply unusable after
     one repair raises ProtocolFailure.
@@ -256,9 +254,7 @@ async def judge_both_orders(teacher: Teacher, prompts: PromptSet, messages: Sequ
     async def order(a: str, b: str, candidate_is: str) -> str:
         async with limit if limit is not None else nullcontext():
             request = judge_request(prompts, messages, a, b, settings, prompt_id=prompt_id)
-            judgement, completions = await ask(teacher, prompts, request, parse_judgement)
-        if spend is not None:
-            spend.extend(completions)
+            judgement, _ = await ask(teacher, prompts, request, parse_judgement)
         return "candidate" if judgement.winner == candidate_is else "tie" if judgement.winner == "tie" else "other"
 
     if concurrent:

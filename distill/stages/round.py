@@ -11,9 +11,9 @@ output from the revisions (its judge calls are cached too). Every dropped row is
 reason. `manifest.json` records the configuration, template ids, model identities, counts per
 stage, token usage, estimated cost, cache hit rate and timings.
 
-In batch mode (`--batch`, see `distill.teachers.batch`) the critique and filter stages run in passes: rows
-whose requests went into provider batches are deferred, the teacher handle's `settle_batches()`
-submits, waits for and collects those batches, and the next pass picks the rows up again from the cache.
+The critique and filter stages run their rows through the stage runner (`distill.stages.runner`):
+concurrency, billing, resume, progress, offline misses and, in batch mode (`--batch`, see
+`distill.teachers.batch`), the passes around provider batches are its job, not theirs.
 """
 
 from __future__ import annotations
@@ -27,25 +27,28 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from distill.checks.similarity import near_duplicates
-from distill.errors import CacheError, QuotaExhausted, TeacherError
 from distill.records.files import run_lock, write_atomic, write_jsonl
-from distill.records.ids import content_hash
-from distill.records.jsonl import JsonlSink
 from distill.records.prompts import Prompt
+from distill.records.rundir import as_argument
+from distill.records.rows import Rejected, Revision
 from distill.stages import consistency, filters, self_training
 from distill.stages.accounting import Ledger
 from distill.stages.answer import answer_to_file
 from distill.stages.config import RunConfig
-from distill.stages.critique import revise_all, revision_id, teacher_key
-from distill.stages.protocol import ProtocolFailure, Settings
+from distill.stages.critique import critique_stage, teacher_key
+from distill.stages.filters import Selection
+from distill.stages.protocol import Settings
 from distill.stages.templates import PromptSet, load_prompt_set
-from distill.teachers.base import Deferred, Teacher
+from distill.teachers.base import Teacher
 from distill.teachers.batch.book import batch_summary, open_batches, summary_line
 from distill.teachers.batch.queue import BatchMode
-from distill.teachers.cache.layer import OfflineMiss, offline_from_env
+from distill.teachers.cache.layer import offline_from_env
 from distill.teachers.none import NAME as NO_TEACHER
 from distill.teachers.settings import masked_identity
 from distill.teachers.stack import TeacherHandle, open_teacher
+
+
+DEFAULT_CONCURRENCY = 16  # rows at a time when neither the run nor the teacher's settings say
 
 
 @dataclass
@@ -98,25 +101,19 @@ def _log(message: str) -> None:
     print(f"distill: {message}", file=sys.stderr, flush=True)
 
 
-def _reject_row(stage: str, filter_name: str, detail: str, **ids: Any) -> dict[str, Any]:
-    row = {"stage": stage, "filter": filter_name, "reason": detail, **ids}
-    row["id"] = "x-" + content_hash({k: v for k, v in row.items() if k != "reason"})
-    return row
-
-
 # ---------------------------------------------------------------- stages
 
-def dedup_stage(prompts: Sequence[Prompt], threshold: float | None) -> tuple[list[Prompt], list[dict]]:
+def dedup_stage(prompts: Sequence[Prompt], threshold: float | None) -> tuple[list[Prompt], list[Rejected]]:
     if threshold is None:
         return list(prompts), []
     dups = near_duplicates([p.messages for p in prompts], threshold)
-    rejected = [_reject_row("prompts", "near_duplicate", f"near-duplicate of prompt {prompts[j].id!r}",
-                            prompt_id=prompts[i].id) for i, j in sorted(dups.items())]
+    rejected = [Rejected("prompts", "near_duplicate", f"near-duplicate of prompt {prompts[j].id!r}",
+                         {"prompt_id": prompts[i].id}) for i, j in sorted(dups.items())]
     return [p for i, p in enumerate(prompts) if i not in dups], rejected
 
 
 def select_stage(answers: Sequence[Mapping[str, Any]], skip_consistent: float | None,
-                 samples: int) -> tuple[list[dict], list[dict]]:
+                 samples: int) -> tuple[list[dict], list[Rejected]]:
     """One answer per prompt to critique; with samples, the majority's and its agreement."""
     if samples == 1:
         return [dict(a) for a in answers], []
@@ -124,76 +121,12 @@ def select_stage(answers: Sequence[Mapping[str, Any]], skip_consistent: float | 
     for pid, (row, found) in consistency.choose(answers).items():
         row = {**row, "agreement": found.fraction, "samples": found.samples}
         if skip_consistent is not None and found.fraction >= skip_consistent:
-            skipped.append(_reject_row("select", "consistent", f"the student agrees with itself in "
-                                       f"{found.fraction:.0%} of {found.samples} samples", prompt_id=pid,
-                                       answer_id=row["id"]))
+            skipped.append(Rejected("select", "consistent", f"the student agrees with itself in "
+                                    f"{found.fraction:.0%} of {found.samples} samples",
+                                    {"prompt_id": pid, "answer_id": row["id"]}))
         else:
             chosen.append(row)
     return chosen, skipped
-
-
-async def filter_stage(revisions: Sequence[Mapping[str, Any]], ctx: filters.FilterContext,
-                       names: Sequence[str], concurrency: int, teacher: TeacherHandle) -> tuple[list, list, list]:
-    """Apply the filters to every revision; returns (sft rows, prefs rows, rejected rows).
-    `teacher` is the handle behind `ctx.teacher` (its `settle_batches()` runs between passes)."""
-    chain = filters.resolve(tuple(names))
-    results: list[tuple[Mapping[str, Any], filters.Candidate, filters.Drop | None]] = []
-    pending: list[Mapping[str, Any]] = []  # batch mode: waiting on a provider batch, judged again after it
-    semaphore = asyncio.Semaphore(max(1, concurrency))
-    ledger = ctx.ledger or Ledger("filter")
-    bar = _bar("filter", len(revisions))
-
-    async def one(rev: Mapping[str, Any]) -> None:
-        if rev.get("status") != "ok":
-            results.append((rev, filters.Candidate(rev, "", rev.get("original", "")),
-                            filters.Drop("failed", f"{rev.get('reason')}: {rev.get('detail', '')}"[:500])))
-        else:
-            candidate = filters.Candidate(revision=rev, text=rev["revision"], original=rev["original"])
-            async with semaphore:
-                try:
-                    dropped = await filters.apply(candidate, chain, ctx)
-                except Deferred:
-                    pending.append(rev)
-                    return
-                except QuotaExhausted:
-                    raise
-                except (TeacherError, OfflineMiss, ProtocolFailure) as exc:  # e.g. the judge's call failed
-                    dropped = filters.Drop("filter_failed", f"{type(exc).__name__}: {exc}"[:500])
-                    ledger.fail(type(exc).__name__)
-            results.append((rev, candidate, dropped))
-            ledger.rows += 1
-        bar.update(1)
-        bar.set_postfix_str(ledger.line(), refresh=False)
-
-    try:
-        todo = list(revisions)
-        while todo:
-            await asyncio.gather(*(one(r) for r in todo))
-            todo, pending[:] = list(pending), []
-            if todo:
-                await teacher.settle_batches()
-    finally:
-        bar.close()
-    order = {r["id"]: i for i, r in enumerate(revisions)}
-    results.sort(key=lambda item: order[item[0]["id"]])
-    sft, prefs, rejected = [], [], []
-    for rev, cand, dropped in results:
-        ids = {"prompt_id": rev["prompt_id"], "answer_id": rev["answer_id"], "revision_id": rev["id"]}
-        if dropped is not None:
-            stage = "critique" if dropped.filter == "failed" else "filter"
-            rejected.append(_reject_row(stage, dropped.filter, dropped.detail, **ids, round=rev.get("round")))
-            continue
-        meta = {**ids, "round": rev.get("round"), "teacher": rev.get("teacher"), "template_ids": rev.get("template_ids"),
-                "source": "acceptable" if cand.positive else "revision", **cand.notes,
-                "verified": cand.passes(cand.text) is True}
-        prompt_msgs = [dict(m) for m in rev["messages"]]
-        sft.append({"id": "s-" + content_hash([rev["id"], cand.text]), "prompt": prompt_msgs,
-                    "completion": [{"role": "assistant", "content": cand.text}], "meta": meta})
-        if not cand.positive:
-            prefs.append({"id": "d-" + content_hash([rev["id"], cand.text]), "prompt": prompt_msgs,
-                          "chosen": [{"role": "assistant", "content": cand.text}],
-                          "rejected": [{"role": "assistant", "content": cand.original}], "meta": meta})
-    return sft, prefs, rejected
 
 
 # ---------------------------------------------------------------- the round
@@ -228,7 +161,7 @@ def open_round_teacher(offline: bool | None, teacher: str | None = None, *, batc
              f"(recorded in {mode.run_dir / 'batches.json'})")
     elif run_dir is not None and not offline and (running := open_batches(run_dir)):
         _log(f"warning: {running} provider batch(es) of this run are still running; requests they hold are sent "
-             f"live now and paid twice. To use them instead: `distill batch collect {run_dir.name} --wait`, or --batch")
+             f"live now and paid twice. To use them instead: `distill batch collect {as_argument(run_dir)} --wait`, or --batch")
     return open_teacher(settings, offline=offline, batch=mode, check_key=True), settings
 
 
@@ -274,8 +207,8 @@ def _templates(config: RunConfig) -> tuple[PromptSet, Any]:
 
 
 def self_stage(config: RunConfig, answers: Sequence[Mapping[str, Any]], summary: Summary,
-               teacher: Teacher | None) -> tuple[list[dict], list[dict], list[dict], list[Mapping[str, Any]]]:
-    """Self-training on the student's samples: (sft, prefs, rejected, answers left for the teacher).
+               teacher: Teacher | None) -> tuple[Selection, list[Mapping[str, Any]]]:
+    """Self-training on the student's samples: its rows, and the answers left for the teacher.
     With no teacher the prompts nothing verified are rejected; with one (--self-first) they go on."""
     t0 = time.monotonic()
     outcome = self_training.select(answers, self_training.SelfPolicy(config.self_keep, config.self_agreement))
@@ -283,116 +216,67 @@ def self_stage(config: RunConfig, answers: Sequence[Mapping[str, Any]], summary:
     summary.counts["self"] = {"in": prompts, "out": prompts - len(outcome.unresolved),
                               "seconds": time.monotonic() - t0}
     if teacher is not None:
-        return outcome.sft, outcome.prefs, [], [a for a in answers if a["prompt_id"] in outcome.unresolved]
-    rejected = [_reject_row("self", "unverified", why, prompt_id=pid, round=config.round)
+        return Selection(outcome.sft, outcome.prefs), [a for a in answers if a["prompt_id"] in outcome.unresolved]
+    rejected = [Rejected("self", "unverified", why, {"prompt_id": pid, "round": config.round})
                 for pid, why in outcome.unresolved.items()]
-    return outcome.sft, outcome.prefs, rejected, []
+    return Selection(outcome.sft, outcome.prefs, rejected), []
 
 
 def _critique_and_filter(config: RunConfig, answers: Sequence[Mapping[str, Any]], prompt_set: PromptSet, chain: Any,
-                         teacher: TeacherHandle | None, settings: Any, summary: Summary, rejected: list[dict],
+                         teacher: TeacherHandle | None, settings: Any, summary: Summary, rejected: list[Rejected],
                          started: float) -> Summary:
-    sft: list[dict] = []
-    prefs: list[dict] = []
+    rows = Selection(rejected=list(rejected))
     to_teacher: Sequence[Mapping[str, Any]] = answers
     if teacher is None or config.self_first:
-        sft, prefs, unverified, to_teacher = self_stage(config, answers, summary, teacher)
-        rejected = rejected + unverified
+        selfish, to_teacher = self_stage(config, answers, summary, teacher)
+        rows.extend(selfish)
     if teacher is not None:
         samples = max((int(a.get("sample", 0)) for a in to_teacher), default=0) + 1
         chosen, skipped = select_stage(to_teacher, config.skip_consistent, samples)
-        rejected = rejected + skipped
+        rows.rejected += skipped
         if samples > 1:
             summary.counts["select"] = {"in": len(chosen) + len(skipped), "out": len(chosen), "seconds": 0.0}
-        revisions, critique_ledger, (taught, taught_prefs, dropped, filter_ledger) = asyncio.run(
+        revisions, critique_ledger, selection, filter_ledger = asyncio.run(
             _teacher_stages(config, chosen, chain, prompt_set, teacher, settings))
         summary.ledgers.update(critique=critique_ledger, filter=filter_ledger)
-        ok = sum(r.get("status") == "ok" for r in revisions)
+        ok = sum(r.ok for r in revisions)
         summary.counts["critique"] = {"in": len(chosen), "out": ok, "seconds": critique_ledger.seconds}
-        summary.counts["filter"] = {"in": ok, "out": len(taught), "seconds": filter_ledger.seconds}
-        sft, prefs, rejected = sft + taught, prefs + taught_prefs, rejected + dropped
-    for row in sft:
-        kind = dataset_kind(row["meta"])
+        summary.counts["filter"] = {"in": ok, "out": len(selection.sft), "seconds": filter_ledger.seconds}
+        rows.extend(selection)
+    for sft_row in rows.sft:
+        kind = dataset_kind(sft_row.meta)
         summary.dataset[kind] = summary.dataset.get(kind, 0) + 1
-    for row in rejected:
-        summary.rejected[row["filter"]] = summary.rejected.get(row["filter"], 0) + 1
+    for dropped in rows.rejected:
+        summary.rejected[dropped.filter] = summary.rejected.get(dropped.filter, 0) + 1
     run_dir = config.run_dir
-    write_jsonl(run_dir / "sft.jsonl", sft)
-    write_jsonl(run_dir / "prefs.jsonl", prefs)
-    write_jsonl(run_dir / "rejected.jsonl", rejected)
+    write_jsonl(run_dir / "sft.jsonl", (r.to_row() for r in rows.sft))
+    write_jsonl(run_dir / "prefs.jsonl", (r.to_row() for r in rows.prefs))
+    write_jsonl(run_dir / "rejected.jsonl", (r.to_row() for r in rows.rejected))
     summary.batches = batch_summary(run_dir, teacher.pricing if teacher is not None else None)
     write_manifest(run_dir, config, prompt_set, chain, answers, teacher, settings, summary,
-                   time.monotonic() - started, len(sft), len(prefs))
+                   time.monotonic() - started, len(rows.sft), len(rows.prefs))
     return summary
 
 
 async def _teacher_stages(config: RunConfig, chosen: list[dict], chain: Any, prompt_set: PromptSet,
-                          teacher: TeacherHandle, settings: Any) -> tuple[list[dict], Ledger, tuple]:
+                          teacher: TeacherHandle, settings: Any) -> tuple[list[Revision], Ledger, Selection, Ledger]:
     """The critique and filter stages, sharing one teacher (and its cache) on one event loop; the
     handle closes what it owns when they end."""
-    concurrency = config.concurrency or (settings.concurrency if settings is not None else 16)
+    concurrency = config.concurrency or (settings.concurrency if settings is not None else DEFAULT_CONCURRENCY)
     async with teacher:
         ledger = Ledger("critique")
-        revisions = await critique_stage(config, chosen, chain, prompt_set, teacher, ledger, concurrency)
-        raise_offline_misses(teacher)
+        revisions = await critique_stage(chosen, chain, teacher, prompt_set,
+                                         Settings(max_tokens=config.teacher_max_tokens), run_dir=config.run_dir,
+                                         ledger=ledger, concurrency=concurrency, round_=config.round)
         fledger = Ledger("filter")
         ctx = filters.FilterContext(teacher=teacher, prompts=prompt_set, keep_acceptable=config.keep_acceptable,
                                     verified_positives=config.verified_positives,
                                     max_length_ratio=config.max_length_ratio,
                                     unchanged_threshold=config.unchanged_threshold,
-                                    settings=Settings(max_tokens=min(config.teacher_max_tokens, 512)), ledger=fledger)
-        sft, prefs, rejected = await filter_stage(revisions, ctx, config.filters, concurrency, teacher)
-        fledger.done()
-        raise_offline_misses(teacher)
-    return revisions, ledger, (sft, prefs, rejected, fledger)
-
-
-async def critique_stage(config: RunConfig, chosen: list[dict], chain: Any, prompt_set: PromptSet,
-                         teacher: TeacherHandle, ledger: Ledger, concurrency: int) -> list[dict]:
-    """Revise every chosen answer into revisions.jsonl (+ critiques.jsonl); returns the rows in order."""
-    run_dir = config.run_dir
-    revisions_sink = JsonlSink(run_dir / "revisions.jsonl", reuse_finished=True)
-    critiques_sink = JsonlSink(run_dir / "critiques.jsonl", reuse_finished=True)
-    tkey = teacher_key(teacher)
-    wanted = [revision_id(a, chain, tkey, prompt_set, Settings(max_tokens=config.teacher_max_tokens)) for a in chosen]
-    bar = _bar("critique", len(chosen))
-    bar.update(sum(1 for rid in wanted if revisions_sink.done.get(rid, {}).get("status") == "ok"))
-
-    def progress(row: dict) -> None:
-        bar.update(1)
-        bar.set_postfix_str(ledger.line(), refresh=False)
-
-    try:
-        pending: list[Mapping[str, Any]] = chosen
-        while pending:  # more than one pass only in batch mode, while rows wait on provider batches
-            pending = await revise_all(pending, chain, teacher, prompt_set,
-                                       Settings(max_tokens=config.teacher_max_tokens), revisions=revisions_sink,
-                                       critiques=critiques_sink, ledger=ledger, concurrency=concurrency,
-                                       round_=config.round, on_row=progress)
-            if pending:
-                await teacher.settle_batches()
-    finally:
-        revisions_sink.close()
-        critiques_sink.close()
-        bar.close()
-        ledger.done()
-    revisions = [revisions_sink.done[rid] for rid in wanted]
-    revisions_sink.commit(wanted)
-    stage_ids = [cid for r in revisions for cid in r.get("stages", [])]
-    critiques_sink.commit([c for c in stage_ids if c in critiques_sink.done])
-    return revisions
-
-
-def raise_offline_misses(teacher: TeacherHandle) -> None:
-    """After a stage: one error counting every offline miss of the run, with the first prompt ids."""
-    if teacher.misses is not None and teacher.misses.count:
-        raise CacheError(teacher.misses.summary())
-
-
-def _bar(stage: str, total: int) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="row", desc=stage, dynamic_ncols=True)
+                                    settings=Settings(max_tokens=min(config.teacher_max_tokens, 512)))
+        selection = await filters.filter_stage(revisions, ctx, config.filters, teacher=teacher, ledger=fledger,
+                                               concurrency=concurrency)
+    return revisions, ledger, selection, fledger
 
 
 def write_manifest(run_dir: Path, config: RunConfig, prompt_set: PromptSet, chain: Any, answers: Sequence[dict],

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from distill.checks.reference import parse_reference, run_checks
-from distill.records.ids import content_hash
+from distill.records.rows import PrefRow, SftRow
 from distill.stages.consistency import agreement
 
 
@@ -38,8 +38,8 @@ class SelfPolicy:
 class SelfOutcome:
     """Training rows from the student's samples, and the prompts nothing verified."""
 
-    sft: list[dict[str, Any]] = field(default_factory=list)
-    prefs: list[dict[str, Any]] = field(default_factory=list)
+    sft: list[SftRow] = field(default_factory=list)
+    prefs: list[PrefRow] = field(default_factory=list)
     unresolved: dict[str, str] = field(default_factory=dict)  # prompt id -> why no sample was kept
     pass_rates: dict[str, float] = field(default_factory=dict)  # prompt id -> share of samples passing
 
@@ -61,19 +61,16 @@ def _distinct(rows: Sequence[Mapping[str, Any]], limit: int) -> list[Mapping[str
     return out
 
 
-def _sft_row(row: Mapping[str, Any], source: str, **notes: Any) -> dict[str, Any]:
+def _sft_row(row: Mapping[str, Any], source: str, **notes: Any) -> SftRow:
     meta = {"prompt_id": row["prompt_id"], "answer_id": row["id"], "round": row.get("round"), "source": source,
             "sample": row.get("sample", 0), **notes}
-    return {"id": "s-" + content_hash([row["id"], row["answer"]]), "prompt": [dict(m) for m in row["messages"]],
-            "completion": [{"role": "assistant", "content": row["answer"]}], "meta": meta}
+    return SftRow(row["messages"], row["answer"], meta, parent=row["id"])
 
 
-def _pref_row(chosen: Mapping[str, Any], rejected: Mapping[str, Any], failures: Sequence[str]) -> dict[str, Any]:
+def _pref_row(chosen: Mapping[str, Any], rejected: Mapping[str, Any], failures: Sequence[str]) -> PrefRow:
     meta = {"prompt_id": chosen["prompt_id"], "chosen_answer_id": chosen["id"], "rejected_answer_id": rejected["id"],
             "round": chosen.get("round"), "source": "self", "rejected_fails": list(failures)}
-    return {"id": "d-" + content_hash([chosen["id"], rejected["id"]]), "prompt": [dict(m) for m in chosen["messages"]],
-            "chosen": [{"role": "assistant", "content": chosen["answer"]}],
-            "rejected": [{"role": "assistant", "content": rejected["answer"]}], "meta": meta}
+    return PrefRow(chosen["messages"], chosen["answer"], rejected["answer"], meta, parents=(chosen["id"], rejected["id"]))
 
 
 def _verified(rows: Sequence[Mapping[str, Any]], policy: SelfPolicy, out: SelfOutcome) -> None:

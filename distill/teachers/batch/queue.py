@@ -61,6 +61,7 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from distill.errors import BatchesPending, CacheError, InputError, TeacherError
 from distill.records.ids import content_hash
+from distill.records.rundir import as_argument
 from distill.teachers.base import Completion, Deferred, Request, Usage
 from distill.teachers.batch.book import ABANDONED, COLLECTED, ENDED, OPEN_STATES, SUBMITTED, SUBMITTING, BatchBook, Part
 from distill.teachers.batch.wire import BatchClient, BatchState, LostBatch, Outcome, split
@@ -172,8 +173,8 @@ class BatchQueue:
 
     def pending_message(self, running: Sequence[Part]) -> str:
         ids = ", ".join(p.batch_id or p.part for p in running[:5]) + (" ..." if len(running) > 5 else "")
-        name = self.book.run_dir.name
-        return (f"{len(running)} provider batch(es) of run {name!r} still running ({ids}; "
+        name = as_argument(self.book.run_dir)
+        return (f"{len(running)} provider batch(es) of run {name} still running ({ids}; "
                 f"{sum(p.requests for p in running)} requests). Re-run the same command later to continue, or check "
                 f"with `distill batch status {name}`")
 
