@@ -285,3 +285,20 @@ def test_mask_url_masks_the_credentials_of_every_url_and_only_them(url: str, mas
     from distill.teachers.settings import mask_url
 
     assert mask_url(url) == masked and mask_url(masked) == masked
+
+
+def test_every_teacher_knob_marked_as_a_flag_is_a_distill_config_flag_that_reaches_the_settings(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """The teacher flags are generated from KNOBS: each flag knob's flag sets it, with its source."""
+    from distill.teachers.settings import KNOBS
+
+    values = {"base_url": "http://localhost:9/v1", "prices_file": "prices.toml"}
+    monkeypatch.setenv("DISTILL_TEACHER", "openai:gpt-4o-mini")
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    flagged = [name for name, knob in KNOBS.items() if knob.flag]
+    assert {"base_url", "concurrency", "rpm", "timeout", "max_retries"} <= set(flagged)
+    args = [a for name in flagged for a in ("--" + name.replace("_", "-"), values.get(name, "3"))]
+    assert main(["config", "--json", *args]) == 0
+    sources = json.loads(capsys.readouterr().out)["sources"]
+    assert {name: sources[name] for name in flagged} == {
+        name: "flag --" + name.replace("_", "-") for name in flagged}

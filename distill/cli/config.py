@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from distill.teachers.registry import Backend
     from distill.teachers.settings import TeacherSettings
 
-FLAGS = ("teacher", "base_url", "concurrency", "rpm", "tpm", "timeout", "max_retries", "batch_size", "prices_file")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,21 +42,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_teacher_args(p: argparse.ArgumentParser) -> None:
-    """The teacher flags shared by every command that calls a teacher (there is no key flag:
-    command lines are visible to other users of the machine)."""
+    """The teacher flags shared by every command that calls a teacher: --teacher, --config, and one
+    per knob of `distill.teachers.settings.KNOBS` that is a flag (there is no key flag: command lines
+    are visible to other users of the machine)."""
+    from distill.teachers.settings import KNOBS
+
     g = p.add_argument_group("teacher")
-    g.add_argument("--teacher", default=None, metavar="BACKEND:MODEL", help=_teacher_help)
+    g.add_argument("--teacher", default=None, metavar="BACKEND:MODEL", help=_teacher_help())
     g.add_argument("--config", default=None, metavar="FILE",
                    help="config file with [run], [teacher], [train] and [gate] tables (default: $DISTILL_CONFIG, "
                         "else ./distill.toml)")
-    g.add_argument("--base-url", default=None, help="API base URL, e.g. http://localhost:8000/v1 for vLLM")
-    g.add_argument("--concurrency", default=None, help="requests in flight at once")
-    g.add_argument("--rpm", default=None, help="requests per minute to pace to")
-    g.add_argument("--tpm", default=None, help="tokens per minute to pace to")
-    g.add_argument("--timeout", default=None, help="seconds per attempt")
-    g.add_argument("--max-retries", default=None, help="retries after the first attempt")
-    g.add_argument("--batch-size", default=None, help="local backend: requests generated together")
-    g.add_argument("--prices-file", default=None, help="TOML/JSON file of extra model prices")
+    for name, knob in KNOBS.items():
+        if knob.flag:
+            g.add_argument("--" + name.replace("_", "-"), default=None, help=f"{knob.help} (env {knob.env})")
+
+
+def _flags() -> tuple[str, ...]:
+    from distill.teachers.settings import KNOBS
+
+    return ("teacher", *(name for name, knob in KNOBS.items() if knob.flag))
 
 
 def _teacher_help() -> str:
@@ -77,7 +80,7 @@ def default_note() -> str:
 def settings_from_args(args: argparse.Namespace) -> TeacherSettings:
     from distill.teachers.resolve import resolve_settings
 
-    overrides = {name: getattr(args, name, None) for name in FLAGS}
+    overrides = {name: getattr(args, name, None) for name in _flags()}
     return resolve_settings(config_file=getattr(args, "config", None), overrides=overrides)
 
 

@@ -245,27 +245,40 @@ def _url(text: str) -> str:
 
 @dataclass(frozen=True)
 class Knob:
-    """One tunable field: its variable, its parser and what a valid value looks like."""
+    """One tunable field: its variable, its parser, what a valid value looks like, what it does,
+    and whether `distill config` takes it as a flag (`--field-name`)."""
 
     env: str
     parse: Callable[[str], Any]
     expected: str
+    help: str
+    flag: bool = True
 
 
 KNOBS: dict[str, Knob] = {
-    "concurrency": Knob("DISTILL_TEACHER_CONCURRENCY", _positive_int, "a positive integer (requests in flight)"),
-    "rpm": Knob("DISTILL_TEACHER_RPM", _positive_int, "a positive integer (requests per minute)"),
-    "tpm": Knob("DISTILL_TEACHER_TPM", _positive_int, "a positive integer (tokens per minute)"),
-    "timeout": Knob("DISTILL_TEACHER_TIMEOUT", _positive_float, "a positive number of seconds"),
-    "max_retries": Knob("DISTILL_TEACHER_MAX_RETRIES", _non_negative_int, "an integer >= 0"),
-    "batch_size": Knob("DISTILL_TEACHER_BATCH_SIZE", _positive_int, "a positive integer"),
-    "prices_file": Knob(ENV_PRICES, str, "a path to a TOML or JSON price file"),
-    "batch": Knob("DISTILL_TEACHER_BATCH", parse_flag, FLAG_VALUES),
-    "batch_poll": Knob("DISTILL_TEACHER_BATCH_POLL", _positive_float, "a positive number of seconds"),
+    "base_url": Knob(ENV_BASE_URL, _url, "an http:// or https:// URL",
+                     "API base URL, e.g. http://localhost:8000/v1 for vLLM"),
+    "concurrency": Knob("DISTILL_TEACHER_CONCURRENCY", _positive_int, "a positive integer (requests in flight)",
+                        "requests in flight at once"),
+    "rpm": Knob("DISTILL_TEACHER_RPM", _positive_int, "a positive integer (requests per minute)",
+                "requests per minute to pace to"),
+    "tpm": Knob("DISTILL_TEACHER_TPM", _positive_int, "a positive integer (tokens per minute)",
+                "tokens per minute to pace to"),
+    "timeout": Knob("DISTILL_TEACHER_TIMEOUT", _positive_float, "a positive number of seconds", "seconds per attempt"),
+    "max_retries": Knob("DISTILL_TEACHER_MAX_RETRIES", _non_negative_int, "an integer >= 0",
+                        "retries after the first attempt"),
+    "batch_size": Knob("DISTILL_TEACHER_BATCH_SIZE", _positive_int, "a positive integer",
+                       "local backend: requests generated together"),
+    "prices_file": Knob(ENV_PRICES, str, "a path to a TOML or JSON price file", "TOML/JSON file of extra model prices"),
+    "batch": Knob("DISTILL_TEACHER_BATCH", parse_flag, FLAG_VALUES,
+                  "send uncached requests as provider batches", flag=False),  # `distill run --batch`
+    "batch_poll": Knob("DISTILL_TEACHER_BATCH_POLL", _positive_float, "a positive number of seconds",
+                       "seconds before the first status check of a submitted batch", flag=False),
     "batch_max_requests": Knob("DISTILL_TEACHER_BATCH_MAX_REQUESTS", _positive_int,
-                                "a positive integer (requests per provider batch)"),
-    "base_url": Knob(ENV_BASE_URL, _url, "an http:// or https:// URL"),
-    "json_mode": Knob("DISTILL_TEACHER_JSON_MODE", _json_mode, "one of " + ", ".join(JSON_MODES)),
+                               "a positive integer (requests per provider batch)", "requests per provider batch",
+                               flag=False),
+    "json_mode": Knob("DISTILL_TEACHER_JSON_MODE", _json_mode, "one of " + ", ".join(JSON_MODES),
+                      "openai backend: how a JSON schema is sent", flag=False),
 }
 
 
