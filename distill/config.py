@@ -35,7 +35,7 @@ from distill.errors import ConfigError
 
 CONFIG_FILE = "distill.toml"
 ENV_CONFIG = "DISTILL_CONFIG"
-TABLES = ("run", "teacher", "train", "gate")
+TABLES = ("run", "teacher", "train", "gate", "grow")
 DEFAULT = "default"
 
 

@@ -130,15 +130,15 @@ def _rows(settings: TeacherSettings, needs_key: bool) -> list[tuple[str, str, st
 
 
 def other_tables(args: argparse.Namespace) -> dict[str, dict[str, dict[str, Any]]]:
-    """[run], [train] and [gate] resolved from the config file, the environment and the defaults:
+    """[run], [train], [gate] and [grow] resolved from the config file, the environment and the defaults:
     {table: {"values": {...}, "sources": {...}}} (the teacher flags of this command do not apply to them)."""
-    from distill.cli.options import table, table_classes
+    from distill.cli.options import DATACLASS_TABLES, table, table_classes
     from distill.config import resolve_fields, settings_of
 
     path = config_file(getattr(args, "config", None))
     holder = argparse.Namespace(config=path)
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for name in ("run", "train", "gate"):
+    for name in DATACLASS_TABLES:
         file, values = table(holder, name)
         shown: dict[str, Any] = {}
         sources: dict[str, str] = {}

@@ -75,7 +75,7 @@ def _argparse_type(setting: Setting, flag: str) -> Callable[[str], Any]:
 def add_config_arg(p: argparse.ArgumentParser, help: str | None = None) -> None:
     """`--config FILE`: the distill.toml to read (default: $DISTILL_CONFIG, else ./distill.toml)."""
     p.add_argument("--config", type=Path, default=None, metavar="FILE",
-                   help=help or f"config file with [run], [teacher], [train] and [gate] tables "
+                   help=help or f"config file with [run], [teacher], [train], [gate] and [grow] tables "
                                 f"(default: ${ENV_CONFIG}, else ./distill.toml when it exists)")
 
 
@@ -99,9 +99,9 @@ def tables(args: argparse.Namespace) -> tuple[Path | None, dict[str, dict[str, A
 
 
 def check_tables(path: Path | None, found: Mapping[str, Mapping[str, Any]]) -> None:
-    """Every key and value of [run], [train] and [gate] checked at once, whichever the command uses, so a
+    """Every key and value of [run], [train], [gate] and [grow] checked at once, whichever the command uses, so a
     typo is found on the first run, not on the first run that needs it ([teacher]: the teacher settings)."""
-    for name in (RUN_TABLE, "train", "gate"):
+    for name in DATACLASS_TABLES:
         values = found.get(name, {})
         if path is None or not values:
             continue
@@ -112,6 +112,7 @@ def check_tables(path: Path | None, found: Mapping[str, Mapping[str, Any]]) -> N
 
 
 RUN_TABLE = "run"
+DATACLASS_TABLES = (RUN_TABLE, "train", "gate", "grow")  # the tables whose keys are config dataclass fields
 
 
 def run_table_classes() -> tuple[type, ...]:
@@ -135,6 +136,10 @@ def table_classes(name: str) -> tuple[type, ...]:
         from distill.evaluation.gate import Policy
 
         return (Policy,)
+    if name == "grow":
+        from distill.stages.grow import GrowConfig
+
+        return (GrowConfig,)
     return ()
 
 

@@ -26,10 +26,13 @@ TEMPLATE_NAMES = ("system", "critique", "judge", "repair")
 DEFAULT_CHAIN = "default"
 
 
+PROJECT_PROMPTS = Path(__file__).resolve().parents[2] / "prompts"  # the project's own prompts folder
+
+
 def default_prompts_dir() -> Path:
     """`$DISTILL_PROMPTS`, else the project's `prompts/` beside the package."""
     value = os.environ.get("DISTILL_PROMPTS", "").strip()
-    return Path(value).expanduser() if value else Path(__file__).resolve().parents[2] / "prompts"
+    return Path(value).expanduser() if value else PROJECT_PROMPTS
 
 
 def content_id(name: str, text: str) -> str:
@@ -109,6 +112,16 @@ def load_prompt_set(root: str | os.PathLike[str] | None = None) -> PromptSet:
     templates = {name: _read_template(root / "templates" / f"{name}.md", name) for name in TEMPLATE_NAMES}
     principles, chains = _read_principles(root / "principles.toml")
     return PromptSet(root=root, templates=templates, principles=principles, chains=chains)
+
+
+def load_template(root: str | os.PathLike[str], name: str) -> Template:
+    """A template beyond the four every prompts folder has (`distill grow`'s, say): `templates/NAME.md`
+    in the folder `root`; ConfigError naming the missing file and where to copy it from."""
+    path = Path(root) / "templates" / f"{name}.md"
+    if not path.is_file():
+        raise ConfigError(f"{path}: template {name!r} is missing; copy it from distill's own prompts folder "
+                          f"({PROJECT_PROMPTS / 'templates' / path.name})")
+    return _read_template(path, name)
 
 
 def _read_template(path: Path, name: str) -> Template:
