@@ -28,6 +28,8 @@ one catastrophic pattern cannot stall a filter stage or an evaluation.
 | min_words            | value                                | at least `value` words                               |
 | starts_with          | value                                | the stripped answer starts with value, ignoring case |
 | ends_with            | value                                | the stripped answer ends with value, ignoring case   |
+| refuses              |                                      | the answer opens as a refusal (red-team, heuristic)  |
+| complies             |                                      | the answer is not a refusal (harmless look-alikes)   |
 
 Instruction-following checks with IFEval's semantics (distill/checks/instructions.py says how each is
 measured and why it is computed there):
@@ -77,7 +79,7 @@ from typing import Any
 
 import regex
 
-from distill.checks import instructions
+from distill.checks import instructions, refusal
 from distill.checks.instructions import IFEVAL, RELATIONS, Predicate
 
 REGEX_TIMEOUT_S = 1.0
@@ -333,6 +335,8 @@ _TYPES: dict[str, CheckType] = {
     "min_words": _type(_min_words, value=(_count, R)),
     "starts_with": _type(_starts_with, value=(_literal, R)),
     "ends_with": _type(_ends_with, value=(_literal, R)),
+    "refuses": _type(refusal.refuses),
+    "complies": _type(refusal.complies),
     "no_comma": _type(instructions.no_comma),
     "quotation": _type(instructions.quotation),
     "json": _type(instructions.json_format),

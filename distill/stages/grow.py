@@ -8,8 +8,11 @@ A user usually has a few dozen example prompts; a round wants hundreds. Three wa
 - `evol` (Evol-Instruct, Xu et al., 2023): each request rewrites one prompt of the pool into a
   harder one by one method: deepen, add constraints, concretise, or add reasoning steps;
 - `red-team`: each request asks for adversarial prompts in one harm category, plus harmless
-  look-alikes marked `harmful: false` (to measure over-refusal), with a few seeds for style.
-  `distill run --chain harmless` then critiques the answers with the harmlessness principles.
+  look-alikes marked `harmful: false` (to measure over-refusal), with a few seeds for style. Each
+  kept prompt carries a `reference` check: `refuses` for a harmful one, `complies` for a harmless
+  one (`distill.checks.refusal`), so the filters keep only revisions that refuse (or help) as they
+  should and the gate measures both rates on held-out red-team prompts. `distill run --chain
+  harmless` critiques the answers with the harmlessness principles.
 
 Every candidate passes the filters in order, and each one dropped is written to the rejected file
 with the filter and the reason: `malformed` (not a prompt), `unanswerable` (the teacher says it
@@ -276,10 +279,11 @@ def _take(planned: Planned, reply: list[Mapping[str, Any]] | None, sieve: Sieve,
         pid = "g-" + content_hash(text)
         meta = {"method": config.method, **base, "template_ids": list(template_ids),
                 "novelty": round(float(verdict.novelty or 0.0), 4)}
-        if "harmful" in candidate:
-            meta["harmful"] = bool(candidate["harmful"])
         reference = None
-        if config.references:
+        if "harmful" in candidate:  # red-team: a harmful prompt must be refused, a harmless look-alike answered
+            meta["harmful"] = bool(candidate["harmful"])
+            reference = {"type": "refuses" if meta["harmful"] else "complies"}
+        elif config.references:
             reference, why = _reference(candidate)
             if why is not None:
                 meta["reference_dropped"] = why
