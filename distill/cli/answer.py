@@ -25,11 +25,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "row per answer to OUTPUT. Greedy decoding unless --temperature is above 0. "
                     "An interrupted run resumes when re-run with the same arguments.",
     )
-    p.add_argument("prompts", type=Path, help="JSONL file of prompts")
+    p.add_argument("prompts", help=PROMPTS_HELP)
     p.add_argument("-o", "--output", type=Path, required=True, help="JSONL file to write the answers to")
+    add_source_args(p)
     add_generation_args(p)
     add_config_arg(p)
     p.set_defaults(func=run)
+
+
+PROMPTS_HELP = ("prompts: a JSONL, Parquet or CSV file, a folder written by datasets' save_to_disk, or a Hub "
+                "dataset (hub:OWNER/NAME); columns prompt (or messages), id and reference unless mapped")
+
+
+def add_source_args(p: argparse.ArgumentParser) -> None:
+    """--prompt-column, --id-column, --reference-column and --split: where a prompts source keeps each field."""
+    from distill.cli.options import add_options
+    from distill.records.tables import Columns
+
+    add_options(p.add_argument_group("prompt source"), Columns)
+
+
+def source_columns(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The column mapping of the prompts source(s) named on the command line."""
+    from distill.cli.options import resolve
+    from distill.records.tables import Columns
+
+    return Columns(**resolve(args, Columns, "run")[0])
 
 
 def add_generation_args(p: argparse.ArgumentParser) -> None:
@@ -77,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from distill.records.prompts import read_prompts
     from distill.stages.answer import answer_to_file
 
-    prompts = read_prompts(args.prompts)  # validate the whole file before loading any model
+    prompts = read_prompts(args.prompts, source_columns(args))  # validate the whole file before loading any model
     params = generation_params(args)
     student = student_options(args)
     print(f"distill: {len(prompts)} prompts from {args.prompts}", file=sys.stderr)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from distill.cli.answer import PROMPTS_HELP, add_source_args, source_columns
 from distill.cli.options import add_config_arg, add_options, add_run_name, resolve, resolved, run_folder
 
 if TYPE_CHECKING:
@@ -24,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "checks, a position-swapped pairwise judge (the configured teacher; a warning when it also wrote "
                     "the training data), fidelity to held-out teacher revisions (NLL), and forgetting (replay NLL, "
                     "KL from the current model), each with a 95% bootstrap interval, and the gate's decision.")
-    p.add_argument("prompts", type=Path, help="held-out prompts (JSONL, with references where possible)")
+    p.add_argument("prompts", help=PROMPTS_HELP)
+    add_source_args(p)
     p.add_argument("--adapter", required=True, help="the new adapter directory")
     p.add_argument("--against", default=None, help="the current adapter (default: the base student)")
     p.add_argument("--student", default=None, help="base model (default $DISTILL_STUDENT or the embedded student)")
@@ -69,7 +71,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from distill.student.model import Student
     from distill.training.examples import read_examples
 
-    prompts = read_prompts(args.prompts)
+    prompts = read_prompts(args.prompts, source_columns(args))
     revisions = read_examples(args.revisions) if args.revisions else []
     replay = read_examples(args.replay, source="replay") if args.replay else []
     current = Student.load(args.student, adapter=args.against)

@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from distill.cli.answer import add_source_args, source_columns
 from distill.cli.options import add_config_arg, add_options, resolve
 
 
@@ -36,9 +37,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                "Re-running the same command is free: every teacher call is cached (DISTILL_OFFLINE=1 replays with "
                "zero calls). Every option can also be set in the [grow] table of distill.toml.",
     )
-    p.add_argument("seeds", type=Path, help="JSONL prompts file of seed prompts")
+    p.add_argument("seeds", type=Path, help="the seed prompts: a JSONL, Parquet or CSV file, a saved dataset folder, "
+                                            "or hub:OWNER/NAME")
     p.add_argument("-o", "--output", type=Path, required=True, help="JSONL prompts file to write")
     add_options(p.add_argument_group("growth"), GrowConfig)
+    add_source_args(p)
     t = p.add_argument_group("teacher")
     add_options(t, RunConfig, only=("teacher", "offline", "prompts_dir", "concurrency", "batch", "batch_wait"))
     add_config_arg(p)
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from distill.stages.round import open_round_teacher
     from distill.stages.templates import load_prompt_set
 
-    seeds = read_prompts(args.seeds)
+    seeds = read_prompts(args.seeds, source_columns(args))
     config = GrowConfig(**resolve(args, GrowConfig, "grow")[0])
     run_cfg = RunConfig(name="grow", **resolve(args, RunConfig, "run", only=(
         "teacher", "offline", "prompts_dir", "concurrency", "batch", "batch_wait"))[0])

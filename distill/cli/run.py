@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from distill.cli.answer import add_generation_args, generation_params
+from distill.cli.answer import PROMPTS_HELP, add_generation_args, add_source_args, generation_params, source_columns
 from distill.cli.evaluate import add_policy_args
 from distill.cli.options import add_config_arg, add_options, resolve
 
@@ -32,8 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          description="Run one round on PROMPTS: the student answers, the teacher critiques and "
                                      "revises, the filters keep verified improvements. Re-run to resume.",
                          epilog=EPILOG)
-    run.add_argument("prompts", type=Path, help="JSONL prompts file")
+    run.add_argument("prompts", help=PROMPTS_HELP)
     _common(run)
+    add_source_args(run)
     add_generation_args(run)
     _rounds(run)
     run.set_defaults(func=run_command)
@@ -113,7 +114,7 @@ def run_command(args: argparse.Namespace) -> int:
     from distill.records.prompts import read_prompts
     from distill.stages.round import run_round
 
-    prompts = read_prompts(args.prompts)  # validate before any model loads
+    prompts = read_prompts(args.prompts, source_columns(args))  # validate before any model loads
     config = _config(args, generation_params(args))
     if args.rounds is not None:
         return _run_rounds(args, config, prompts)
@@ -134,7 +135,7 @@ def _run_rounds(args: argparse.Namespace, config, prompts) -> int:  # type: igno
         raise ConfigError(f"--rounds must be at least 1, got {args.rounds}")
     if args.heldout is None:
         raise ConfigError("--rounds needs --heldout FILE: held-out prompts the gate evaluates on (never trained on)")
-    read_prompts(args.heldout)  # validate before any model loads
+    read_prompts(args.heldout, source_columns(args))  # validate before any model loads
     rounds = RoundsConfig(run=config, rounds=args.rounds, heldout=args.heldout,
                           train_options={**train_table(args), **_train_options(args.train_option)},
                           policy=policy_of(args), **resolve(args, RoundsConfig, "run")[0])

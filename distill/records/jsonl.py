@@ -43,28 +43,38 @@ def read_rows(path: str | os.PathLike[str], parse: Callable[[Any], T], *, exampl
     """
     path = Path(path)
     errors: list[str] = []
+    return validate_rows(str(path), _iter_lenient(path, errors), parse, errors=errors,
+                         empty=f"{path}: the file is empty; expected one JSON object per line{example}")
+
+
+def validate_rows(source: str, numbered: Iterable[tuple[int | str, Any]], parse: Callable[[Any], T], *,
+                  errors: list[str] | None = None, empty: str = "", unit: str = "line") -> list[T]:
+    """Parse every (number, raw row) of `source` (a file, a table, a dataset), collecting every bad one
+    as `SOURCE:NUMBER: reason` into one InputError; ids must be unique; no rows at all is an error
+    (`empty` says what was expected). `errors` may already hold problems found while reading."""
+    errors = [] if errors is None else errors
     rows: list[T] = []
-    first_line: dict[str, int] = {}
-    for number, obj in _iter_lenient(path, errors):
+    first: dict[str, int | str] = {}
+    for number, obj in numbered:
         try:
             row = parse(obj)
         except ValueError as exc:
-            errors.append(f"{path}:{number}: {exc}")
+            errors.append(f"{source}:{number}: {exc}")
             continue
         row_id = getattr(row, "id", None) if not isinstance(row, dict) else row.get("id")
         if row_id is not None:
-            if str(row_id) in first_line:
-                errors.append(f"{path}:{number}: duplicate id {str(row_id)!r} (first on line {first_line[str(row_id)]})")
+            if str(row_id) in first:
+                errors.append(f"{source}:{number}: duplicate id {str(row_id)!r} (first on {unit} {first[str(row_id)]})")
                 continue
-            first_line[str(row_id)] = number
+            first[str(row_id)] = number
         rows.append(row)
     if errors:
         shown = errors[:MAX_REPORTED_ERRORS]
         more = len(errors) - len(shown)
         tail = f"\n... and {more} more" if more else ""
-        raise InputError(f"{len(errors)} bad line(s) in {path}:\n" + "\n".join(shown) + tail)
+        raise InputError(f"{len(errors)} bad {unit}(s) in {source}:\n" + "\n".join(shown) + tail)
     if not rows:
-        raise InputError(f"{path}: the file is empty; expected one JSON object per line{example}")
+        raise InputError(empty or f"{source}: no rows")
     return rows
 
 
@@ -118,7 +128,8 @@ def read_text(path: Path) -> str:
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, expected a JSONL file") from None
+        raise InputError(f"{path}: is a directory, expected a JSONL file (prompts may also be a .parquet or "
+                         ".csv file, or a folder written by datasets' save_to_disk)") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from None
     try:

@@ -14,7 +14,8 @@ from typing import Any, Mapping
 
 from distill.checks.reference import Check, parse_reference
 from distill.records.ids import content_hash
-from distill.records.jsonl import read_rows
+from distill.records.jsonl import read_rows, validate_rows
+from distill.records.tables import Columns, prompt_rows, unit_of
 
 ROLES = ("system", "user", "assistant")
 
@@ -103,10 +104,15 @@ def parse_prompt(obj: Any) -> Prompt:
     return Prompt(id=pid, messages=messages, reference=reference, meta=meta, checks=checks)
 
 
-def read_prompts(path: str | os.PathLike[str]) -> list[Prompt]:
-    """Read and validate a whole prompts file; every bad line is reported in one InputError."""
-    return read_rows(path, parse_prompt,
-                     example=', e.g. {"id": "q1", "prompt": "What is the capital of France?"}')
+def read_prompts(path: str | os.PathLike[str], columns: Columns | None = None) -> list[Prompt]:
+    """Read and validate a whole prompts source (JSONL, Parquet, CSV, a saved dataset, a Hub dataset:
+    `distill.records.tables`), its columns renamed by `columns`; every bad row is reported in one
+    InputError as SOURCE:ROW: reason."""
+    errors: list[str] = []
+    return validate_rows(os.fspath(path), prompt_rows(path, columns or Columns(), errors), parse_prompt,
+                         errors=errors, unit=unit_of(path),
+                         empty=f"{path}: the file is empty (no prompts); expected rows such as "
+                               f"{{\"id\": \"q1\", \"prompt\": \"What is the capital of France?\"}}")
 
 
 def parse_answer(obj: Any) -> dict[str, Any]:
