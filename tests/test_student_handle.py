@@ -64,7 +64,8 @@ def greedy_ids(student: Student, max_new_tokens: int = 12) -> list[list[int]]:
     """The greedy token ids `student` generates for PROMPTS, one prompt at a time."""
     out = []
     for prompt in PROMPTS:
-        enc = student.tokenizer(student.render(prompt.messages), return_tensors="pt", add_special_tokens=False)
+        enc = student.tokenizer(student.render(prompt.messages), return_tensors="pt",
+                                add_special_tokens=False).to(student.device)
         with torch.inference_mode():
             ids = student.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                          pad_token_id=student.tokenizer.pad_token_id)
@@ -81,7 +82,7 @@ def weights_digest(student: Student) -> str:
     digest = hashlib.sha256()
     for name, param in sorted(student.model.named_parameters()):
         if "lora_" not in name:
-            digest.update(name.encode() + param.detach().numpy().tobytes())
+            digest.update(name.encode() + param.detach().cpu().float().numpy().tobytes())
     return digest.hexdigest()
 
 
