@@ -49,7 +49,7 @@ def merge(adapter: Path, output: Path, *, student: str | None = None, dtype: str
 
     if output.exists() and any(output.iterdir()) and not force:
         raise ConfigError(f"{output}: already exists and is not empty; pass --force to replace it")
-    loaded = Student.load(student, adapter=adapter, device="cpu", dtype=dtype)
+    loaded = Student.load(student, adapter=adapter, device="cpu", dtype=dtype, private=True)  # merging rewrites them
     model = _merged(loaded.model)
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

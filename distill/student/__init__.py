@@ -1,7 +1,8 @@
 """The student: the small local model that answers, is trained, and is evaluated.
 
 Owns: `model` (loading the embedded default or any transformers causal LM, optionally with a LoRA
-adapter; batched generation; `GenerationParams`, `Answer`, model identities and weight hashes) and
+adapter; batched generation; `GenerationParams`, `Answer`, model identities and weight hashes),
+`weights` (the process's one copy of the base weights, shared by every Student as a view) and
 `embedded` (the SmolLM2-135M-Instruct shipped as GGUF, converted once to safetensors under the cache).
 `from distill import Student, GenerationParams` is the public spelling.
 

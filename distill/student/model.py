@@ -5,6 +5,15 @@ directory, or a hub id where the user has network), else the embedded SmolLM2-13
 (converted once into the cache, see `distill.student.embedded`). Every answer records the model's
 identity, including a SHA-256 of its weights, so any output can be traced to the exact model.
 
+One student handle per process: the base weights are read from disk once per (model directory,
+weights hash, device, dtype) and shared (`distill.student.weights`, which holds the most recent
+model only; `Student.release()` drops it). Every Student is a view: its own module tree over the
+shared, frozen tensors, so answering, training, evaluation and a local teacher on the same model
+hold one copy of the weights, and a LoRA adapter or training run (PEFT injects its layers into
+the view's own modules and trains only them) never changes what another Student sees. Code that
+rewrites weights in place (`distill merge`; adapters whose initialisation rewrites the base, such
+as PiSSA) gets weights of its own (`private=True`).
+
 Generation renders each chat with the model's own chat template, sorts prompts by length to cut
 padding, pads on the left, and decodes greedily unless a temperature is given. Sampled runs are
 seeded per batch from `seed` and the batch's prompt ids, so a resumed run draws the same samples.
@@ -25,8 +34,11 @@ from distill.errors import ConfigError, InputError, ModelError
 from distill.records.ids import content_hash
 from distill.records.prompts import Prompt
 from distill.student import embedded
+from distill.student.weights import SHARED_WEIGHTS
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+# LoRA initialisations that compute from, and rewrite, the base weights when PEFT builds the layer
+REWRITES_BASE = ("pissa", "corda", "olora", "loftq")
 
 
 @dataclass(frozen=True)
@@ -224,6 +236,15 @@ def _apply_adapter(model: Any, adapter_dir: Path) -> Any:
                          "trained for another base model") from None
 
 
+def _rewrites_base(adapter_dir: Path) -> bool:
+    """Whether PEFT rewrites the base weights in place when it builds this adapter's layers."""
+    try:
+        init = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8")).get("init_lora_weights")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(init, str) and init.lower().startswith(REWRITES_BASE)
+
+
 def _download(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
@@ -232,6 +253,16 @@ def _download(repo_id: str) -> Path:
     except Exception as exc:  # no network, unknown repo, gated model...
         raise ModelError(f"student {repo_id!r}: cannot fetch from the model hub ({type(exc).__name__}); "
                          "without network, set DISTILL_STUDENT to a local model directory") from None
+
+
+def _device_name(device: str) -> str:
+    """`cuda` and `cuda:0` are one device (the current one): one key for the shared weights."""
+    import torch
+
+    parsed = torch.device(device)
+    if parsed.type == "cuda" and parsed.index is None:
+        parsed = torch.device("cuda", torch.cuda.current_device())
+    return str(parsed)
 
 
 # ---------------------------------------------------------------- the student
@@ -251,29 +282,38 @@ class Student:
 
     @classmethod
     def load(cls, source: str | os.PathLike[str] | None = None, *, adapter: str | os.PathLike[str] | None = None,
-             device: str | None = None, dtype: str | None = None) -> "Student":
+             device: str | None = None, dtype: str | None = None, private: bool = False) -> "Student":
         """Load the student from `source`, else `$DISTILL_STUDENT`, else the embedded default;
-        with `adapter`, a PEFT LoRA adapter directory is applied on top."""
+        with `adapter`, a PEFT LoRA adapter directory is applied on top.
+
+        The base weights come from `SHARED_WEIGHTS` (read from disk once per process); `private`
+        reads a copy of its own instead, for code that changes the weights in place (merging)."""
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         directory, identity = model_identity(source, adapter)
         _quiet_transformers()
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = _device_name(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                        None: torch.bfloat16 if device.startswith("cuda") else torch.float32}.get(dtype)
         if torch_dtype is None:
             raise ConfigError(f"dtype {dtype!r}: expected float32, bfloat16 or float16")
         try:
             tokenizer = AutoTokenizer.from_pretrained(directory)
-            model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype)
-        except Exception as exc:  # safetensors, OSError, ValueError... all mean "cannot load"
-            raise ModelError(f"{directory}: cannot load the model ({type(exc).__name__}: {exc}); the weights "
-                             "may be corrupt or incomplete (for the embedded default run `distill convert --force`)") from None
+        except Exception as exc:  # OSError, ValueError... all mean "cannot load"
+            raise ModelError(f"{directory}: cannot load the tokenizer ({type(exc).__name__}: {exc}); the model "
+                             "directory may be incomplete (for the embedded default run `distill convert --force`)") from None
+        private = private or (adapter is not None and _rewrites_base(Path(adapter)))
+        model = (SHARED_WEIGHTS.read(directory, torch_dtype, device) if private
+                 else SHARED_WEIGHTS.view(directory, identity.weights_sha256, torch_dtype, device))
         if adapter is not None:
-            model = _apply_adapter(model, Path(adapter))
-        model.to(device).eval()
+            model = _apply_adapter(model, Path(adapter)).to(device).eval()
         return cls(model, tokenizer, identity)
+
+    @staticmethod
+    def release() -> None:
+        """Drop the process's shared base weights (a long-lived process switching students calls this)."""
+        SHARED_WEIGHTS.release()
 
     @property
     def device(self) -> Any:

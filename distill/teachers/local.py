@@ -3,7 +3,8 @@
 `local:default` makes the embedded SmolLM2-135M-Instruct its own teacher, so critique and revision
 run fully offline; `local:/models/qwen` uses any local model directory. The model loads (through
 `distill.student.Student.load`) on the first request, in a worker thread, so the event loop and
-`distill config` never wait for it.
+`distill config` never wait for it; when it is the student's own model it shares the weights the
+student already read (one copy per process, `distill.student.weights`).
 
 Concurrent `complete()` calls are batched: they queue, and a single worker takes whatever is
 waiting (up to `batch_size`), groups it by sampling settings, and generates each group in one

@@ -169,6 +169,8 @@ def train(data: Sequence[Example], output_dir: str | os.PathLike[str], config: T
     # bf16 on a GPU: weights in bf16 (half the memory). On a CPU: weights stay float32 and autocast
     # runs the matmuls in bf16, so the frozen base is exactly the model the adapter is later applied to.
     weights = precision if accelerator.device.type == "cuda" else "float32"
+    # a view over the process's shared weights: add_lora puts LoRA into the view's own modules and the
+    # base tensors stay frozen, so answering and evaluation Students in this process see them unchanged
     base = Student.load(student, device=str(accelerator.device), dtype=weights)
     replay = list(replay) + _replay_answers(base, replay_prompts, output_dir, accelerator)
     encoded = _encode_data(base, data, replay, config)
