@@ -44,9 +44,17 @@ def _log(message: str) -> None:
 
 
 def _examples(path: Path) -> list[Any]:
+    """The training examples an earlier round wrote (a resumed run reads them back)."""
     from distill.training.examples import read_examples
 
     return read_examples(path) if path.exists() and path.stat().st_size else []
+
+
+def _kept(summary: Any) -> list[Any]:
+    """The training examples the round just run kept, from what it returned."""
+    from distill.training.examples import parse_example
+
+    return [parse_example(row.to_row()) for row in summary.sft]
 
 
 def _replay_from_answers(rows: Sequence[dict[str, Any]]) -> list[Any]:
@@ -109,8 +117,7 @@ def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> 
         revisions: list[Any] = []
     else:
         _log("held-out reference round: the base student answers the held-out prompts, the teacher revises")
-        run_round(held_cfg, heldout)
-        revisions = _examples(held_cfg.run_dir / "sft.jsonl")
+        revisions = _kept(run_round(held_cfg, heldout))
     replay, forgetting_set = _replay_sets(config, held_cfg)
 
     finished = [r for r in state["rounds"] if r.get("finished")]
@@ -122,7 +129,7 @@ def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> 
         round_cfg = config.run.inside(config.run.folder.round(number), adapter=current, round=number)
         _log(f"round {number}: student {'base' if current is None else 'base + ' + current}")
         summary = run_round(round_cfg, prompts)
-        fresh = _examples(round_cfg.run_dir / "sft.jsonl")
+        fresh = _kept(summary)
         data = [e for k in range(1, number) for e in _examples(config.run.folder.round(k) / "sft.jsonl")] + fresh
         record: dict[str, Any] = {"round": number, "adapter": None, "counts": summary.counts,
                                   "rejected": summary.rejected, "dataset": summary.dataset,

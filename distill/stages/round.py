@@ -30,7 +30,7 @@ from distill.checks.similarity import near_duplicates
 from distill.records.files import run_lock, write_atomic, write_jsonl
 from distill.records.prompts import Prompt
 from distill.records.rundir import as_argument
-from distill.records.rows import Rejected, Revision
+from distill.records.rows import Rejected, Revision, SftRow
 from distill.stages import consistency, filters, self_training
 from distill.stages.accounting import Ledger
 from distill.stages.answer import answer_to_file
@@ -60,6 +60,7 @@ class Summary:
     rejected: dict[str, int] = field(default_factory=dict)
     batches: dict[str, Any] | None = None  # batch mode: every provider batch of the run (distill.teachers.batch)
     dataset: dict[str, int] = field(default_factory=dict)  # training rows by where they came from
+    sft: list[SftRow] = field(default_factory=list)  # the training rows written to sft.jsonl
 
     def table(self) -> str:
         lines = [("| stage | in | out | dropped/failed | teacher calls | cached | batch | tokens | cost "
@@ -249,6 +250,7 @@ def _critique_and_filter(config: RunConfig, answers: Sequence[Mapping[str, Any]]
     for dropped in rows.rejected:
         summary.rejected[dropped.filter] = summary.rejected.get(dropped.filter, 0) + 1
     run_dir = config.run_dir
+    summary.sft = list(rows.sft)
     write_jsonl(run_dir / "sft.jsonl", (r.to_row() for r in rows.sft))
     write_jsonl(run_dir / "prefs.jsonl", (r.to_row() for r in rows.prefs))
     write_jsonl(run_dir / "rejected.jsonl", (r.to_row() for r in rows.rejected))
