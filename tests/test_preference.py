@@ -219,7 +219,9 @@ def test_kto_trains_with_replay_and_logs_the_kl_and_rewards(tiny_model_dir: Path
     result = train_preferences(rows, tmp_path / "kto", TrainConfig(method="kto", epochs=3, replay_fraction=0.25,
                                                                    **FAST), student=tiny_model_dir, replay=replay)
     log = read_loss_log(tmp_path / "kto")
-    assert {"kl", "desirable_reward", "undesirable_reward", "replay_nll"} <= set(log[0])
+    assert {"kl", "desirable_reward", "undesirable_reward"} <= set(log[0])
+    assert sum(r.get("replay", 0) for r in log) == 3 * 3  # 3 replay rows an epoch: 8 * 0.25 / 0.75
+    assert all(r["replay_nll"] > 0 for r in log if r.get("replay"))
     assert abs(log[0]["desirable_reward"]) < 1e-4 and log[0]["kl"] == pytest.approx(0, abs=1e-4)
     assert log[-1]["desirable_reward"] - log[-1]["undesirable_reward"] > log[0]["desirable_reward"] - \
         log[0]["undesirable_reward"]
