@@ -299,3 +299,30 @@ def test_dpo_moves_the_held_out_preference_of_the_embedded_student(student: Stud
     after = preference_margins(Student.load(embedded_dir, adapter=result.output_dir), number_pairs(HELD_OUT))
     assert sum(after) / len(after) > sum(before) / len(before)
     assert sum(a > b for a, b in zip(after, before)) >= 3
+
+
+def test_kto_on_two_processes_ends_with_the_same_adapter_on_both(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`accelerate launch` with 2 CPU processes (DDP on gloo), as for SFT (tests/test_train_cli.py)."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "run"
+    write_jsonl(run / "prefs.jsonl", [pair_row(p) for p in word_pairs()])
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+           "-m", "distill", "train", str(run), "--method", "kto", "--student", str(tiny_model_dir),
+           "--max-steps", "2", *FAST_FLAGS]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run / "adapter-kto" / "training.json").read_text())
+    shas = summary["rank_adapter_sha256"]
+    assert summary["processes"] == 2 and len(shas) == 2 and summary["ranks_agree"]
+    assert [r["step"] for r in read_loss_log(run / "adapter-kto")] == [1, 2]

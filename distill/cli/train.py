@@ -8,6 +8,11 @@ generated from), then `[train]` in distill.toml, then --config FILE.json, then t
 the same command resumes from the last checkpoint; under `accelerate launch --multi_gpu
 --num_processes N -m distill train ...` it trains on N processes (N GPUs, or N CPU processes on gloo
 where there is no GPU).
+
+`--method dpo` / `--method kto` train on preferences instead (`distill.training.preference`): a
+run directory's prefs.jsonl (KTO: also its reference-check failures and review decisions) or a
+pairs file, into RUN/adapter-dpo or RUN/adapter-kto, starting from RUN/adapter when it exists
+(`--init-adapter`), which is also the reference policy.
 """
 
 from __future__ import annotations

@@ -227,7 +227,7 @@ def _with_references(session: Session, items: Sequence[Item]) -> list[Item]:
     """Each item with the starting policy's log-probs of its two sequences (one no-grad pass)."""
     import torch
 
-    accelerator, module = session.accelerator, session.loss_module
+    accelerator, module = session.accelerator, _no_grad_module(session)
     out: list[Item] = []
     session.model.eval()
     with torch.no_grad(), accelerator.autocast():
@@ -237,6 +237,12 @@ def _with_references(session: Session, items: Sequence[Item]) -> list[Item]:
     session.model.train()
     order = {item.id: k for k, item in enumerate(items)}
     return sorted(out, key=lambda item: order[item.id])
+
+
+def _no_grad_module(session: Session) -> Any:
+    """The loss module without its DDP wrapper, for passes without gradient: DDP's forward syncs
+    buffers across processes, and these passes need not run as often on every process."""
+    return session.accelerator.unwrap_model(session.loss_module)
 
 
 def _logps(session: Session, module: Any, rows: Sequence[Encoded]) -> tuple[Any, Any, int]:
@@ -306,11 +312,11 @@ def _kl_estimate(session: Session, items: Sequence[EncodedLabelled]) -> Any:
     (prompt, other answer) companions over all processes, clamped at 0, without gradient."""
     import torch
 
-    accelerator = session.accelerator
+    accelerator, module = session.accelerator, _no_grad_module(session)
     total = torch.zeros(2, device=accelerator.device)
-    with torch.no_grad():
+    with torch.no_grad(), accelerator.autocast():
         for piece in split_by_tokens(list(items), session.config.micro_batch_tokens):
-            logps = _logps(session, session.loss_module, [i.companion for i in piece])[0]
+            logps = _logps(session, module, [i.companion for i in piece])[0]
             ref = torch.tensor([i.ref[1] for i in piece], device=logps.device)  # type: ignore[index]
             total += torch.stack([(logps - ref).sum(), logps.new_tensor(len(piece))])
     total = accelerator.reduce(total, reduction="sum")
