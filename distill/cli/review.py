@@ -14,8 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "review", help="export a run's training rows for human review, or import the decisions",
         description="--export writes runs/NAME/sft.jsonl as a CSV with prompt, original answer, revision and empty "
                     "decision/edited columns; write accept, reject or edit (new text in 'edited') per row. "
-                    "--import reads it back into runs/NAME/sft.reviewed.jsonl; `distill train runs/NAME --reviewed` "
-                    "then trains on reviewed rows only.")
+                    "--import reads it back into runs/NAME/sft.reviewed.jsonl (the rejected rows into "
+                    "sft.review-rejected.jsonl); `distill train runs/NAME --reviewed` then trains on reviewed rows "
+                    "only, and `distill train runs/NAME --method kto` takes both as desirable and undesirable answers.")
     add_run_name(p)
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--export", type=Path, metavar="FILE.csv", help="write the rows to review")
@@ -35,5 +36,6 @@ def run(args: argparse.Namespace) -> int:
     kept = counts["accept"] + counts["edit"]
     print(f"{kept} reviewed rows in {root / review.REVIEWED} "
           f"(accepted {counts['accept']}, edited {counts['edit']}, rejected {counts['reject']}, "
-          f"undecided {counts['undecided']} left out)", file=sys.stderr)
+          f"undecided {counts['undecided']} left out); rejected rows in {root / review.REVIEW_REJECTED}",
+          file=sys.stderr)
     return 0

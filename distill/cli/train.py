@@ -8,6 +8,11 @@ generated from), then `[train]` in distill.toml, then --config FILE.json, then t
 the same command resumes from the last checkpoint; under `accelerate launch --multi_gpu
 --num_processes N -m distill train ...` it trains on N processes (N GPUs, or N CPU processes on gloo
 where there is no GPU).
+
+`--method dpo` / `--method kto` train on preferences instead (`distill.training.preference`): a
+run directory's prefs.jsonl (KTO: also its reference-check failures and review decisions) or a
+pairs file, into RUN/adapter-dpo or RUN/adapter-kto, starting from RUN/adapter when it exists
+(`--init-adapter`), which is also the reference policy.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from distill.cli.options import add_config_arg, add_options, table
 from distill.config import resolve_fields, settings_of
 from distill.errors import ConfigError, InputError
 
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from distill.training.config import TrainConfig
 
@@ -33,7 +39,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "[...], \"completion\": [{\"role\": \"assistant\", ...}]} or {\"messages\": [...]}) with loss "
                     "on the completion only, mixing replay examples into every epoch. Writes the adapter "
                     "(adapter_config.json + adapter_model.safetensors, loadable by PEFT and vLLM), "
-                    "training.json and loss.jsonl. Re-run the same command to resume an interrupted run.",
+                    "training.json and loss.jsonl. Re-run the same command to resume an interrupted run. "
+                    "--method dpo trains on RUN/prefs.jsonl's pairs (chosen over rejected) into RUN/adapter-dpo; "
+                    "--method kto on answers labelled desirable or undesirable (prefs.jsonl, revisions the "
+                    "reference check rejected, `distill review` decisions) into RUN/adapter-kto; both start from "
+                    "RUN/adapter when it exists (see --init-adapter), which is also their reference policy.",
     )
     p.add_argument("source", type=Path, metavar="RUN_OR_DATASET",
                    help="a run directory (reads sft.jsonl) or a JSONL dataset file")
@@ -50,6 +60,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_config_arg(p, help="distill.toml to read ([train] and the other tables; default: $DISTILL_CONFIG, else "
                            "./distill.toml), or a FILE.json object of training options (TrainConfig fields), read "
                            "over [train]")
+    p.add_argument("--init-adapter", type=Path, default=None, metavar="DIR",
+                   help="--method dpo/kto: the adapter to start from, which is also the reference policy (default: "
+                        "RUN/adapter, the run's SFT adapter, when it exists; else a fresh LoRA on the base student)")
     p.add_argument("--restart", action="store_true", help="discard checkpoints or a finished adapter and start over")
     g = p.add_argument_group("training options (over --config and [train] in distill.toml)")
     add_options(g, TrainConfig)
@@ -60,11 +73,15 @@ def run(args: argparse.Namespace) -> int:
     from distill.training.examples import read_examples, read_replay
     from distill.training.sft import train
 
+    config = build_config(args)
+    if config.method != "sft":
+        return run_preferences(args, config)
+    if args.init_adapter is not None:
+        raise ConfigError("--init-adapter is for --method dpo or kto; SFT starts from a fresh LoRA on the base")
     data_path, output, replay_path = resolve_paths(args.source, args.output, args.replay, args.no_replay,
                                                    reviewed=args.reviewed)
     examples = read_examples(data_path)  # validate every file before any model loads
     replay, replay_prompts = read_replay(replay_path) if replay_path else ([], [])
-    config = build_config(args)
     say(f"{len(examples)} training examples from {data_path}" +
         (f"; replay: {len(replay)} examples + {len(replay_prompts)} prompts to answer from {replay_path}"
          if replay_path else "; no replay set (pass --replay FILE to guard against forgetting)"))
@@ -76,6 +93,50 @@ def run(args: argparse.Namespace) -> int:
     say(f"adapter written to {output}: {s['data']['trained']} examples ({s['data']['dropped_over_length']} dropped as "
         f"longer than {config.max_length} tokens), {s['replay']['per_epoch']} replay examples per epoch, "
         f"{result.steps} steps, final loss {result.final_loss}, {result.tokens_per_s:.0f} tokens/s"
+        + (f" (resumed at step {result.resumed_from})" if result.resumed_from else ""))
+    return 0
+
+
+def run_preferences(args: argparse.Namespace, config: Any) -> int:
+    """`--method dpo|kto`: pairs from prefs.jsonl (KTO: plus the run's other labelled answers), from
+    the run's SFT adapter when there is one."""
+    from distill.training.examples import read_replay
+    from distill.training.pairs import kto_rows, read_pairs
+    from distill.training.preference import train_preferences
+
+    if args.reviewed:
+        raise ConfigError(f"--reviewed is for SFT; --method {config.method} reads the review decisions itself (kto) "
+                          "or prefs.jsonl (dpo)")
+    source, method = args.source, config.method
+    if source.is_dir():
+        data_path = source / "prefs.jsonl"
+        rows = kto_rows(source) if method == "kto" else read_pairs(data_path)
+        output = args.output or source / f"adapter-{method}"
+        sft_adapter = source / "adapter"
+        init = args.init_adapter or (sft_adapter if (sft_adapter / "adapter_config.json").is_file() else None)
+        replay_path = args.replay or (source / "replay.jsonl" if (source / "replay.jsonl").is_file() else None)
+    elif source.exists() or source.suffix == ".jsonl":
+        data_path, rows = source, read_pairs(source)
+        output = args.output or source.with_name(source.stem + f"-{method}-adapter")
+        init, replay_path = args.init_adapter, args.replay
+    else:
+        raise InputError(f"{source}: no such run directory or preference file")
+    replay_path = None if args.no_replay else replay_path
+    replay, replay_prompts = read_replay(replay_path) if replay_path else ([], [])
+    say(f"{len(rows)} {'pairs' if method == 'dpo' else 'labelled answers'} from {source}; starting from "
+        + (f"the adapter {init} (also the reference)" if init else "the base student (a fresh LoRA)"))
+    result = train_preferences(rows, output, config, student=args.student, init_adapter=init, replay=replay,
+                               replay_prompts=replay_prompts, restart=args.restart, progress=True,
+                               data_info={"path": str(data_path),
+                                          "sha256": _file_sha256(data_path) if data_path.is_file() else None,
+                                          "replay_path": str(replay_path) if replay_path else None})
+    s = result.summary
+    if method == "kto":
+        say(f"KTO weights: desirable {s['data']['desirable_weight']:.3g} x {s['data']['desirable']}, undesirable "
+            f"{s['data']['undesirable_weight']:.3g} x {s['data']['undesirable']}")
+    last = ", ".join(f"{k} {v}" for k, v in s["last_step"].items())
+    say(f"adapter written to {output}: {s['data']['trained']} rows ({s['data']['dropped_over_length']} dropped as "
+        f"longer than {config.max_length} tokens), {result.steps} {method} steps; last step: {last}"
         + (f" (resumed at step {result.resumed_from})" if result.resumed_from else ""))
     return 0
 

@@ -5,7 +5,9 @@ the prompt, the student's original answer, the teacher's revision, and empty `de
 `edited` columns. The reviewer writes `accept`, `reject` or `edit` (with the new text in
 `edited`). `import_decisions` reads the CSV back, validates every row (FILE:LINE errors), and
 writes `sft.reviewed.jsonl` with the accepted rows and the edited ones (their completion
-replaced). `distill train RUN --reviewed` then trains on reviewed rows only.
+replaced), and `sft.review-rejected.jsonl` with the rejected ones. `distill train RUN --reviewed`
+then trains on reviewed rows only; `distill train RUN --method kto` takes the accepted and edited
+rows as desirable answers and the rejected ones as undesirable.
 
 The texts come from the student and the teacher, so a cell could be a spreadsheet formula
 (`=HYPERLINK(...)`) that runs when the sheet is opened. As OWASP recommends against CSV
@@ -27,6 +29,7 @@ from distill.records.jsonl import read_rows
 COLUMNS = ("id", "prompt", "original", "revision", "decision", "edited", "note")
 DECISIONS = ("accept", "reject", "edit")
 REVIEWED = "sft.reviewed.jsonl"
+REVIEW_REJECTED = "sft.review-rejected.jsonl"  # read by distill.training.pairs (KTO's undesirable answers)
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
 
 
@@ -96,6 +99,7 @@ def import_decisions(run_dir: Path, reviewed: Path) -> dict[str, int]:
     sft = {r["id"]: r for r in _rows(run_dir / "sft.jsonl", _sft_row)}
     errors: list[str] = []
     kept: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
     counts = {d: 0 for d in (*DECISIONS, "undecided")}
     try:
         with reviewed.open(encoding="utf-8", newline="") as fh:
@@ -121,8 +125,7 @@ def import_decisions(run_dir: Path, reviewed: Path) -> dict[str, int]:
                     errors.append(f"{reviewed}:{line}: decision 'edit' needs the new text in the 'edited' column")
                 else:
                     counts[decision] += 1
-                    if decision != "reject":
-                        kept.append(_apply(sft[row["id"]], decision, row))
+                    (rejected if decision == "reject" else kept).append(_apply(sft[row["id"]], decision, row))
                 first_line.setdefault(row["id"], line)
     except FileNotFoundError:
         raise InputError(f"{reviewed}: no such file") from None
@@ -131,6 +134,7 @@ def import_decisions(run_dir: Path, reviewed: Path) -> dict[str, int]:
     if errors:
         raise InputError(f"{len(errors)} bad row(s) in {reviewed}:\n" + "\n".join(errors[:50]))
     write_jsonl(run_dir / REVIEWED, kept)
+    write_jsonl(run_dir / REVIEW_REJECTED, rejected)
     return counts
 
 

@@ -14,6 +14,10 @@ from typing import Any, Mapping
 from distill.config import option
 from distill.errors import ConfigError
 
+METHODS = ("sft", "dpo", "kto")
+LOSS_TYPES = ("sigmoid", "ipo", "sigmoid_norm")
+PREFERENCE_OPTIONS = ("beta", "loss_type", "desirable_weight", "undesirable_weight")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -77,6 +81,25 @@ class TrainConfig:
     kl_weight: float = option(0.0, help="weight of the KL-to-base penalty (0 = off)")
     """Weight of KL(adapter || base) at completion positions; 0 = off. Costs one more forward pass."""
 
+    # preference training (`distill train RUN --method dpo|kto`, distill.training.preference)
+    method: str = option("sft", help="sft: imitate sft.jsonl; dpo: prefer chosen over rejected in prefs.jsonl; "
+                                     "kto: desirable and undesirable answers, unpaired", choices=METHODS)
+    """What is trained: sft (completion-only imitation of sft.jsonl), dpo (pairs from prefs.jsonl) or
+    kto (answers labelled desirable or undesirable: prefs.jsonl, rejected.jsonl, review decisions)."""
+    beta: float = option(0.1, help="dpo/kto: strength of the pull towards the reference policy")
+    """DPO's and KTO's beta: the implicit reward is beta * log(policy / reference); larger keeps the
+    policy nearer the reference. For IPO it is the regulariser tau (target margin 1 / (2 beta))."""
+    loss_type: str = option("sigmoid", help="dpo loss: sigmoid (DPO), ipo, or sigmoid_norm (length-normalised DPO)",
+                            choices=LOSS_TYPES)
+    """DPO's loss: sigmoid (the DPO paper's), ipo (squared, log-ratios averaged per token, as TRL
+    and the IPO authors do), sigmoid_norm (DPO on log-ratios averaged per token: no bias to length)."""
+    desirable_weight: float | None = option(None, help="kto: weight of desirable examples",
+                                            default_text="from the class counts")
+    """KTO's weight on desirable examples; None = set from the counts (see `kto_weights`)."""
+    undesirable_weight: float | None = option(None, help="kto: weight of undesirable examples",
+                                              default_text="from the class counts")
+    """KTO's weight on undesirable examples; None = set from the counts (see `kto_weights`)."""
+
     # machinery
     seed: int = option(0, help="seed of the adapter init, data order and replay samples")
     """Seeds the adapter's initialisation, the data order and the replay samples."""
@@ -114,6 +137,17 @@ class TrainConfig:
             raise ConfigError(f"training option scheduler: expected cosine, linear or constant, got {self.scheduler!r}")
         if self.precision not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"training option precision: expected auto, float32 or bfloat16, got {self.precision!r}")
+        if self.method not in METHODS:
+            raise ConfigError(f"training option method: expected one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ConfigError(f"training option loss_type: expected one of {', '.join(LOSS_TYPES)}, "
+                              f"got {self.loss_type!r}")
+        if not self.beta > 0:
+            raise ConfigError(f"training option beta: expected a positive number, got {self.beta!r}")
+        for name in ("desirable_weight", "undesirable_weight"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ConfigError(f"training option {name}: expected a positive number or null (from the class "
+                                  f"counts), got {getattr(self, name)!r}")
         if self.target_modules is not None:
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
 
@@ -134,6 +168,9 @@ class TrainConfig:
         return asdict(self)
 
     def run_key(self) -> dict[str, Any]:
-        """The options that change what is trained (not how often it is saved): must match to resume."""
-        return {k: v for k, v in self.to_dict().items()
-                if k not in ("save_every", "keep_checkpoints", "micro_batch_tokens", "gradient_checkpointing")}
+        """The options that change what is trained (not how often it is saved): must match to resume.
+        An SFT run leaves out the preference options (it does not read them)."""
+        skip = {"save_every", "keep_checkpoints", "micro_batch_tokens", "gradient_checkpointing"}
+        if self.method == "sft":
+            skip |= {"method", *PREFERENCE_OPTIONS}
+        return {k: v for k, v in self.to_dict().items() if k not in skip}

@@ -59,7 +59,7 @@ def parse_example(obj: Any, source: str = "train") -> Example:
     else:
         if "prompt" not in obj:
             raise ValueError("field 'prompt': missing (the chat the completion answers)")
-        prompt, completion = _parse_prompt_field(obj["prompt"]), _parse_completion(obj["completion"])
+        prompt, completion = parse_prompt_field(obj["prompt"]), parse_completion(obj["completion"])
     raw_id = obj.get("id")
     if raw_id is None:
         eid = "x-" + content_hash({"prompt": [dict(m) for m in prompt], "completion": completion})
@@ -70,7 +70,8 @@ def parse_example(obj: Any, source: str = "train") -> Example:
     return Example(id=eid, prompt=prompt, completion=completion, source=source)
 
 
-def _parse_prompt_field(value: Any) -> tuple[Mapping[str, str], ...]:
+def parse_prompt_field(value: Any) -> tuple[Mapping[str, str], ...]:
+    """A row's "prompt": a chat ending in a user turn, or a plain text (one user turn)."""
     if isinstance(value, str):
         value = [{"role": "user", "content": value}]
     try:
@@ -79,17 +80,18 @@ def _parse_prompt_field(value: Any) -> tuple[Mapping[str, str], ...]:
         raise ValueError(str(exc).replace("field 'messages", "field 'prompt")) from None
 
 
-def _parse_completion(value: Any) -> str:
+def parse_completion(value: Any, name: str = "completion") -> str:
+    """A row's assistant reply (field `name`): one assistant message, or a plain text."""
     if isinstance(value, str):
         value = [{"role": "assistant", "content": value}]
     if not isinstance(value, list) or len(value) != 1 or not isinstance(value[0], dict):
-        raise ValueError("field 'completion': expected one assistant message, [{\"role\": \"assistant\", "
+        raise ValueError(f"field '{name}': expected one assistant message, [{{\"role\": \"assistant\", "
                          "\"content\": \"...\"}] (multi-turn completions are not supported)")
     role, content = value[0].get("role"), value[0].get("content")
     if role != "assistant":
-        raise ValueError(f"field 'completion[0].role': expected 'assistant', got {role!r}")
+        raise ValueError(f"field '{name}[0].role': expected 'assistant', got {role!r}")
     if not isinstance(content, str) or not content.strip():
-        raise ValueError("field 'completion[0].content': expected a non-empty string")
+        raise ValueError(f"field '{name}[0].content': expected a non-empty string")
     return content
 
 

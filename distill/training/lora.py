@@ -69,6 +69,30 @@ def completion_loss_module(peft_model: Any, kl_weight: float) -> Any:
     return _CompletionLoss()
 
 
+def sequence_logps_module(peft_model: Any) -> Any:
+    """An nn.Module whose forward returns each row's summed log-probability of its labelled tokens and
+    how many there are ([rows] each): what preference losses compare (what DDP wraps); logits only
+    at completion positions (`head_logits`)."""
+    import torch
+    import torch.nn.functional as F
+
+    class _SequenceLogps(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = peft_model
+
+        def forward(self, input_ids: Any, attention_mask: Any, labels: Any) -> tuple[Any, Any]:
+            targets = labels[:, 1:]
+            picked = targets != IGNORE
+            logits = head_logits(self.model, input_ids, attention_mask, picked).float()
+            token_logps = -F.cross_entropy(logits, targets[picked], reduction="none")
+            rows = picked.nonzero()[:, 0]  # the row of each picked position, in the order head_logits keeps
+            logps = token_logps.new_zeros(labels.shape[0]).index_add(0, rows, token_logps)
+            return logps, picked.sum(dim=1)
+
+    return _SequenceLogps()
+
+
 def adapter_state_sha256(peft_model: Any) -> str:
     """A hash of the adapter's weights as this process holds them (ranks must agree)."""
     from peft import get_peft_model_state_dict
