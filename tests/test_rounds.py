@@ -92,3 +92,33 @@ def test_heldout_prompts_differing_only_in_case_spacing_or_punctuation_count_as_
             "--heldout", str(heldout)]
     assert main(args) == 2
     assert "1 held-out prompt(s) also appear in the training prompts (e.g. 'what is  2+2')" in capsys.readouterr().err
+
+
+def test_a_round_trains_sft_then_dpo_on_its_pairs_and_the_gate_judges_the_dpo_adapter(
+        loopback_teacher, peaked_model_dir, tmp_path, capsys) -> None:
+    loopback_teacher.script(yes_teacher)
+    train = write(tmp_path / "train.jsonl", [{"id": f"t{i}", "prompt": f"Question number {i}: is it true?"}
+                                              for i in range(16)])
+    heldout = write(tmp_path / "heldout.jsonl", [{"id": f"h{i}", "prompt": f"Held-out question {i}: is water wet?",
+                                                  "reference": "yes"} for i in range(6)])
+    args = ["run", str(train), "--name", "pref", "--runs-dir", str(tmp_path / "runs"), "--student",
+            str(peaked_model_dir), "--max-new-tokens", "6", "--chain", "quick", "--rounds", "1", "--methods", "sft,dpo",
+            "--heldout", str(heldout), "--eval-max-new-tokens", "6", "--max-nll-increase", "100",
+            "--train-option", "learning_rate=0.01", "--train-option", "epochs=4", "--dedup-threshold", "0"]
+    assert main(args) == 0
+    root = tmp_path / "runs" / "pref"
+    [record] = json.loads((root / "rounds.json").read_text())["rounds"]
+    assert record["methods"] == ["sft", "dpo"] and record["adapter"] == str(root / "round-1" / "adapter-dpo")
+    assert record["training"]["config"]["method"] == "sft" and record["preference_training"]["method"] == "dpo"
+    assert record["preference_training"]["init_adapter"]["path"] == str(root / "round-1" / "adapter")
+    assert {"margin", "accuracy"} <= set(record["preference_training"]["last_step"])
+    assert json.loads((root / "round-1" / "eval.json").read_text())["new"] == str(root / "round-1" / "adapter-dpo")
+    assert "| 1 (sft+dpo) |" in capsys.readouterr().out
+
+
+def test_a_preference_method_runs_after_sft_or_alone(tmp_path, capsys) -> None:
+    train = write(tmp_path / "train.jsonl", [{"id": "t", "prompt": "Is it?"}])
+    heldout = write(tmp_path / "heldout.jsonl", [{"id": "h", "prompt": "Is water wet?", "reference": "yes"}])
+    assert main(["run", str(train), "--name", "x", "--runs-dir", str(tmp_path / "runs"), "--rounds", "1",
+                 "--heldout", str(heldout), "--methods", "dpo,sft"]) == 2
+    assert "expected sft, dpo, kto, sft,dpo or sft,kto" in capsys.readouterr().err

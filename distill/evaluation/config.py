@@ -28,9 +28,21 @@ class RoundsConfig:
     train_options: dict[str, Any] = field(default_factory=dict)
     """TrainConfig fields (`--train-option FIELD=VALUE`, `[train]`)."""
     policy: Policy = field(default_factory=Policy)
+    methods: tuple[str, ...] = option(("sft",), help="training methods each round, in order: sft, then dpo or kto "
+                                      "on the round's pairs from the SFT adapter (e.g. sft,dpo)",
+                                      metavar="METHOD[,METHOD]")
     eval_max_new_tokens: int = option(128, help="answer length for the evaluation")
     judge: bool = option(True, flag="--no-judge", help="evaluate without the pairwise judge (no teacher calls)")
     replay: Path | None = option(
         None, metavar="FILE", default_text="the base answers to --heldout measure forgetting",
         help="general prompts (or chats) the base student answers: 3/4 are mixed into training against "
              "forgetting, 1/4 measure forgetting")
+
+    def __post_init__(self) -> None:
+        from distill.errors import ConfigError
+
+        methods = tuple(self.methods)
+        valid = methods in (("sft",), ("dpo",), ("kto",), ("sft", "dpo"), ("sft", "kto"))
+        if not valid:
+            raise ConfigError(f"--methods {','.join(methods)}: expected sft, dpo, kto, sft,dpo or sft,kto (a "
+                              "preference method runs after SFT, on the round's pairs)")

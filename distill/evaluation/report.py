@@ -48,8 +48,9 @@ def summary_rows(state: dict[str, Any]) -> list[list[str]]:
         forgetting = metrics.get("forgetting", {})
         counts = r.get("counts", {})
         training = r.get("training", {})
+        methods = r.get("methods", ["sft"])
         rows.append([
-            str(r["round"]),
+            str(r["round"]) + ("" if methods == ["sft"] else f" ({'+'.join(methods)})"),
             str(r.get("new_examples", counts.get("filter", {}).get("out", 0))),
             str(r.get("train_examples", 0)),
             f"{training.get('final_loss'):.3f}" if training.get("final_loss") is not None else "-",

@@ -140,11 +140,9 @@ def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> 
             state["rounds"] = [*finished, record]
             save_state(root, state)
             break
-        adapter = round_cfg.run_dir / "adapter"
-        if not (adapter / "training.json").exists():
-            train(data, adapter, train_config, student=config.run.student, replay=replay, restart=adapter.exists())
-        record["adapter"] = str(adapter)
-        record["training"] = json.loads((adapter / "training.json").read_text(encoding="utf-8"))
+        adapter, trainings = _train_round(config, round_cfg.run_dir, data, replay, train_config, current)
+        record.update(adapter=str(adapter), methods=list(config.methods), training=trainings[0],
+                      **({"preference_training": trainings[1]} if len(trainings) > 1 else {}))
         evaluation = _evaluate(config, number, current, adapter, heldout, revisions, forgetting_set, round_cfg.run_dir,
                                judge=not self_only)
         decision = decide(evaluation.metrics, config.policy)
@@ -162,6 +160,39 @@ def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> 
     save_state(root, state)
     write_report(root)
     return state
+
+
+def _train_round(config: RoundsConfig, run_dir: Path, data: Sequence[Any], replay: Sequence[Any],
+                 train_config: Any, current: str | None) -> tuple[Path, list[dict[str, Any]]]:
+    """Train the round's adapter by `config.methods`: SFT on the rows into `adapter/`, then DPO or
+    KTO on the round's pairs (prefs.jsonl) from the SFT adapter into `adapter-dpo/` (`adapter-kto/`);
+    a preference method alone starts from the current adapter. Returns the adapter the gate judges
+    and the training.json of each step. Each step resumes from its own checkpoints."""
+    from dataclasses import replace
+
+    from distill.training.pairs import read_pairs
+    from distill.training.preference import train_preferences
+    from distill.training.sft import train
+
+    adapter: Path | None = None
+    trainings = []
+    for method in config.methods:
+        if method == "sft":
+            out = run_dir / "adapter"
+            if not (out / "training.json").exists():
+                train(data, out, train_config, student=config.run.student, replay=replay, restart=out.exists())
+        else:
+            out = run_dir / f"adapter-{method}"
+            start = adapter if adapter is not None else (Path(current) if current else None)
+            if not (out / "training.json").exists():
+                train_preferences(read_pairs(run_dir / "prefs.jsonl"), out, replace(train_config, method=method),
+                                  method=method, student=config.run.student, init_adapter=start, replay=replay,
+                                  restart=out.exists())
+        adapter = out
+        trainings.append(json.loads((out / "training.json").read_text(encoding="utf-8")))
+    if adapter is None:  # RoundsConfig refuses an empty list of methods; this is only a guard
+        raise InputError("no training method")
+    return adapter, trainings
 
 
 def _base_answers(config: RoundsConfig, prompts: Sequence[Prompt], output: Path) -> list[dict[str, Any]]:
