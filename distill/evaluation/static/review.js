@@ -177,6 +177,7 @@ function openEditor() {
 }
 
 function closeEditor() {
+  if ($("editor-box").contains(document.activeElement)) document.activeElement.blur();
   $("editor-box").hidden = true;
   state.editing = false;
 }
