@@ -5,7 +5,9 @@ the prompt, the student's original answer, the teacher's revision, and empty `de
 `edited` columns. The reviewer writes `accept`, `reject` or `edit` (with the new text in
 `edited`). `import_decisions` reads the CSV back, validates every row (FILE:LINE errors), and
 writes `sft.reviewed.jsonl` with the accepted rows and the edited ones (their completion
-replaced). `distill train RUN --reviewed` then trains on reviewed rows only.
+replaced). `distill train RUN --reviewed` then trains on reviewed rows only. `write_reviewed` is the
+one writer of that file: the review page (`review_server`, `distill review NAME --serve`) saves its
+decisions through it too, so both ways of reviewing write the same file, byte for byte.
 
 The texts come from the student and the teacher, so a cell could be a spreadsheet formula
 (`=HYPERLINK(...)`) that runs when the sheet is opened. As OWASP recommends against CSV
