@@ -3,7 +3,9 @@
 Owns: `evaluate` (held-out objective checks, the pairwise judge, fidelity and forgetting), `gate`
 (the promotion policy and its decision), `config` (`RoundsConfig`), `rounds` (`distill run --rounds
 N`: round, train, evaluate, gate, repeat), `state` (rounds.json), `report` (report.md, report.html,
-the terminal table), and `review` (a person's review of the training rows).
+the terminal table), and `review` (a person's review of the training rows: the CSV export and
+import), `review_data` and `review_server` (the same review on a local web page, `distill review
+NAME --serve`, whose plain HTML/JS/CSS live in `static/`).
 
 May import: `distill.stages` (a multi-round run runs rounds; the judge uses the critique protocol
 and templates), `distill.training`, `distill.teachers`, `distill.student`, `distill.records`,

@@ -4,6 +4,9 @@ Built from `rounds.json` and each round's artefacts, so it can be regenerated at
 (`distill report NAME`). Plots: the training loss of each round; each gate metric per round with
 its 95% interval; and where rows were dropped, by filter, per round. `report.html` holds the same
 content in one self-contained file (plots inlined), to open in a browser or attach to a message.
+`review_report` is the same page with a link to each round's review page, as the review server
+(`distill review NAME --serve`) serves it at /report.html: a link needs that server's token, so the
+file on disk names the command instead.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ from __future__ import annotations
 import base64
 import html
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from distill.errors import InputError
 from distill.evaluation.gate import interval_text
 from distill.evaluation.state import STATE, load_state
 
+PLOTS = (("loss.png", "Training loss per round"), ("metrics.png", "Gate metrics per round (95% bootstrap intervals)"),
+         ("drops.png", "Dropped rows by filter"))  # the plots `write_report` draws: file, caption
 METRICS = (("checks", "objective checks: pass-rate change"), ("judge", "pairwise judge: score (new - current)"),
            ("fidelity", "fidelity: NLL drop on held-out revisions"))
 
@@ -101,7 +106,7 @@ def _plots(root: Path, state: dict[str, Any]) -> list[tuple[str, str]]:
     ax.set(xlabel="step", ylabel="completion loss (nats/token)", title="Training loss")
     if ax.lines:
         ax.legend()
-    made.append(_save(fig, root / "loss.png", "Training loss per round"))
+    made.append(_save(fig, root, PLOTS[0]))
 
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.2))
     for ax, (name, title) in zip(axes, METRICS):
@@ -116,7 +121,7 @@ def _plots(root: Path, state: dict[str, Any]) -> list[tuple[str, str]]:
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set(title=title, xlabel="round", xticks=[r["round"] for r in rounds], xlim=(0.5, len(rounds) + 0.5))
         ax.title.set_fontsize(9)
-    made.append(_save(fig, root / "metrics.png", "Gate metrics per round (95% bootstrap intervals)"))
+    made.append(_save(fig, root, PLOTS[1]))
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     reasons = sorted({k for r in rounds for k in r.get("rejected", {})})
@@ -128,26 +133,32 @@ def _plots(root: Path, state: dict[str, Any]) -> list[tuple[str, str]]:
     ax.set(xlabel="round", ylabel="rows", title="Where rows were dropped, and why", xticks=[r["round"] for r in rounds])
     if reasons:
         ax.legend(fontsize=7)
-    made.append(_save(fig, root / "drops.png", "Dropped rows by filter"))
+    made.append(_save(fig, root, PLOTS[2]))
     return made
 
 
-def _save(fig: Any, path: Path, caption: str) -> tuple[str, str]:
+def _save(fig: Any, root: Path, plot: tuple[str, str]) -> tuple[str, str]:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(root / plot[0], dpi=110)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    return path.name, caption
+    return plot
+
+
+def _texts(root: Path, state: dict[str, Any]) -> tuple[str, str, list[str]]:
+    """The report's title, context line and warnings."""
+    title = f"Distillation report: {state.get('name', root.name)}"
+    context = f"Held-out prompts: `{state.get('heldout')}`. Gate: {state.get('policy')}."
+    warnings = [f"warning (round {r['round']}): {w}" for r in state.get("rounds", []) for w in r.get("warnings", [])]
+    return title, context, warnings
 
 
 def write_report(root: Path) -> Path:
     """Write report.md, report.html and their plots under `root`; returns the markdown report's path."""
     state = load(root)
     plots = _plots(root, state)
-    title = f"Distillation report: {state.get('name', root.name)}"
-    context = f"Held-out prompts: `{state.get('heldout')}`. Gate: {state.get('policy')}."
-    warnings = [f"warning (round {r['round']}): {w}" for r in state.get("rounds", []) for w in r.get("warnings", [])]
+    title, context, warnings = _texts(root, state)
     lines = [f"# {title}", "", context, "", summary_table(state), ""]
     lines += [f"- {w}" for w in warnings]
     lines.append("")
@@ -159,10 +170,26 @@ def write_report(root: Path) -> Path:
     return path
 
 
+def review_report(root: Path, review_href: Callable[[int], str]) -> str:
+    """report.html with a link to each round's review page (`review_href(round)`), from rounds.json and
+    the plots `write_report` drew (not drawn again): what the review server serves at /report.html."""
+    state = load(root)
+    title, context, warnings = _texts(root, state)
+    plots = [(name, caption) for name, caption in PLOTS if (root / name).exists()]
+    return _html(root, state, title, context, warnings, plots, review_href)
+
+
 def _html(root: Path, state: dict[str, Any], title: str, context: str, warnings: list[str],
-          plots: list[tuple[str, str]]) -> str:
-    """The report as one HTML file: the summary table, the decision, warnings and inlined plots."""
+          plots: list[tuple[str, str]], review_href: Callable[[int], str] | None = None) -> str:
+    """The report as one HTML file: the summary table, the decision, the review pages (links when
+    `review_href` is given), warnings and inlined plots."""
     e = html.escape
+    if review_href is None:
+        review = ("<p>Review each round's rows in the browser: <code>distill review "
+                  f"{e(str(state.get('name', root.name)))} --serve</code> (its /report.html links to each round).</p>")
+    else:
+        review = "<p>Review: " + " &middot; ".join(
+            f'<a href="{e(review_href(r["round"]))}">round {e(str(r["round"]))}</a>' for r in state.get("rounds", [])) + "</p>"
     head = "".join(f"<th>{e(h)}</th>" for h in HEADER)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in summary_rows(state))
     figures = "".join(
@@ -173,5 +200,5 @@ def _html(root: Path, state: dict[str, Any], title: str, context: str, warnings:
             "body{font-family:sans-serif;max-width:80em;margin:2em auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}figure{display:inline-block}"
             f"</style></head><body><h1>{e(title)}</h1><p>{e(context)}</p><table><tr>{head}</tr>{body}</table>"
-            + "".join(f"<p>{e(line)}</p>" for line in verdict_lines(state))
+            + "".join(f"<p>{e(line)}</p>" for line in verdict_lines(state)) + review
             + "".join(f"<p><b>{e(w)}</b></p>" for w in warnings) + figures + "</body></html>\n")

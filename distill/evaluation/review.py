@@ -7,7 +7,9 @@ the prompt, the student's original answer, the teacher's revision, and empty `de
 writes `sft.reviewed.jsonl` with the accepted rows and the edited ones (their completion
 replaced), and `sft.review-rejected.jsonl` with the rejected ones. `distill train RUN --reviewed`
 then trains on reviewed rows only; `distill train RUN --method kto` takes the accepted and edited
-rows as desirable answers and the rejected ones as undesirable.
+rows as desirable answers and the rejected ones as undesirable. `write_reviewed` is the one writer
+of both files: the review page (`review_server`, `distill review NAME --serve`) saves its decisions
+through it too, so both ways of reviewing write the same files, byte for byte.
 
 The texts come from the student and the teacher, so a cell could be a spreadsheet formula
 (`=HYPERLINK(...)`) that runs when the sheet is opened. As OWASP recommends against CSV
@@ -19,8 +21,9 @@ already starts with `'` before such a character gets one more, so the round trip
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from distill.errors import InputError
 from distill.records.files import write_jsonl
@@ -79,7 +82,7 @@ def _answer_row(obj: Any) -> dict[str, Any]:
 
 def export(run_dir: Path, out: Path) -> int:
     """Write the run's survivors to `out` (CSV); returns the number of rows."""
-    sft = _rows(run_dir / "sft.jsonl", _sft_row)
+    sft = read_sft(run_dir)
     answers = {r["id"]: r["answer"] for r in _rows(run_dir / "answers.jsonl", _answer_row)} \
         if (run_dir / "answers.jsonl").exists() else {}
     with out.open("w", encoding="utf-8", newline="") as fh:
@@ -94,13 +97,51 @@ def export(run_dir: Path, out: Path) -> int:
     return len(sft)
 
 
-def import_decisions(run_dir: Path, reviewed: Path) -> dict[str, int]:
-    """Apply a reviewed CSV: writes sft.reviewed.jsonl; returns counts per decision."""
-    sft = {r["id"]: r for r in _rows(run_dir / "sft.jsonl", _sft_row)}
-    errors: list[str] = []
+@dataclass(frozen=True)
+class Decision:
+    """A person's decision on one training row: accept, reject, or edit (with the new text in `edited`)."""
+
+    id: str
+    decision: str
+    edited: str = ""
+    note: str = ""
+
+    def problem(self) -> str | None:
+        """What is wrong with this decision (None when it can be applied), worded for the reviewer."""
+        if self.decision not in DECISIONS:
+            return f"decision {self.decision!r}; write accept, reject or edit"
+        if self.decision == "edit" and not self.edited.strip():
+            return "decision 'edit' needs the new text in the 'edited' column"
+        return None
+
+
+def read_sft(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's training rows (sft.jsonl), validated row by row."""
+    return _rows(run_dir / "sft.jsonl", _sft_row)
+
+
+def write_reviewed(run_dir: Path, sft: dict[str, dict[str, Any]], decisions: Iterable[Decision]) -> dict[str, int]:
+    """Write sft.reviewed.jsonl (atomically) from `decisions` in their order: the accepted rows and the
+    edited ones (completion replaced); the rejected rows go to sft.review-rejected.jsonl (KTO's
+    undesirable answers); rows with no decision are left out. The one writer of both files: the CSV import and the review page (`review_server`) both call it. Returns
+    counts per decision."""
+    counts = {d: 0 for d in DECISIONS}
     kept: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
-    counts = {d: 0 for d in (*DECISIONS, "undecided")}
+    for decision in decisions:
+        counts[decision.decision] += 1
+        (rejected if decision.decision == "reject" else kept).append(_apply(sft[decision.id], decision))
+    write_jsonl(run_dir / REVIEWED, kept)
+    write_jsonl(run_dir / REVIEW_REJECTED, rejected)
+    return counts
+
+
+def import_decisions(run_dir: Path, reviewed: Path) -> dict[str, int]:
+    """Apply a reviewed CSV: writes sft.reviewed.jsonl; returns counts per decision."""
+    sft = {r["id"]: r for r in read_sft(run_dir)}
+    errors: list[str] = []
+    decided: list[Decision] = []
+    undecided = 0
     try:
         with reviewed.open(encoding="utf-8", newline="") as fh:
             reader = csv.DictReader(fh)
@@ -111,21 +152,19 @@ def import_decisions(run_dir: Path, reviewed: Path) -> dict[str, int]:
             for cells in reader:
                 line = reader.line_num
                 row = {k: from_cell(v) if isinstance(v, str) else v for k, v in cells.items() if k is not None}
-                decision = (row.get("decision") or "").strip().lower()
+                decision = Decision(row["id"], (row.get("decision") or "").strip().lower(),
+                                    row.get("edited") or "", row.get("note") or "")
                 if row["id"] not in sft:
                     errors.append(f"{reviewed}:{line}: id {row['id']!r} is not in {run_dir / 'sft.jsonl'}")
                 elif row["id"] in first_line:
                     errors.append(f"{reviewed}:{line}: duplicate id {row['id']!r} (first on line "
                                   f"{first_line[row['id']]}); keep one row per id")
-                elif decision == "":
-                    counts["undecided"] += 1
-                elif decision not in DECISIONS:
-                    errors.append(f"{reviewed}:{line}: decision {decision!r}; write accept, reject or edit")
-                elif decision == "edit" and not (row.get("edited") or "").strip():
-                    errors.append(f"{reviewed}:{line}: decision 'edit' needs the new text in the 'edited' column")
+                elif decision.decision == "":
+                    undecided += 1
+                elif (problem := decision.problem()) is not None:
+                    errors.append(f"{reviewed}:{line}: {problem}")
                 else:
-                    counts[decision] += 1
-                    (rejected if decision == "reject" else kept).append(_apply(sft[row["id"]], decision, row))
+                    decided.append(decision)
                 first_line.setdefault(row["id"], line)
     except FileNotFoundError:
         raise InputError(f"{reviewed}: no such file") from None
@@ -133,15 +172,13 @@ def import_decisions(run_dir: Path, reviewed: Path) -> dict[str, int]:
         raise InputError(f"{reviewed}: not UTF-8; save the CSV as UTF-8") from None
     if errors:
         raise InputError(f"{len(errors)} bad row(s) in {reviewed}:\n" + "\n".join(errors[:50]))
-    write_jsonl(run_dir / REVIEWED, kept)
-    write_jsonl(run_dir / REVIEW_REJECTED, rejected)
-    return counts
+    return {**write_reviewed(run_dir, sft, decided), "undecided": undecided}
 
 
-def _apply(row: dict[str, Any], decision: str, review: dict[str, str]) -> dict[str, Any]:
-    meta = {**row["meta"], "review": decision}
-    if review.get("note"):
-        meta["review_note"] = review["note"]
-    if decision == "edit":
-        return {**row, "completion": [{"role": "assistant", "content": review["edited"].strip()}], "meta": meta}
+def _apply(row: dict[str, Any], decision: Decision) -> dict[str, Any]:
+    meta = {**row["meta"], "review": decision.decision}
+    if decision.note:
+        meta["review_note"] = decision.note
+    if decision.decision == "edit":
+        return {**row, "completion": [{"role": "assistant", "content": decision.edited.strip()}], "meta": meta}
     return {**row, "meta": meta}
