@@ -122,3 +122,68 @@ def test_a_preference_method_runs_after_sft_or_alone(tmp_path, capsys) -> None:
     assert main(["run", str(train), "--name", "x", "--runs-dir", str(tmp_path / "runs"), "--rounds", "1",
                  "--heldout", str(heldout), "--methods", "dpo,sft"]) == 2
     assert "expected sft, dpo, kto, sft,dpo or sft,kto" in capsys.readouterr().err
+
+
+def test_online_pairs_come_from_two_samples_judged_in_both_orders(loopback_teacher, tmp_path, capsys) -> None:
+    """`--pairs online`: no revisions are asked for; two distinct complete samples per prompt, judged in
+    both orders (the check's part is in test_a_check_decides_a_pair_without_asking_the_judge)."""
+    judged: list[str] = []
+
+    def judge_only(request: LoopbackRequest) -> str:
+        user = next(m["content"] for m in request.messages if m["role"] == "user")
+        assert "winner" in json.dumps(request.schema or {}), "online pairs ask only the judge"
+        judged.append(user)
+        a, b = between(user, "A"), between(user, "B")
+        return json.dumps({"reason": "shorter", "winner": "A" if len(a) < len(b) else "B" if len(b) < len(a) else "tie"})
+
+    loopback_teacher.script(judge_only)
+
+    def answer(pid: str, k: int, text: str, finish: str = "stop") -> dict:
+        return {"id": f"{pid}-{k}", "prompt_id": pid, "sample": k, "answer": text, "finish_reason": finish,
+                "messages": [{"role": "user", "content": f"Question {pid}?"}]}
+
+    rows = [answer("short-first", 0, "Yes."), answer("short-first", 1, "Yes, it is true."),
+            answer("short-second", 0, "No, it is not so."), answer("short-second", 1, "No."),
+            answer("tie", 0, "abc"), answer("tie", 1, "xyz"),
+            answer("same", 0, "Same answer."), answer("same", 1, "Same  answer."),
+            answer("cut", 0, "A complete one."), answer("cut", 1, "Cut off at the lim", "length")]
+    answers = write(tmp_path / "answers.jsonl", rows)
+    assert main(["critique", str(answers), "--name", "online", "--runs-dir", str(tmp_path / "runs"),
+                 "--pairs", "online"]) == 0
+    run = tmp_path / "runs" / "online"
+    prefs = {p["meta"]["prompt_id"]: p for p in map(json.loads, (run / "prefs.jsonl").read_text().splitlines())}
+    assert {pid: (p["chosen"][0]["content"], p["rejected"][0]["content"]) for pid, p in prefs.items()} == {
+        "short-first": ("Yes.", "Yes, it is true."), "short-second": ("No.", "No, it is not so.")}
+    assert all(p["meta"]["source"] == "online" and p["meta"]["decided_by"] == "judge" for p in prefs.values())
+    assert prefs["short-first"]["meta"]["judge"] == ["candidate", "candidate"]
+    assert prefs["short-second"]["meta"]["judge"] == ["other", "other"]
+    rejected = {r["prompt_id"]: r for r in map(json.loads, (run / "rejected.jsonl").read_text().splitlines())}
+    assert {pid: r["filter"] for pid, r in rejected.items()} == {
+        "tie": "no_preference", "same": "no_pair", "cut": "no_pair"}
+    assert "(tie, tie" in rejected["tie"]["reason"]
+    assert not (run / "revisions.jsonl").exists() and (run / "sft.jsonl").read_text() == ""
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["teacher_usage"]["pairs"]["teacher_calls"] == len(judged) == 6  # 3 pairs, both orders
+    assert "preference pairs: 2 (judge 2)" in capsys.readouterr().out
+
+
+def test_a_check_decides_a_pair_without_asking_the_judge() -> None:
+    import asyncio
+
+    from distill.stages.pairs import Candidates, decide
+    from distill.stages.protocol import Settings
+    from distill.stages.templates import load_prompt_set
+    from distill.testing import ScriptedTeacher, judge_reply
+
+    def row(i: int, text: str, reference: object) -> dict:
+        return {"id": f"a{i}", "prompt_id": "p", "sample": i, "answer": text, "finish_reason": "stop",
+                "messages": [{"role": "user", "content": "Answer in lowercase."}], "reference": reference}
+
+    teacher = ScriptedTeacher(lambda r: judge_reply("B"))
+    prompts = load_prompt_set()
+    one_passes = Candidates(row(0, "Paris", {"type": "lowercase"}), row(1, "paris", {"type": "lowercase"}))
+    assert asyncio.run(decide(one_passes, teacher, prompts, Settings())).winner == 1 and not teacher.requests
+    both_pass = Candidates(row(0, "paris", {"type": "lowercase"}), row(1, "lyon", {"type": "lowercase"}))
+    decided = asyncio.run(decide(both_pass, teacher, prompts, Settings()))
+    assert (decided.by, len(teacher.requests)) == ("judge", 2)
+    assert decided.winner is None  # "B" in both orders is the first answer once and the second once: no preference

@@ -55,7 +55,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     add_config_arg(p)
     t = p.add_argument_group("teacher")
     add_options(t, RunConfig, only=("teacher", "offline", "chain", "stages", "prompts_dir", "teacher_max_tokens",
-                                    "concurrency", "batch", "batch_wait"))
+                                    "concurrency", "batch", "batch_wait", "pairs"))
     f = p.add_argument_group("filters")
     add_options(f, RunConfig, only=("filters", "keep_acceptable", "verified_positives", "max_length_ratio",
                                     "unchanged_threshold", "dedup_threshold", "skip_consistent"))

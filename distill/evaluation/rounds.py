@@ -133,10 +133,12 @@ def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> 
         data = [e for k in range(1, number) for e in _examples(config.run.folder.round(k) / "sft.jsonl")] + fresh
         record: dict[str, Any] = {"round": number, "adapter": None, "counts": summary.counts,
                                   "rejected": summary.rejected, "dataset": summary.dataset,
-                                  "new_examples": len(fresh), "train_examples": len(data)}
-        if not fresh:
+                                  "new_examples": len(fresh), "new_pairs": len(summary.prefs),
+                                  "train_examples": len(data)}
+        if not (fresh if "sft" in config.methods else summary.prefs):
             record.update(finished=True, decision={"promote": False, "reasons": [
-                f"no new training example survived the filters in round {number}; nothing new to learn"]})
+                f"no new {'training example' if 'sft' in config.methods else 'preference pair'} survived the "
+                f"filters in round {number}; nothing new to learn"]})
             state["rounds"] = [*finished, record]
             save_state(root, state)
             break

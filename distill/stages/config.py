@@ -60,6 +60,10 @@ class RunConfig:
                   "agrees with it")
     dedup_threshold: float | None = option(
         0.9, help="drop near-duplicate prompts at this 3-gram Jaccard (0 turns it off)")
+    pairs: str = option("revisions", choices=("revisions", "online"),
+                        help="where preference pairs come from: revisions (the teacher's revision over the original) "
+                             "or online (two of the student's samples, decided by the check, else the teacher's "
+                             "judge in both orders; no revisions are asked for)")
     teacher_max_tokens: int = option(1024, help="the teacher's reply limit")
     concurrency: int | None = option(None, help="rows in flight at once", default_text="the teacher's concurrency")
     offline: bool | None = option(

@@ -30,7 +30,7 @@ from distill.checks.similarity import near_duplicates
 from distill.records.files import run_lock, write_atomic, write_jsonl
 from distill.records.prompts import Prompt
 from distill.records.rundir import as_argument
-from distill.records.rows import Rejected, Revision, SftRow
+from distill.records.rows import PrefRow, Rejected, Revision, SftRow
 from distill.stages import consistency, filters, self_training
 from distill.stages.accounting import Ledger
 from distill.stages.answer import answer_to_file
@@ -61,6 +61,7 @@ class Summary:
     batches: dict[str, Any] | None = None  # batch mode: every provider batch of the run (distill.teachers.batch)
     dataset: dict[str, int] = field(default_factory=dict)  # training rows by where they came from
     sft: list[SftRow] = field(default_factory=list)  # the training rows written to sft.jsonl
+    prefs: list[PrefRow] = field(default_factory=list)  # the preference pairs written to prefs.jsonl
 
     def table(self) -> str:
         lines = [("| stage | in | out | dropped/failed | teacher calls | cached | batch | tokens | cost "
@@ -77,6 +78,13 @@ class Summary:
             lines.append("")
             lines.append(f"training rows: {sum(self.dataset.values())} (" +
                          ", ".join(f"{DATASET_SOURCES.get(k, k)} {v}" for k, v in sorted(self.dataset.items())) + ")")
+        if self.prefs:
+            decided: dict[str, int] = {}
+            for pair in self.prefs:
+                key = str(pair.meta.get("decided_by", pair.meta.get("source")))
+                decided[key] = decided.get(key, 0) + 1
+            lines.append(f"preference pairs: {len(self.prefs)} (" +
+                         ", ".join(f"{k} {v}" for k, v in sorted(decided.items())) + ")")
         if self.rejected:
             lines.append("")
             lines.append("dropped or failed, by reason: " +
@@ -231,7 +239,13 @@ def _critique_and_filter(config: RunConfig, answers: Sequence[Mapping[str, Any]]
     if teacher is None or config.self_first:
         selfish, to_teacher = self_stage(config, answers, summary, teacher)
         rows.extend(selfish)
-    if teacher is not None:
+    if teacher is not None and config.pairs == "online":
+        pairs, dropped, ledger = asyncio.run(_online_pairs(config, to_teacher, prompt_set, teacher, settings))
+        summary.ledgers["pairs"] = ledger
+        prompts_in = len({a["prompt_id"] for a in to_teacher})
+        summary.counts["pairs"] = {"in": prompts_in, "out": len(pairs), "seconds": ledger.seconds}
+        rows.extend(Selection(prefs=pairs, rejected=dropped))
+    elif teacher is not None:
         samples = max((int(a.get("sample", 0)) for a in to_teacher), default=0) + 1
         chosen, skipped = select_stage(to_teacher, config.skip_consistent, samples)
         rows.rejected += skipped
@@ -250,7 +264,7 @@ def _critique_and_filter(config: RunConfig, answers: Sequence[Mapping[str, Any]]
     for dropped in rows.rejected:
         summary.rejected[dropped.filter] = summary.rejected.get(dropped.filter, 0) + 1
     run_dir = config.run_dir
-    summary.sft = list(rows.sft)
+    summary.sft, summary.prefs = list(rows.sft), list(rows.prefs)
     write_jsonl(run_dir / "sft.jsonl", (r.to_row() for r in rows.sft))
     write_jsonl(run_dir / "prefs.jsonl", (r.to_row() for r in rows.prefs))
     write_jsonl(run_dir / "rejected.jsonl", (r.to_row() for r in rows.rejected))
@@ -258,6 +272,20 @@ def _critique_and_filter(config: RunConfig, answers: Sequence[Mapping[str, Any]]
     write_manifest(run_dir, config, prompt_set, chain, answers, teacher, settings, summary,
                    time.monotonic() - started, len(rows.sft), len(rows.prefs))
     return summary
+
+
+async def _online_pairs(config: RunConfig, answers: Sequence[Mapping[str, Any]], prompt_set: PromptSet,
+                        teacher: TeacherHandle, settings: Any) -> tuple[list[PrefRow], list[Rejected], Ledger]:
+    """The online pairs stage (`--pairs online`) on its own event loop; the handle closes after it."""
+    from distill.stages.pairs import pairs_stage
+
+    concurrency = config.concurrency or (settings.concurrency if settings is not None else DEFAULT_CONCURRENCY)
+    ledger = Ledger("pairs")
+    async with teacher:
+        pairs, rejected = await pairs_stage(answers, teacher, prompt_set, ledger=ledger, concurrency=concurrency,
+                                            round_=config.round,
+                                            settings=Settings(max_tokens=min(config.teacher_max_tokens, 512)))
+    return pairs, rejected, ledger
 
 
 async def _teacher_stages(config: RunConfig, chosen: list[dict], chain: Any, prompt_set: PromptSet,
