@@ -23,10 +23,10 @@ import sys
 
 from distill import __version__
 from distill.cli.options import config_env
-from distill.cli import answer, batch, cache, config, convert, evaluate, merge, review, run, teachers, train
+from distill.cli import answer, batch, cache, config, convert, evaluate, export, merge, review, run, teachers, train
 from distill.errors import BatchesPending, DistillError
 
-COMMANDS = (answer, run, batch, train, merge, review, evaluate, convert, cache, config, teachers)
+COMMANDS = (answer, run, batch, train, merge, export, review, evaluate, convert, cache, config, teachers)
 
 
 class Parser(argparse.ArgumentParser):
