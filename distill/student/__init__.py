@@ -2,7 +2,9 @@
 
 Owns: `model` (loading the embedded default or any transformers causal LM, optionally with a LoRA
 adapter; batched generation; `GenerationParams`, `Answer`, model identities and weight hashes) and
-`embedded` (the SmolLM2-135M-Instruct shipped as GGUF, converted once to safetensors under the cache).
+`embedded` (the SmolLM2-135M-Instruct shipped as GGUF, converted once to safetensors under the cache);
+`export` (base + adapter written for other runtimes: a merged transformers directory, GGUF, a llama.cpp
+LoRA GGUF, an Ollama folder), with `gguf_file` (the GGUF writer) and `modelfile` (Ollama's Modelfile).
 `from distill import Student, GenerationParams` is the public spelling.
 
 May import: `distill.errors`, `distill.config`, `distill.checks`, `distill.records`.
