@@ -357,9 +357,10 @@ def _merged(base: Path, adapter: Path) -> Any:
 
 @pytest.mark.slow
 @pytest.mark.llamacpp
-def test_llama_cpp_answers_like_transformers(exported, merged_model, smollm_tokenizer) -> None:
+def test_llama_cpp_answers_like_transformers(request, smollm_tokenizer) -> None:
     """Optional: llama.cpp itself runs the exported f32 GGUF; its greedy tokens match transformers'."""
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    exported, merged_model = request.getfixturevalue("exported"), request.getfixturevalue("merged_model")
     llm = llama_cpp.Llama(model_path=str(exported["f32"] / "model.gguf"), n_ctx=256, verbose=False)
     for prompt in MIXED:
         ids = smollm_tokenizer(prompt)["input_ids"]
