@@ -368,3 +368,16 @@ def test_llama_cpp_answers_like_transformers(request, smollm_tokenizer) -> None:
             expected = merged_model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0, len(ids):]
         got = [t for _, t in zip(range(8), llm.generate(ids, temp=0.0, top_k=1))]
         assert got == expected.tolist()[: len(got)], prompt
+
+
+def test_gguf_export_refuses_what_it_cannot_write_faithfully() -> None:
+    from transformers import GPT2Config, LlamaConfig
+
+    from distill.errors import ModelError
+    from distill.student.gguf_file import LlamaShape
+
+    with pytest.raises(ModelError, match="GPT2LMHeadModel: GGUF export supports LlamaForCausalLM"):
+        LlamaShape.of(GPT2Config(architectures=["GPT2LMHeadModel"]))
+    scaled = LlamaConfig(architectures=["LlamaForCausalLM"], rope_scaling={"rope_type": "linear", "factor": 2.0})
+    with pytest.raises(ModelError, match="rope type 'linear'"):
+        LlamaShape.of(scaled)
