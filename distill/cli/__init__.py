@@ -23,10 +23,11 @@ import sys
 
 from distill import __version__
 from distill.cli.options import config_env
-from distill.cli import answer, batch, cache, config, convert, dataset, evaluate, grow, merge, review, run, teachers, train
+from distill.cli import (answer, batch, cache, config, convert, dataset, evaluate, export, grow, merge, review, run,
+                         teachers, train)
 from distill.errors import BatchesPending, DistillError
 
-COMMANDS = (answer, run, grow, batch, train, merge, review, dataset, evaluate, convert, cache, config, teachers)
+COMMANDS = (answer, run, grow, batch, train, merge, export, review, dataset, evaluate, convert, cache, config, teachers)
 
 
 class Parser(argparse.ArgumentParser):

@@ -32,3 +32,8 @@ def load_state(root: Path) -> dict[str, Any]:
 def save_state(root: Path, state: dict[str, Any]) -> None:
     """Replace the run's rounds.json with `state`, atomically."""
     write_atomic(root / STATE, json.dumps(state, indent=2, default=str) + "\n")
+
+
+def promoted_adapter(root: Path) -> str | None:
+    """The adapter the last finished rounds promoted (rounds.json `best_adapter`), None when none was."""
+    return load_state(root).get("best_adapter") or None

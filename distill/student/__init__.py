@@ -2,8 +2,10 @@
 
 Owns: `model` (loading the embedded default or any transformers causal LM, optionally with a LoRA
 adapter; batched generation; `GenerationParams`, `Answer`, model identities and weight hashes),
-`weights` (the process's one copy of the base weights, shared by every Student as a view) and
-`embedded` (the SmolLM2-135M-Instruct shipped as GGUF, converted once to safetensors under the cache).
+`weights` (the process's one copy of the base weights, shared by every Student as a view),
+`embedded` (the SmolLM2-135M-Instruct shipped as GGUF, converted once to safetensors under the cache);
+`export` (base + adapter written for other runtimes: a merged transformers directory, GGUF, a llama.cpp
+LoRA GGUF, an Ollama folder), with `gguf_file` (the GGUF writer) and `modelfile` (Ollama's Modelfile).
 `from distill import Student, GenerationParams` is the public spelling.
 
 May import: `distill.errors`, `distill.config`, `distill.checks`, `distill.records`.
