@@ -114,6 +114,8 @@ def test_a_round_trains_sft_then_dpo_on_its_pairs_and_the_gate_judges_the_dpo_ad
     assert {"margin", "accuracy"} <= set(record["preference_training"]["last_step"])
     assert json.loads((root / "round-1" / "eval.json").read_text())["new"] == str(root / "round-1" / "adapter-dpo")
     assert "| 1 (sft+dpo) |" in capsys.readouterr().out
+    assert "(preference.png)" in (root / "report.md").read_text() and (root / "preference.png").stat().st_size > 5000
+    assert (root / "report.html").read_text().count("data:image/png;base64,") == 4
 
 
 def test_a_preference_method_runs_after_sft_or_alone(tmp_path, capsys) -> None:

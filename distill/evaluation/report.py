@@ -21,7 +21,9 @@ from distill.evaluation.gate import interval_text
 from distill.evaluation.state import STATE, load_state
 
 PLOTS = (("loss.png", "Training loss per round"), ("metrics.png", "Gate metrics per round (95% bootstrap intervals)"),
-         ("drops.png", "Dropped rows by filter"))  # the plots `write_report` draws: file, caption
+         ("drops.png", "Dropped rows by filter"),
+         ("preference.png", "Preference training: reward margin and accuracy per step"))  # file, caption
+# the plots `write_report` draws; the last only for a run whose rounds trained DPO or KTO (`--methods sft,dpo`)
 METRICS = (("checks", "objective checks: pass-rate change"), ("judge", "pairwise judge: score (new - current)"),
            ("fidelity", "fidelity: NLL drop on held-out revisions"))
 
@@ -134,7 +136,33 @@ def _plots(root: Path, state: dict[str, Any]) -> list[tuple[str, str]]:
     if reasons:
         ax.legend(fontsize=7)
     made.append(_save(fig, root, PLOTS[2]))
-    return made
+    preference = _preference_plot(root, rounds, read_loss_log)
+    return made + ([preference] if preference else [])
+
+
+def _preference_plot(root: Path, rounds: list[dict[str, Any]], read: Callable[[Path], list[dict[str, Any]]]
+                     ) -> tuple[str, str] | None:
+    """DPO's reward margin and accuracy per step (KTO's desirable minus undesirable reward), per round;
+    None when no round trained a preference method."""
+    import matplotlib.pyplot as plt
+
+    logs = [(r["round"], method, read(root / f"round-{r['round']}" / f"adapter-{method}"))
+            for r in rounds for method in r.get("methods", []) if method in ("dpo", "kto")
+            and (root / f"round-{r['round']}" / f"adapter-{method}" / "loss.jsonl").exists()]
+    if not logs:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for number, method, rows in logs:
+        margin = [x.get("margin", (x.get("desirable_reward") or 0) - (x.get("undesirable_reward") or 0)) for x in rows]
+        left.plot([x["step"] for x in rows], margin, label=f"round {number} ({method})")
+        if any("accuracy" in x for x in rows):
+            right.plot([x["step"] for x in rows], [x.get("accuracy") for x in rows], label=f"round {number}")
+    left.set(xlabel="step", ylabel="reward margin (chosen - rejected)", title="Reward margin")
+    right.set(xlabel="step", ylabel="share of pairs ranked right", title="Accuracy (DPO)", ylim=(-0.05, 1.05))
+    for ax in (left, right):
+        if ax.lines:
+            ax.legend(fontsize=7)
+    return _save(fig, root, PLOTS[3])
 
 
 def _save(fig: Any, root: Path, plot: tuple[str, str]) -> tuple[str, str]:
