@@ -19,6 +19,8 @@ LOSS_TYPES = ("sigmoid", "ipo", "sigmoid_norm")
 PREFERENCE_OPTIONS = ("beta", "loss_type", "desirable_weight", "undesirable_weight")
 
 
+TRACKERS = ("none", "tensorboard", "wandb", "trackio")  # accelerate's tracker names (`report_to`)
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every knob of a training run, with defaults that fit LoRA on a small chat model.
@@ -106,6 +108,10 @@ class TrainConfig:
     precision: str = option("auto", help="auto, float32 or bfloat16", choices=("auto", "float32", "bfloat16"))
     """auto, float32 or bfloat16 (mixed precision: adapter and optimizer state stay float32). auto =
     bfloat16 where it runs natively (a GPU; a CPU with AVX512-BF16 or AMX), float32 elsewhere."""
+    report_to: str = option("none", choices=TRACKERS,
+                            help="send each step's metrics to a tracker through accelerate: tensorboard (event files "
+                                 "under ADAPTER/tracking/), wandb or trackio (installed by you; WANDB_MODE=offline "
+                                 "works with no network), or none")
     gradient_checkpointing: bool = option(False, help="recompute activations in the backward pass: less memory, slower")
     """Recompute activations in the backward pass: less memory, about a third slower. Off: a 135M
     model does not need it, and on CPU it only costs time."""
@@ -170,7 +176,7 @@ class TrainConfig:
     def run_key(self) -> dict[str, Any]:
         """The options that change what is trained (not how often it is saved): must match to resume.
         An SFT run leaves out the preference options (it does not read them)."""
-        skip = {"save_every", "keep_checkpoints", "micro_batch_tokens", "gradient_checkpointing"}
+        skip = {"save_every", "keep_checkpoints", "micro_batch_tokens", "gradient_checkpointing", "report_to"}
         if self.method == "sft":
             skip |= {"method", *PREFERENCE_OPTIONS}
         return {k: v for k, v in self.to_dict().items() if k not in skip}

@@ -32,6 +32,8 @@ from distill.training.examples import Example, answer_replay, read_examples
 from distill.training.lora import adapter_state_sha256
 from distill.training.losslog import LOSS_LOG, LossLog
 
+TRACKING = "tracking"  # the tracker's folder in the adapter directory (report_to)
+
 TRAINING_FILE = "training.json"
 REPLAY_FILE = "replay.jsonl"
 
@@ -114,8 +116,9 @@ def check_can_start(n_items: int, output_dir: Path, restart: bool, what: str = "
                           "(restart=True) to train it again from scratch, or choose another output directory")
 
 
-def make_accelerator(config: TrainConfig) -> tuple[Any, str]:
-    """The accelerate Accelerator (devices, precision, processes) and the precision it runs in."""
+def make_accelerator(config: TrainConfig, output_dir: Path | None = None) -> tuple[Any, str]:
+    """The accelerate Accelerator (devices, precision, processes, and the tracker of `report_to`, writing
+    under OUTPUT_DIR/tracking) and the precision it runs in."""
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -128,8 +131,13 @@ def make_accelerator(config: TrainConfig) -> tuple[Any, str]:
     # (the process group, in PartialState, is kept).
     AcceleratorState._reset_state()
     # cpu=True where there is no GPU: accelerate then runs several processes with DDP on gloo
+    tracking = {} if config.report_to == "none" or output_dir is None else {
+        "log_with": config.report_to, "project_dir": str(output_dir / TRACKING)}
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
-                              mixed_precision="bf16" if precision == "bfloat16" else "no")
+                              mixed_precision="bf16" if precision == "bfloat16" else "no", **tracking)
+    if tracking:
+        accelerator.init_trackers("distill", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                     for k, v in config.to_dict().items()})
     return accelerator, precision
 
 
@@ -151,7 +159,7 @@ def prepare_run(config: TrainConfig, output_dir: Path, restart: bool,
                 student: Any) -> tuple[Any, str, Student]:
     """The accelerator, its precision and the base student on its device (an earlier run's files
     cleared first with `restart`)."""
-    accelerator, precision = make_accelerator(config)
+    accelerator, precision = make_accelerator(config, output_dir)
     if restart and accelerator.is_main_process:
         clear_run(output_dir)
     accelerator.wait_for_everyone()
@@ -203,6 +211,9 @@ def loop(session: Session, train: Sequence[Any], replay: Sequence[Any], start: i
             done_in_epoch = (step - 1) % plan.steps_per_epoch + 1
             row = {"step": step, "epoch": round(epoch + done_in_epoch / plan.steps_per_epoch, 4), **measured}
             log.write(row)
+            if session.config.report_to != "none":
+                accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"},
+                                step=step)
             totals.add(row)
             bar.update(1)
             bar.set_postfix_str(f"loss {row['loss']:.3f}, {row['tokens_per_s']:.0f} tok/s", refresh=False)
@@ -322,6 +333,9 @@ def run_summary(session: Session, base: Student, totals: Totals, start: int, pre
 
 def finish(session: Session, summary: dict[str, Any]) -> None:
     """Save the adapter and training.json from the first process; every process waits for it."""
+    if session.config.report_to != "none":
+        summary["tracking"] = {"report_to": session.config.report_to, "dir": str(session.output_dir / TRACKING)}
+        session.accelerator.end_training()
     if session.accelerator.is_main_process:
         save_adapter(session.model, session.output_dir, summary)
     session.accelerator.wait_for_everyone()
