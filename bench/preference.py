@@ -84,8 +84,10 @@ def worker_trl(rows: list[dict], args: argparse.Namespace, precompute: bool) -> 
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
+
+    from train import step_clock  # bench/train.py, beside this script
 
     from distill.student.model import Student, resolve_source
     from distill.training.lora import linear_layer_names
@@ -99,20 +101,8 @@ def worker_trl(rows: list[dict], args: argparse.Namespace, precompute: bool) -> 
     targets = list(linear_layer_names(student.model))
     dataset = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
 
-    class Clock(TrainerCallback):
-        def __init__(self) -> None:
-            self.seconds, self.cpu_seconds, self.steps, self._t, self._cpu = 0.0, 0.0, 0, 0.0, 0.0
-
-        def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-            self._t, self._cpu = time.perf_counter(), time.process_time()
-
-        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-            self.seconds += time.perf_counter() - self._t
-            self.cpu_seconds += time.process_time() - self._cpu
-            self.steps += 1
-
     with tempfile.TemporaryDirectory() as out:
-        clock = Clock()
+        clock = step_clock()
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
         config = DPOConfig(output_dir=out, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
                            learning_rate=args.lr, beta=0.1, loss_type=["sigmoid"], max_length=1024, bf16=False,

@@ -84,25 +84,12 @@ def worker_distill(mode: str, data: Path, steps: int, batch_size: int, lr: float
             "capped": False, "final_loss": result.final_loss}
 
 
-def worker_trl(mode: str, data: Path, steps: int, batch_size: int, lr: float, student_source: str | None,
-               seconds_cap: float) -> dict:
-    import tempfile
-
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
-
-    from distill.student.model import resolve_source
-
-    directory = resolve_source(student_source)[0]
-    rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
-    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+def step_clock(seconds_cap: float | None = None):  # type: ignore[no-untyped-def]
+    """A TrainerCallback timing a TRL trainer's steps only (wall and CPU seconds, steps); it stops the
+    run once the steps took over `seconds_cap`. bench/preference.py times DPOTrainer with it too."""
+    from transformers import TrainerCallback
 
     class Clock(TrainerCallback):
-        """Times the training steps only; stops the out-of-the-box run at the time cap."""
-
         def __init__(self) -> None:
             self.seconds, self.cpu_seconds, self.steps, self._t, self._cpu = 0.0, 0.0, 0, 0.0, 0.0
 
@@ -113,8 +100,27 @@ def worker_trl(mode: str, data: Path, steps: int, batch_size: int, lr: float, st
             self.seconds += time.perf_counter() - self._t
             self.cpu_seconds += time.process_time() - self._cpu
             self.steps += 1
-            if self.seconds > seconds_cap:
+            if seconds_cap is not None and self.seconds > seconds_cap:
                 control.should_training_stop = True
+
+    return Clock()
+
+
+def worker_trl(mode: str, data: Path, steps: int, batch_size: int, lr: float, student_source: str | None,
+               seconds_cap: float) -> dict:
+    import tempfile
+
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from distill.student.model import resolve_source
+
+    directory = resolve_source(student_source)[0]
+    rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
+    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
 
     with tempfile.TemporaryDirectory() as out:
         # use_cpu: without a GPU, TrainingArguments refuses to start otherwise (it is not a speed setting)
@@ -125,7 +131,7 @@ def worker_trl(mode: str, data: Path, steps: int, batch_size: int, lr: float, st
 
             options.update(bf16=native_bf16(), gradient_checkpointing=False, learning_rate=lr,
                            train_sampling_strategy="group_by_length")
-        clock = Clock()
+        clock = step_clock(seconds_cap)
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
         trainer = SFTTrainer(model=model, args=SFTConfig(**options), train_dataset=dataset,
                              processing_class=AutoTokenizer.from_pretrained(directory),
