@@ -24,6 +24,7 @@ from distill.records.rows import PrefRow, Rejected
 from distill.stages.accounting import Ledger
 from distill.stages.protocol import ProtocolFailure, Settings, judge_both_orders
 from distill.stages.runner import run_rows
+from distill.stages.self_training import complete, distinct
 from distill.stages.templates import PromptSet
 from distill.teachers.base import Teacher
 from distill.teachers.cache.layer import OfflineMiss
@@ -48,10 +49,6 @@ class Decided:
     verdicts: tuple[str, ...] = ()
 
 
-def _complete(row: Mapping[str, Any]) -> bool:
-    return row.get("finish_reason") == "stop" and bool(str(row["answer"]).strip())
-
-
 def candidates(answers: Sequence[Mapping[str, Any]]) -> tuple[list[Candidates], list[Rejected]]:
     """Per prompt, its first two distinct complete answers; prompts without two are rejected."""
     by_prompt: dict[str, list[Mapping[str, Any]]] = {}
@@ -59,15 +56,11 @@ def candidates(answers: Sequence[Mapping[str, Any]]) -> tuple[list[Candidates], 
         by_prompt.setdefault(row["prompt_id"], []).append(row)
     chosen, rejected = [], []
     for pid, rows in by_prompt.items():
-        distinct: list[Mapping[str, Any]] = []
-        for row in sorted(rows, key=lambda r: r.get("sample", 0)):
-            if _complete(row) and all(" ".join(str(row["answer"]).split()) != " ".join(str(d["answer"]).split())
-                                      for d in distinct):
-                distinct.append(row)
-        if len(distinct) >= 2:
-            chosen.append(Candidates(distinct[0], distinct[1]))
+        found = distinct([r for r in sorted(rows, key=lambda r: r.get("sample", 0)) if complete(r)], 2)
+        if len(found) == 2:
+            chosen.append(Candidates(found[0], found[1]))
         else:
-            rejected.append(Rejected("pairs", "no_pair", f"{len(distinct)} distinct complete answer(s) of "
+            rejected.append(Rejected("pairs", "no_pair", f"{len(found)} distinct complete answer(s) of "
                                      f"{len(rows)} samples; a pair needs two", {"prompt_id": pid,
                                                                                 "round": rows[0].get("round")}))
     return chosen, rejected

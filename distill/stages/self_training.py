@@ -44,11 +44,12 @@ class SelfOutcome:
     pass_rates: dict[str, float] = field(default_factory=dict)  # prompt id -> share of samples passing
 
 
-def _complete(row: Mapping[str, Any]) -> bool:
+def complete(row: Mapping[str, Any]) -> bool:
+    """A sample the student finished (it ended its turn) with some text: one that may be a training target."""
     return row.get("finish_reason") == "stop" and bool(str(row["answer"]).strip())
 
 
-def _distinct(rows: Sequence[Mapping[str, Any]], limit: int) -> list[Mapping[str, Any]]:
+def distinct(rows: Sequence[Mapping[str, Any]], limit: int) -> list[Mapping[str, Any]]:
     seen: set[str] = set()
     out = []
     for row in rows:
@@ -77,7 +78,7 @@ def _verified(rows: Sequence[Mapping[str, Any]], policy: SelfPolicy, out: SelfOu
     """Rejection sampling on one prompt's samples, which share a reference."""
     checks = parse_reference(rows[0]["reference"])
     results = [run_checks(checks, str(r["answer"])) for r in rows]
-    passing = [r for r, res in zip(rows, results) if res.passed and _complete(r)]
+    passing = [r for r, res in zip(rows, results) if res.passed and complete(r)]
     failing = [(r, res.failures) for r, res in zip(rows, results) if not res.passed]
     pid = rows[0]["prompt_id"]
     out.pass_rates[pid] = len(passing) / len(rows)
@@ -85,7 +86,7 @@ def _verified(rows: Sequence[Mapping[str, Any]], policy: SelfPolicy, out: SelfOu
         reason = failing[0][1] if failing else ("every passing sample was cut off at the token limit",)
         out.unresolved[pid] = f"none of {len(rows)} samples passes its check (e.g. fails {', '.join(reason)})"
         return
-    for i, row in enumerate(_distinct(passing, policy.keep)):
+    for i, row in enumerate(distinct(passing, policy.keep)):
         out.sft.append(_sft_row(row, "self", verified=True, pass_rate=out.pass_rates[pid]))
         if failing:
             bad, failures = failing[i % len(failing)]
@@ -95,17 +96,17 @@ def _verified(rows: Sequence[Mapping[str, Any]], policy: SelfPolicy, out: SelfOu
 def _consistent(rows: Sequence[Mapping[str, Any]], policy: SelfPolicy, out: SelfOutcome) -> None:
     """Majority voting on one prompt's samples (no reference)."""
     pid = rows[0]["prompt_id"]
-    complete = [r for r in rows if _complete(r)]
-    if not complete:
+    finished = [r for r in rows if complete(r)]
+    if not finished:
         out.unresolved[pid] = f"all {len(rows)} samples were cut off at the token limit or empty"
         return
-    found = agreement([str(r["answer"]) for r in complete])
-    share = found.fraction * len(complete) / len(rows)  # cut-off samples count as disagreeing
+    found = agreement([str(r["answer"]) for r in finished])
+    share = found.fraction * len(finished) / len(rows)  # cut-off samples count as disagreeing
     if share < policy.min_agreement:
         out.unresolved[pid] = (f"the samples agree {share:.0%} of the time, under the threshold "
                                f"{policy.min_agreement:.0%}")
         return
-    out.sft.append(_sft_row(complete[found.chosen], "self_consistent", verified=False, agreement=round(share, 4)))
+    out.sft.append(_sft_row(finished[found.chosen], "self_consistent", verified=False, agreement=round(share, 4)))
 
 
 def select(answers: Sequence[Mapping[str, Any]], policy: SelfPolicy = SelfPolicy()) -> SelfOutcome:
