@@ -21,11 +21,12 @@ import json
 import re
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable
 
 from distill.errors import InputError
 from distill.evaluation.review import DECISIONS, REVIEWED, Decision, read_sft, write_reviewed
 from distill.records.files import write_atomic
+from distill.records.jsonl import written_rows
 
 DECISIONS_FILE = "review.decisions.json"
 _TOKENS = re.compile(r"\s+|[^\s]+")
@@ -46,23 +47,7 @@ def word_diff(original: str, revision: str) -> list[list[str]]:
     return runs
 
 
-def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """The JSON objects of a JSONL file a round wrote (none when it is absent); FILE:LINE on a bad line."""
-    if not path.exists():
-        return
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{path}:{number}: not JSON ({err.msg}); the round wrote it, re-run it") from None
-            if isinstance(row, dict):
-                yield row
-
-
-def _by(rows: Iterator[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+def _by(rows: Iterable[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
     return {row[key]: row for row in rows if isinstance(row.get(key), str)}
 
 
@@ -70,10 +55,10 @@ class _Round:
     """A round folder's files, read once: answers, revisions and critiques by id."""
 
     def __init__(self, folder: Path):
-        self.answers = _by(_jsonl(folder / "answers.jsonl"), "id")
-        self.revisions = _by(_jsonl(folder / "revisions.jsonl"), "id")
+        self.answers = _by(written_rows(folder / "answers.jsonl"), "id")
+        self.revisions = _by(written_rows(folder / "revisions.jsonl"), "id")
         self.critiques: dict[str, list[dict[str, Any]]] = {}
-        for row in _jsonl(folder / "critiques.jsonl"):
+        for row in written_rows(folder / "critiques.jsonl"):
             self.critiques.setdefault(row.get("revision_id", ""), []).append(row)
 
     def original(self, revision_id: Any, answer_id: Any) -> str:
@@ -122,7 +107,7 @@ def rejected_rows(folder: Path) -> list[dict[str, Any]]:
     """The round's rejected rows (rejected.jsonl) with their filter and reason, and the texts they concern."""
     files = _Round(folder)
     rows = []
-    for row in _jsonl(folder / "rejected.jsonl"):
+    for row in written_rows(folder / "rejected.jsonl"):
         revision = files.revisions.get(row.get("revision_id")) or {}
         answer = files.answers.get(row.get("answer_id")) or {}
         original = files.original(row.get("revision_id"), row.get("answer_id"))
@@ -155,7 +140,7 @@ class ReviewState:
         if not reviewed.exists():
             return saved
         kept = {}
-        for row in _jsonl(reviewed):
+        for row in written_rows(reviewed):
             verdict = (row.get("meta") or {}).get("review")
             if row.get("id") in self.sft and verdict in ("accept", "edit"):
                 edited = row["completion"][0]["content"] if verdict == "edit" else ""

@@ -23,6 +23,7 @@ from typing import Any
 
 from distill.errors import InputError
 from distill.records.files import write_atomic
+from distill.records.jsonl import written_rows
 
 FORMATS = ("hf", "parquet")
 SPLITS = {"sft": ("prompt", "completion"), "prefs": ("prompt", "chosen", "rejected")}
@@ -39,19 +40,13 @@ def round_folders(run: Path) -> list[Path]:
     return rounds
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def collect(run: Path) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
     """({split: rows in TRL's format with `id` and `meta` as JSON text}, the rounds' manifests)."""
     folders = round_folders(run)
     splits: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
     for folder in folders:
         for name, columns in SPLITS.items():
-            for row in _jsonl(folder / f"{name}.jsonl"):
+            for row in written_rows(folder / f"{name}.jsonl"):
                 splits[name].append({"id": row["id"], **{c: row[c] for c in columns},
                                      "meta": json.dumps(row.get("meta", {}), ensure_ascii=False, sort_keys=True)})
     manifests = [json.loads((f / "manifest.json").read_text(encoding="utf-8")) for f in folders]

@@ -32,6 +32,15 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]]:
         raise InputError(errors[0])
 
 
+def written_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file a run wrote itself (none when it is absent); InputError
+    FILE:LINE on a line that is not JSON."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [obj for _, obj in iter_jsonl(path) if isinstance(obj, dict)]
+
+
 T = TypeVar("T")
 
 
