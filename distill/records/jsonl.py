@@ -24,7 +24,7 @@ MAX_REPORTED_ERRORS = 50
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]]:
     """Yield (line number, decoded object) for each non-blank line; raise InputError on bad I/O or JSON."""
     errors: list[str] = []
-    for number, obj in _iter_lenient(Path(path), errors):
+    for number, obj in iter_jsonl_lenient(Path(path), errors):
         if errors:
             break
         yield number, obj
@@ -52,7 +52,7 @@ def read_rows(path: str | os.PathLike[str], parse: Callable[[Any], T], *, exampl
     """
     path = Path(path)
     errors: list[str] = []
-    return validate_rows(str(path), _iter_lenient(path, errors), parse, errors=errors,
+    return validate_rows(str(path), iter_jsonl_lenient(path, errors), parse, errors=errors,
                          empty=f"{path}: the file is empty; expected one JSON object per line{example}")
 
 
@@ -87,7 +87,7 @@ def validate_rows(source: str, numbered: Iterable[tuple[int | str, Any]], parse:
     return rows
 
 
-def _iter_lenient(path: Path, errors: list[str]) -> Iterator[tuple[int, Any]]:
+def iter_jsonl_lenient(path: Path, errors: list[str]) -> Iterator[tuple[int, Any]]:
     """Like iter_jsonl, but a bad JSON line is recorded in `errors` and reading goes on."""
     text = read_text(path)
     for number, line in enumerate(text.splitlines(), start=1):

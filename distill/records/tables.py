@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 from distill.config import option
 from distill.errors import InputError
-from distill.records.jsonl import _iter_lenient
+from distill.records.jsonl import iter_jsonl_lenient
 
 HUB_PREFIX = "hub:"
 SAVED_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")  # what save_to_disk leaves in a folder
@@ -110,7 +110,7 @@ def _raw_rows(source: str | os.PathLike[str], columns: Columns, errors: list[str
     elif kind == "csv":
         yield from _csv_rows(path)
     else:
-        yield from _iter_lenient(path, errors)
+        yield from iter_jsonl_lenient(path, errors)
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
