@@ -274,12 +274,17 @@ def _critique_and_filter(config: RunConfig, answers: Sequence[Mapping[str, Any]]
     return summary
 
 
+def _concurrency(config: RunConfig, settings: Any) -> int:
+    """Rows in flight: the run's setting, else the teacher's, else DEFAULT_CONCURRENCY (a borrowed teacher)."""
+    return config.concurrency or (settings.concurrency if settings is not None else DEFAULT_CONCURRENCY)
+
+
 async def _online_pairs(config: RunConfig, answers: Sequence[Mapping[str, Any]], prompt_set: PromptSet,
                         teacher: TeacherHandle, settings: Any) -> tuple[list[PrefRow], list[Rejected], Ledger]:
     """The online pairs stage (`--pairs online`) on its own event loop; the handle closes after it."""
     from distill.stages.pairs import pairs_stage
 
-    concurrency = config.concurrency or (settings.concurrency if settings is not None else DEFAULT_CONCURRENCY)
+    concurrency = _concurrency(config, settings)
     ledger = Ledger("pairs")
     async with teacher:
         pairs, rejected = await pairs_stage(answers, teacher, prompt_set, ledger=ledger, concurrency=concurrency,
@@ -292,7 +297,7 @@ async def _teacher_stages(config: RunConfig, chosen: list[dict], chain: Any, pro
                           teacher: TeacherHandle, settings: Any) -> tuple[list[Revision], Ledger, Selection, Ledger]:
     """The critique and filter stages, sharing one teacher (and its cache) on one event loop; the
     handle closes what it owns when they end."""
-    concurrency = config.concurrency or (settings.concurrency if settings is not None else DEFAULT_CONCURRENCY)
+    concurrency = _concurrency(config, settings)
     async with teacher:
         ledger = Ledger("critique")
         revisions = await critique_stage(chosen, chain, teacher, prompt_set,
