@@ -35,6 +35,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("distill.teachers",),                     # the teacher client layer (a local teacher runs a student)
     ("distill.stages", "distill.training"),    # one round; LoRA training (peers)
     ("distill.evaluation",),                   # evaluate, gate, rounds, report, review
+    ("distill.api",),                          # distill.run/train/evaluate: the functions the CLI is a thin layer over
     ("distill", "distill.testing"),            # the package's face (`from distill import Student`); the scripted teacher
     ("distill.cli",),                          # one module per verb
     ("distill.__main__",),                     # `python -m distill`

@@ -46,7 +46,7 @@ RUN = ("run", "p.jsonl", "--name", "x")
 
 def test_with_no_flags_and_no_file_every_command_gets_exactly_the_dataclass_defaults() -> None:
     args = parse(*RUN)
-    assert _config(args, generation_params(args)) == RunConfig(name="x")
+    assert _config(args) == RunConfig(name="x")
     assert generation_params(args) == GenerationParams()
     assert policy_of(args) == Policy()
     assert build_config(parse("train", "data.jsonl")) == TrainConfig()
@@ -75,7 +75,7 @@ def test_the_flags_keep_their_names() -> None:
         1e-3, ("q_proj", "v_proj"), True)
     args = parse(*RUN, "--no-verified-positives", "--no-wait", "--stages", "facts,instructions", "--filters", "empty",
                  "--dedup-threshold", "0", "--max-new-tokens", "64", "--primary", "judge", "--max-kl", "0.5")
-    config = _config(args, generation_params(args))
+    config = _config(args)
     assert (config.verified_positives, config.batch_wait, config.stages, config.filters) == (
         False, False, ("facts", "instructions"), ("empty",))
     assert config.dedup_threshold is None and config.generation.max_new_tokens == 64
@@ -118,7 +118,7 @@ margin = 0.1
 def test_distill_toml_sets_every_table_and_flags_win(tmp_path: Path) -> None:
     (tmp_path / "distill.toml").write_text(PROJECT)
     args = parse(*RUN, "--max-new-tokens", "16", "--margin", "0.2")
-    config = _config(args, generation_params(args))
+    config = _config(args)
     assert (config.chain, config.filters, config.offline) == ("quick", ("empty", "reference"), True)
     assert config.generation.max_new_tokens == 16  # the flag over the file
     assert policy_of(args) == Policy(margin=0.2)

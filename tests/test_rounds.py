@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 
 from distill.cli import main
 from fakes import between
@@ -76,6 +78,28 @@ def test_two_rounds_promote_then_refuse_and_report(loopback_teacher, peaked_mode
     # a re-run does nothing more: the run ended with a refusal
     sent = loopback.count()
     assert main(args) == 0 and loopback.count() == sent
+
+
+def test_each_rounds_gate_metrics_go_to_its_adapters_tracker(loopback_teacher, peaked_model_dir, tmp_path) -> None:
+    pytest.importorskip("tensorboardX")
+    from test_train_tracking import scalars
+
+    loopback_teacher.script(yes_teacher)
+    train = write(tmp_path / "train.jsonl", [{"id": f"t{i}", "prompt": f"Question number {i}: is it true?"}
+                                              for i in range(12)])
+    heldout = write(tmp_path / "heldout.jsonl", [{"id": f"h{i}", "prompt": f"Held-out question {i}: is water wet?",
+                                                  "reference": "yes"} for i in range(8)])
+    assert main(["run", str(train), "--name", "tracked", "--runs-dir", str(tmp_path / "runs"), "--student",
+                 str(peaked_model_dir), "--max-new-tokens", "6", "--chain", "quick", "--rounds", "1",
+                 "--heldout", str(heldout), "--eval-max-new-tokens", "6", "--max-nll-increase", "100",
+                 "--train-option", "learning_rate=0.01", "--train-option", "epochs=2", "--train-option",
+                 "report_to=tensorboard", "--dedup-threshold", "0"]) == 0
+    [record] = json.loads((tmp_path / "runs" / "tracked" / "rounds.json").read_text())["rounds"]
+    logged = scalars(tmp_path / "runs" / "tracked" / "round-1" / "adapter" / "tracking")
+    steps = record["training"]["steps"]
+    assert logged["gate/checks_delta"] == [(steps, pytest.approx(record["metrics"]["checks"]["delta"]["mean"]))]
+    assert logged["gate/promoted"] == [(steps, float(record["decision"]["promote"]))]
+    assert len(logged["loss"]) == steps
 
 
 def test_rounds_need_heldout_prompts_disjoint_from_training(tmp_path, capsys) -> None:

@@ -132,7 +132,8 @@ def _rows(settings: TeacherSettings, needs_key: bool) -> list[tuple[str, str, st
 def other_tables(args: argparse.Namespace) -> dict[str, dict[str, dict[str, Any]]]:
     """[run], [train], [gate] and [grow] resolved from the config file, the environment and the defaults:
     {table: {"values": {...}, "sources": {...}}} (the teacher flags of this command do not apply to them)."""
-    from distill.cli.options import DATACLASS_TABLES, table, table_classes
+    from distill.api import DATACLASS_TABLES, table_classes
+    from distill.cli.options import table
     from distill.config import resolve_fields, settings_of
 
     path = config_file(getattr(args, "config", None))
@@ -153,7 +154,7 @@ def other_tables(args: argparse.Namespace) -> dict[str, dict[str, dict[str, Any]
 
 
 def _defaults_text(name: str) -> dict[str, str]:
-    from distill.cli.options import table_classes
+    from distill.api import table_classes
     from distill.config import settings_of
 
     return {s.name: s.default_shown() for cls in table_classes(name) for s in settings_of(cls) if s.toml}

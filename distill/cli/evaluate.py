@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from distill.cli.answer import PROMPTS_HELP, add_source_args, source_columns
-from distill.cli.options import add_config_arg, add_options, add_run_name, resolve, resolved, run_folder
+from distill.cli.options import add_config_arg, add_options, add_run_name, config_env, given, run_folder
 
 if TYPE_CHECKING:
     from distill.evaluation.gate import Policy
@@ -55,42 +55,30 @@ def add_policy_args(p: argparse.ArgumentParser) -> None:
 
 def policy_of(args: argparse.Namespace) -> Policy:
     """The gate's policy: flags > [gate] in distill.toml > Policy's defaults."""
+    from distill import api
     from distill.evaluation.gate import Policy
 
-    return Policy(**resolve(args, Policy, "gate")[0])
+    with config_env(args):
+        return api.policy_of(given(args, Policy))
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from distill.evaluation.config import RoundsConfig
-    from distill.evaluation.evaluate import evaluate
-    from distill.evaluation.gate import decide
+    """`distill eval`: `distill.api.evaluate` with the flags the user gave; prints each metric and the verdict."""
+    from distill import api
+    from distill.evaluation.gate import Policy
     from distill.records.files import write_atomic
-    from distill.records.prompts import read_prompts
-    from distill.stages.round import open_round_teacher
-    from distill.stages.templates import load_prompt_set
-    from distill.student.model import Student
-    from distill.training.examples import read_examples
 
-    prompts = read_prompts(args.prompts, source_columns(args))
-    revisions = read_examples(args.revisions) if args.revisions else []
-    replay = read_examples(args.replay, source="replay") if args.replay else []
-    current = Student.load(args.student, adapter=args.against)
-    new = Student.load(args.student, adapter=args.adapter)
-    settings = resolved(args, RoundsConfig, "run", ("judge", "eval_max_new_tokens"))
-    teacher = None
-    if settings["judge"]:
-        teacher, _ = open_round_teacher(None)
-    result = evaluate(current, new, prompts, teacher=teacher, prompt_set=load_prompt_set() if teacher else None,
-                      revisions=revisions, replay=replay, max_new_tokens=settings["eval_max_new_tokens"])
-    decision = decide(result.metrics, policy_of(args))
-    data = {**result.to_dict(), "decision": decision.to_dict()}
+    result = api.evaluate(args.prompts, args.adapter, against=args.against, student=args.student, judge=args.judge,
+                          revisions=args.revisions, replay=args.replay, policy=given(args, Policy),
+                          max_new_tokens=args.eval_max_new_tokens, columns=source_columns(args))
+    data = result.to_dict()
     for name, metric in data["metrics"].items():
         shown = {k: (f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}] n={v['n']}" if isinstance(v, dict) else v)
                  for k, v in metric.items()}
         print(f"{name:10s} " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
-    for warning in result.warnings:
+    for warning in result.evaluation.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    print(("PROMOTE: " if decision.promote else "REFUSE: ") + "; ".join(decision.reasons))
+    print(("PROMOTE: " if result.decision.promote else "REFUSE: ") + "; ".join(result.decision.reasons))
     if args.output:
         write_atomic(args.output, json.dumps(data, indent=2) + "\n")
     return 0

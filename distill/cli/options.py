@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from distill.config import (ENV_CONFIG, Setting, check_keys, config_file, default_of, file_keys, from_text,
-                            read_tables, resolve_fields, settings_of)
+from distill.api import config_tables
+from distill.config import ENV_CONFIG, Setting, config_file, default_of, from_text, resolve_fields, settings_of
 
 
 def add_options(group: Any, cls: type, *, only: Iterable[str] | None = None, skip: Iterable[str] = (),
@@ -91,56 +91,9 @@ def tables(args: argparse.Namespace) -> tuple[Path | None, dict[str, dict[str, A
     """(the config file, its tables), read once per command."""
     cached = getattr(args, "_config_tables", None)
     if cached is None:
-        path = config_path(args)
-        cached = (path, read_tables(path))
-        check_tables(*cached)
+        cached = config_tables(config_path(args))
         setattr(args, "_config_tables", cached)
     return cached  # type: ignore[no-any-return]
-
-
-def check_tables(path: Path | None, found: Mapping[str, Mapping[str, Any]]) -> None:
-    """Every key and value of [run], [train], [gate] and [grow] checked at once, whichever the command uses, so a
-    typo is found on the first run, not on the first run that needs it ([teacher]: the teacher settings)."""
-    for name in DATACLASS_TABLES:
-        values = found.get(name, {})
-        if path is None or not values:
-            continue
-        classes = table_classes(name)
-        check_keys(values, file_keys(*classes), path, name)
-        for cls in classes:
-            resolve_fields(cls, flags={}, table=values, path=path, table_name=name, env={})
-
-
-RUN_TABLE = "run"
-DATACLASS_TABLES = (RUN_TABLE, "train", "gate", "grow")  # the tables whose keys are config dataclass fields
-
-
-def run_table_classes() -> tuple[type, ...]:
-    """The dataclasses whose fields the `[run]` table may set."""
-    from distill.evaluation.config import RoundsConfig
-    from distill.stages.config import RunConfig
-    from distill.student.model import GenerationParams
-
-    return RunConfig, GenerationParams, RoundsConfig
-
-
-def table_classes(name: str) -> tuple[type, ...]:
-    """The dataclasses behind table `name` of distill.toml (`[teacher]` is checked by the teacher settings)."""
-    if name == RUN_TABLE:
-        return run_table_classes()
-    if name == "train":
-        from distill.training.config import TrainConfig
-
-        return (TrainConfig,)
-    if name == "gate":
-        from distill.evaluation.gate import Policy
-
-        return (Policy,)
-    if name == "grow":
-        from distill.stages.grow import GrowConfig
-
-        return (GrowConfig,)
-    return ()
 
 
 def table(args: argparse.Namespace, name: str) -> tuple[Path | None, dict[str, Any]]:
@@ -162,6 +115,12 @@ def resolved(args: argparse.Namespace, cls: type, table_name: str, only: Iterabl
     names = tuple(only)
     values = resolve(args, cls, table_name, only=names)[0]
     return {name: values[name] if name in values else default_of(cls, name) for name in names}
+
+
+def given(args: argparse.Namespace, *classes: type) -> dict[str, Any]:
+    """The flags of `classes`' fields that the user gave (the keywords a `distill.api` function takes)."""
+    names = {s.name for cls in classes for s in settings_of(cls) if s.cli}
+    return {name: value for name, value in vars(args).items() if name in names and value is not None}
 
 
 RUN_NAME_HELP = "the run: a bare NAME means RUNS_DIR/NAME; a path needs a slash (./NAME, runs/NAME, /data/NAME)"

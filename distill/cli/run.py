@@ -16,9 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from distill.cli.answer import PROMPTS_HELP, add_generation_args, add_source_args, generation_params, source_columns
+from distill.cli.answer import PROMPTS_HELP, add_generation_args, add_source_args
 from distill.cli.evaluate import add_policy_args
-from distill.cli.options import add_config_arg, add_options, resolve
+from distill.cli.options import add_config_arg, add_options, config_env, given
 
 EPILOG = ("Artefacts in runs/NAME/: answers.jsonl, critiques.jsonl, revisions.jsonl, rejected.jsonl (with reasons), "
           "sft.jsonl (prompt/completion chat format), prefs.jsonl (prompt, chosen = revision, rejected = original) "
@@ -97,51 +97,33 @@ def _train_options(pairs: list[str]) -> dict:  # type: ignore[type-arg]
     return options
 
 
-def _config(args: argparse.Namespace, generation=None):  # type: ignore[no-untyped-def]
-    """The round's RunConfig: flags > [run] in distill.toml > environment > RunConfig's defaults."""
+def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The round's RunConfig: the flags given > [run] in distill.toml > environment > the defaults
+    (`distill.api.run_config`)."""
+    from distill import api
     from distill.stages.config import RunConfig
+    from distill.student.model import GenerationParams
 
-    values = resolve(args, RunConfig, "run")[0]
-    if generation is None:  # `distill critique`: no student generates
-        for name in ("student", "adapter", "batch_size"):
-            values.pop(name, None)
-    if values.get("dedup_threshold") == 0:  # 0 turns it off
-        values["dedup_threshold"] = None
-    return RunConfig(name=args.name, **values, **({"generation": generation} if generation else {}))
+    with config_env(args):
+        return api.run_config(args.name, **given(args, RunConfig, GenerationParams))[0]
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from distill.records.prompts import read_prompts
-    from distill.stages.round import run_round
+    """`distill run`: `distill.api.run` with the flags the user gave."""
+    from distill import api
+    from distill.evaluation.config import RoundsConfig
+    from distill.evaluation.gate import Policy
+    from distill.records.tables import Columns
+    from distill.stages.config import RunConfig
+    from distill.student.model import GenerationParams
 
-    prompts = read_prompts(args.prompts, source_columns(args))  # validate before any model loads
-    config = _config(args, generation_params(args))
-    if args.rounds is not None:
-        return _run_rounds(args, config, prompts)
-    summary = run_round(config, prompts)
-    _print(summary, config.run_dir)
-    return 0
-
-
-def _run_rounds(args: argparse.Namespace, config, prompts) -> int:  # type: ignore[no-untyped-def]
-    from distill.cli.evaluate import policy_of
-    from distill.cli.train import train_table
-    from distill.errors import ConfigError
-    from distill.evaluation.report import load, summary_table
-    from distill.evaluation.rounds import RoundsConfig, run_rounds
-    from distill.records.prompts import read_prompts
-
-    if args.rounds < 1:
-        raise ConfigError(f"--rounds must be at least 1, got {args.rounds}")
-    if args.heldout is None:
-        raise ConfigError("--rounds needs --heldout FILE: held-out prompts the gate evaluates on (never trained on)")
-    read_prompts(args.heldout, source_columns(args))  # validate before any model loads
-    rounds = RoundsConfig(run=config, rounds=args.rounds, heldout=args.heldout,
-                          train_options={**train_table(args), **_train_options(args.train_option)},
-                          policy=policy_of(args), **resolve(args, RoundsConfig, "run")[0])
-    run_rounds(rounds, prompts)
-    print(summary_table(load(config.run_dir)))
-    print(f"\nreport: {config.run_dir / 'report.md'}", file=sys.stderr)
+    result = api.run(args.prompts, name=args.name, rounds=args.rounds, heldout=args.heldout,
+                     train_options=_train_options(args.train_option), policy=given(args, Policy),
+                     **given(args, RunConfig, GenerationParams, RoundsConfig, Columns))
+    print(result.table())
+    where = (f"report: {result.run_dir / 'report.md'}" if args.rounds is not None else
+             f"artefacts in {result.run_dir}/ (manifest.json has the full accounting)")
+    print(f"\n{where}", file=sys.stderr)
     return 0
 
 

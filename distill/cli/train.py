@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from distill.cli.options import add_config_arg, add_options, table
 from distill.config import resolve_fields, settings_of
-from distill.errors import ConfigError, InputError
+from distill.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -70,96 +68,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from distill.training.examples import read_examples, read_replay
-    from distill.training.sft import train
+    """`distill train`: `distill.api.train` with the options resolved from the flags and --config."""
+    from distill import api
 
     config = build_config(args)
-    if config.method != "sft":
-        return run_preferences(args, config)
-    if args.init_adapter is not None:
-        raise ConfigError("--init-adapter is for --method dpo or kto; SFT starts from a fresh LoRA on the base")
-    data_path, output, replay_path = resolve_paths(args.source, args.output, args.replay, args.no_replay,
-                                                   reviewed=args.reviewed)
-    examples = read_examples(data_path)  # validate every file before any model loads
-    replay, replay_prompts = read_replay(replay_path) if replay_path else ([], [])
-    say(f"{len(examples)} training examples from {data_path}" +
-        (f"; replay: {len(replay)} examples + {len(replay_prompts)} prompts to answer from {replay_path}"
-         if replay_path else "; no replay set (pass --replay FILE to guard against forgetting)"))
-    result = train(examples, output, config, student=args.student, replay=replay, replay_prompts=replay_prompts,
-                   data_info={"path": str(data_path), "sha256": _file_sha256(data_path),
-                              "replay_path": str(replay_path) if replay_path else None},
-                   restart=args.restart, progress=True)
-    s = result.summary
-    say(f"adapter written to {output}: {s['data']['trained']} examples ({s['data']['dropped_over_length']} dropped as "
-        f"longer than {config.max_length} tokens), {s['replay']['per_epoch']} replay examples per epoch, "
-        f"{result.steps} steps, final loss {result.final_loss}, {result.tokens_per_s:.0f} tokens/s"
-        + (f" (resumed at step {result.resumed_from})" if result.resumed_from else ""))
-    return 0
-
-
-def run_preferences(args: argparse.Namespace, config: Any) -> int:
-    """`--method dpo|kto`: pairs from prefs.jsonl (KTO: plus the run's other labelled answers), from
-    the run's SFT adapter when there is one."""
-    from distill.training.examples import read_replay
-    from distill.training.pairs import kto_rows, read_pairs
-    from distill.training.preference import train_preferences
-
-    if args.reviewed:
-        raise ConfigError(f"--reviewed is for SFT; --method {config.method} reads the review decisions itself (kto) "
-                          "or prefs.jsonl (dpo)")
-    source, method = args.source, config.method
-    if source.is_dir():
-        data_path = source / "prefs.jsonl"
-        rows = kto_rows(source) if method == "kto" else read_pairs(data_path)
-        output = args.output or source / f"adapter-{method}"
-        sft_adapter = source / "adapter"
-        init = args.init_adapter or (sft_adapter if (sft_adapter / "adapter_config.json").is_file() else None)
-        replay_path = args.replay or (source / "replay.jsonl" if (source / "replay.jsonl").is_file() else None)
-    elif source.exists() or source.suffix == ".jsonl":
-        data_path, rows = source, read_pairs(source)
-        output = args.output or source.with_name(source.stem + f"-{method}-adapter")
-        init, replay_path = args.init_adapter, args.replay
-    else:
-        raise InputError(f"{source}: no such run directory or preference file")
-    replay_path = None if args.no_replay else replay_path
-    replay, replay_prompts = read_replay(replay_path) if replay_path else ([], [])
-    say(f"{len(rows)} {'pairs' if method == 'dpo' else 'labelled answers'} from {source}; starting from "
-        + (f"the adapter {init} (also the reference)" if init else "the base student (a fresh LoRA)"))
-    result = train_preferences(rows, output, config, student=args.student, init_adapter=init, replay=replay,
-                               replay_prompts=replay_prompts, restart=args.restart, progress=True,
-                               data_info={"path": str(data_path),
-                                          "sha256": _file_sha256(data_path) if data_path.is_file() else None,
-                                          "replay_path": str(replay_path) if replay_path else None})
-    s = result.summary
+    result = api.train(args.source, args.output, student=args.student, replay=args.replay,
+                       use_replay=not args.no_replay, reviewed=args.reviewed, init_adapter=args.init_adapter,
+                       restart=args.restart, progress=True, **config.to_dict())
+    s, method = result.summary, config.method
+    resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
+    if method == "sft":
+        api.say(f"adapter written to {result.output_dir}: {s['data']['trained']} examples "
+                f"({s['data']['dropped_over_length']} dropped as longer than {config.max_length} tokens), "
+                f"{s['replay']['per_epoch']} replay examples per epoch, {result.steps} steps, final loss "
+                f"{result.final_loss}, {result.tokens_per_s:.0f} tokens/s" + resumed)
+        return 0
     if method == "kto":
-        say(f"KTO weights: desirable {s['data']['desirable_weight']:.3g} x {s['data']['desirable']}, undesirable "
-            f"{s['data']['undesirable_weight']:.3g} x {s['data']['undesirable']}")
+        api.say(f"KTO weights: desirable {s['data']['desirable_weight']:.3g} x {s['data']['desirable']}, undesirable "
+                f"{s['data']['undesirable_weight']:.3g} x {s['data']['undesirable']}")
     last = ", ".join(f"{k} {v}" for k, v in s["last_step"].items())
-    say(f"adapter written to {output}: {s['data']['trained']} rows ({s['data']['dropped_over_length']} dropped as "
-        f"longer than {config.max_length} tokens), {result.steps} {method} steps; last step: {last}"
-        + (f" (resumed at step {result.resumed_from})" if result.resumed_from else ""))
+    api.say(f"adapter written to {result.output_dir}: {s['data']['trained']} rows ({s['data']['dropped_over_length']} "
+            f"dropped as longer than {config.max_length} tokens), {result.steps} {method} steps; last step: {last}"
+            + resumed)
     return 0
-
-
-def resolve_paths(source: Path, output: Path | None, replay: Path | None, no_replay: bool, *,
-                  reviewed: bool = False) -> tuple[Path, Path, Path | None]:
-    """(dataset file, adapter directory, replay file or None) for a run directory or a dataset file."""
-    if reviewed and not source.is_dir():
-        raise ConfigError(f"--reviewed needs a run directory, got {source}")
-    if source.is_dir():
-        data = source / ("sft.reviewed.jsonl" if reviewed else "sft.jsonl")
-        if not data.is_file():
-            hint = "run `distill review NAME --import FILE.csv` first" if reviewed else "run the pipeline first"
-            raise InputError(f"{source}: a run directory without {data.name}; {hint}, or pass a dataset file")
-        default_replay = source / "replay.jsonl"
-        output = output or source / "adapter"
-        replay = replay or (default_replay if default_replay.is_file() else None)
-    elif source.exists() or source.suffix == ".jsonl":
-        data = source
-        output = output or source.with_name(source.stem + "-adapter")
-    else:
-        raise InputError(f"{source}: no such run directory or dataset file")
-    return data, output, None if no_replay else replay
 
 
 def train_table(args: argparse.Namespace) -> dict[str, Any]:
@@ -187,15 +118,3 @@ def build_config(args: argparse.Namespace) -> Any:
             raise ConfigError(f"{args.config}: expected a JSON object of training options")
     flags = {s.name: getattr(args, s.name) for s in settings_of(TrainConfig) if getattr(args, s.name) is not None}
     return TrainConfig.from_mapping({**file_values, **values, **flags}, source=str(args.config or "flags"))
-
-
-def say(message: str) -> None:
-    """A status line on stderr, from the first process only when several train together."""
-    if os.environ.get("RANK", "0") == "0":
-        print(f"distill: {message}", file=sys.stderr)
-
-
-def _file_sha256(path: Path) -> str:
-    from distill.student.embedded import sha256_file
-
-    return sha256_file(path)

@@ -97,7 +97,7 @@ def run_rounds(config: RoundsConfig, prompts: Sequence[Prompt]) -> dict[str, Any
 
 def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> dict[str, Any]:
     from distill.training.config import TrainConfig
-    from distill.training.sft import train
+    from distill.training.run import log_gate
 
     heldout = read_prompts(config.heldout)
     trained = {_prompt_key(p.text) for p in prompts}
@@ -148,6 +148,7 @@ def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> 
         evaluation = _evaluate(config, number, current, adapter, heldout, revisions, forgetting_set, round_cfg.run_dir,
                                judge=not self_only)
         decision = decide(evaluation.metrics, config.policy)
+        log_gate(adapter, evaluation.to_dict()["metrics"], decision.promote)  # to the tracker, if it was trained with one
         record.update(finished=True, metrics=evaluation.to_dict()["metrics"], warnings=evaluation.warnings,
                       decision=decision.to_dict())
         finished = [*finished, record]

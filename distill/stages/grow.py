@@ -351,7 +351,7 @@ def summary(out: Growth, config: GrowConfig, ledger: Ledger, seeds: int) -> dict
 def table(info: Mapping[str, Any], ledger: Ledger) -> str:
     """The summary as the lines `distill grow` prints."""
     n = info["novelty"]
-    lines = [f"| requests | failed | teacher calls | cached | tokens | cost | candidates | kept |",
+    lines = ["| requests | failed | teacher calls | cached | tokens | cost | candidates | kept |",
              "|---|---|---|---|---|---|---|---|",
              f"| {info['requests']} | {info['failed_requests']} | {ledger.calls} | {ledger.cache_hits} | "
              f"{ledger.input_tokens + ledger.output_tokens} | {ledger.cost_text()} | {info['candidates']} | "

@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from distill.errors import ConfigError, InputError
 from distill.records.files import fsync_files, write_atomic, write_jsonl
@@ -119,26 +119,54 @@ def check_can_start(n_items: int, output_dir: Path, restart: bool, what: str = "
 def make_accelerator(config: TrainConfig, output_dir: Path | None = None) -> tuple[Any, str]:
     """The accelerate Accelerator (devices, precision, processes, and the tracker of `report_to`, writing
     under OUTPUT_DIR/tracking) and the precision it runs in."""
-    import torch
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
     precision = config.precision
     if precision == "auto":
         precision = "bfloat16" if native_bf16() else "float32"
-    # One process may train several times (rounds, tests) with different precisions; accelerate
-    # keeps the first run's mixed precision in a process-wide state, so start each run afresh
-    # (the process group, in PartialState, is kept).
-    AcceleratorState._reset_state()
-    # cpu=True where there is no GPU: accelerate then runs several processes with DDP on gloo
     tracking = {} if config.report_to == "none" or output_dir is None else {
         "log_with": config.report_to, "project_dir": str(output_dir / TRACKING)}
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
-                              mixed_precision="bf16" if precision == "bfloat16" else "no", **tracking)
+    accelerator = _accelerator(mixed_precision="bf16" if precision == "bfloat16" else "no", **tracking)
     if tracking:
         accelerator.init_trackers("distill", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                                      for k, v in config.to_dict().items()})
     return accelerator, precision
+
+
+def _accelerator(**options: Any) -> Any:
+    """A fresh accelerate Accelerator: one process may train several times (rounds, tests) with different
+    precisions, and accelerate keeps the first run's mixed precision in a process-wide state, so each
+    starts afresh (the process group, in PartialState, is kept). cpu=True where there is no GPU:
+    accelerate then runs several processes with DDP on gloo."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    return Accelerator(cpu=not torch.cuda.is_available(), **options)
+
+
+def log_gate(adapter_dir: Path, metrics: Mapping[str, Any], promoted: bool) -> dict[str, float]:
+    """Log the gate's metrics (as `Evaluation.to_dict()` writes them) to the tracker the adapter was trained
+    with (training.json's `tracking`), at its last training step, as `gate/METRIC_FIELD` scalars (an
+    interval as its mean, `_low` and `_high`) plus `gate/promoted` (1 or 0). Returns what was logged;
+    nothing when the adapter was trained without a tracker."""
+    path = adapter_dir / TRAINING_FILE
+    summary = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    tracking = summary.get("tracking")
+    if not tracking:
+        return {}
+    values = {"gate/promoted": float(promoted)}
+    for name, metric in metrics.items():
+        for key, value in (metric or {}).items():
+            if isinstance(value, dict) and "mean" in value:
+                values.update({f"gate/{name}_{key}": value["mean"], f"gate/{name}_{key}_low": value["low"],
+                               f"gate/{name}_{key}_high": value["high"]})
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                values[f"gate/{name}_{key}"] = float(value)
+    accelerator = _accelerator(log_with=tracking["report_to"], project_dir=tracking["dir"])
+    accelerator.init_trackers("distill")
+    accelerator.log(values, step=summary.get("steps"))
+    accelerator.end_training()
+    return values
 
 
 def native_bf16() -> bool:
