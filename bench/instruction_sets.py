@@ -373,6 +373,14 @@ def general_rows() -> list[dict[str, Any]]:
              "meta": {"kind": "general"}} for i, (q, a) in enumerate(GENERAL)]
 
 
+def replay_rows() -> list[dict[str, Any]]:
+    """The training questions asked plainly, with no instruction: the base student's own answers to them
+    are the round's replay set, so the student also sees, on the same topics, that a question without
+    an instruction keeps its usual answer (the instructions must not leak into every answer)."""
+    questions = TRAIN_SHORT + TRAIN_SHORT_MORE + TRAIN_NUMBER + TRAIN_OPEN
+    return [{"id": f"replay-{i + 1:02d}", "prompt": q.text, "meta": {"kind": "plain"}} for i, q in enumerate(questions)]
+
+
 def _demo_kinds() -> tuple[Kind, ...]:
     """The kinds `make demo` self-trains on: those the base student follows in some samples at
     temperature 1 but rarely greedily (measured: bullets 21% of samples, one word 8%, no commas 19%,
@@ -400,6 +408,7 @@ def sets() -> dict[str, list[dict[str, Any]]]:
         "train.jsonl": build("train", TRAIN_COUNTS, TRAIN_SHORT + TRAIN_SHORT_MORE, TRAIN_NUMBER, TRAIN_OPEN, seed=1),
         "heldout.jsonl": build("heldout", 8, HELDOUT_SHORT, HELDOUT_NUMBER, HELDOUT_OPEN, seed=2),
         "general.jsonl": general_rows(),
+        "replay.jsonl": replay_rows(),
         "demo-train.jsonl": build("demo-train", 16, TRAIN_SHORT, TRAIN_NUMBER, TRAIN_OPEN, seed=3,
                                   kinds=_demo_kinds()),
         "demo-heldout.jsonl": build("demo-heldout", 8, HELDOUT_SHORT, HELDOUT_NUMBER, HELDOUT_OPEN, seed=4,
@@ -413,12 +422,17 @@ def question_index() -> dict[str, Question]:
                                     HELDOUT_NUMBER, HELDOUT_OPEN) for q in group}
 
 
-def main() -> int:
-    OUT.mkdir(parents=True, exist_ok=True)
-    for name, rows in sets().items():
-        (OUT / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        print(f"{OUT / name}: {len(rows)} prompts", file=sys.stderr)
+def write_sets(out: Path, found: dict[str, list[dict[str, Any]]]) -> int:
+    """Write each set as OUT/NAME, one JSON row a line (byte for byte the same on every run)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in found.items():
+        (out / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        print(f"{out / name}: {len(rows)} prompts", file=sys.stderr)
     return 0
+
+
+def main() -> int:
+    return write_sets(OUT, sets())
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import os
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,28 +118,54 @@ def per_kind_table(run: Path, heldout: list[dict[str, Any]], train_rows: list[di
     return "\n".join(lines)
 
 
-def main(extra: list[str]) -> int:
-    os.chdir(ROOT)  # runs/ and the paths recorded in the report are relative to the repository
-    name = extra[extra.index("--name") + 1] if "--name" in extra else "learning"
-    extra = [a for i, a in enumerate(extra) if a != "--name" and (i == 0 or extra[i - 1] != "--name")]
-    train = _rows(PROMPTS / "train.jsonl")
-    heldout = _rows(PROMPTS / "heldout.jsonl")
+def run_name(extra: list[str], default: str) -> tuple[str, list[str]]:
+    """(the --name given, else `default`; the other arguments), for the benchmarks that pass flags through."""
+    if "--name" not in extra:
+        return default, extra
+    at = extra.index("--name")
+    return extra[at + 1], extra[:at] + extra[at + 2:]
+
+
+@dataclass
+class Round:
+    """What one benchmark round left: its exit code, run directory, held-out rows, training rows and cost."""
+
+    code: int
+    run: Path
+    heldout: list[dict[str, Any]]
+    sft: list[dict[str, Any]]
+    requests: int
+    seconds: float
+
+
+def one_round(prompts: Path, name: str, make, flags: list[str], teacher: str) -> Round:  # type: ignore[no-untyped-def]
+    """`distill run PROMPTS/train.jsonl --rounds 1 --heldout PROMPTS/heldout.jsonl FLAGS` (64-token answers, the
+    benchmarks' learning rate) with `make(train + heldout rows)` as the teacher (model name `teacher`) on a
+    loopback OpenAI-compatible server."""
+    train, heldout = _rows(prompts / "train.jsonl"), _rows(prompts / "heldout.jsonl")
     started = time.monotonic()
-    with LoopbackServer(responder=make_teacher(train + heldout)) as server:
-        os.environ.update(DISTILL_TEACHER="openai:constraint-teacher", DISTILL_TEACHER_BASE_URL=server.openai_url,
-                          DISTILL_TEACHER_API_KEY="sk-loopback-learning")
+    with LoopbackServer(responder=make(train + heldout)) as server:
+        os.environ.update(DISTILL_TEACHER=f"openai:{teacher}", DISTILL_TEACHER_BASE_URL=server.openai_url,
+                          DISTILL_TEACHER_API_KEY="sk-loopback-bench")
         from distill.cli import main as distill
 
-        code = distill(["run", str(PROMPTS / "train.jsonl"), "--name", name, "--rounds", "1",
-                        "--heldout", str(PROMPTS / "heldout.jsonl"), "--replay", "prompts/examples/train.jsonl",
-                        "--chain", "quick", "--max-new-tokens", "64", "--eval-max-new-tokens", "64",
-                        *TRAIN_OPTIONS, *extra])
+        code = distill(["run", str(prompts / "train.jsonl"), "--name", name, "--rounds", "1", "--heldout",
+                        str(prompts / "heldout.jsonl"), "--max-new-tokens", "64", "--eval-max-new-tokens", "64",
+                        *TRAIN_OPTIONS, *flags])
         requests = server.count()
-    round_seconds = time.monotonic() - started
-    if code != 0:
-        return code
     run = Path("runs") / name
-    sft = _rows(run / "round-1" / "sft.jsonl")
+    sft = _rows(run / "round-1" / "sft.jsonl") if code == 0 else []
+    return Round(code, run, heldout, sft, requests, time.monotonic() - started)
+
+
+def main(extra: list[str]) -> int:
+    os.chdir(ROOT)  # runs/ and the paths recorded in the report are relative to the repository
+    name, extra = run_name(extra, "learning")
+    done = one_round(PROMPTS, name, make_teacher,
+                     ["--replay", "prompts/examples/train.jsonl", "--chain", "quick", *extra], "constraint-teacher")
+    if done.code != 0:
+        return done.code
+    run, heldout, sft, requests, round_seconds = done.run, done.heldout, done.sft, done.requests, done.seconds
     adapter = run / "round-1" / "adapter"
     t0 = time.monotonic()
     general = _rows(PROMPTS / "general.jsonl")
