@@ -3,7 +3,9 @@
 Routes: `GET /v1/models`, `POST /v1/chat/completions` (`stream: true` answers as server-sent
 events: a role chunk, content deltas, a finish chunk, a usage chunk when `stream_options.
 include_usage` asks for one, then `data: [DONE]`), `POST /v1/completions` (a prompt string or a
-list of them, raw text without the chat template), `GET /health`. The model name chooses the
+list of them, raw text without the chat template), `GET /health`. A JSON `response_format`
+(`json_schema`, or `json_object` with an optional `schema`) is honoured by constrained decoding, as
+the local teacher does it, so a distill run can use the served student as its `openai:` teacher. The model name chooses the
 student: `student` is the base, every adapter is served under its own name. `/v1/models` entries
 carry `distill_weights_sha256` (the base weights' hash) and `distill_adapter_sha256` (the adapter's,
 or null), so a client can check it is talking to the exact student it expects.
@@ -11,7 +13,8 @@ or null), so a client can check it is talking to the exact student it expects.
 Every error is an OpenAI-style body `{"error": {"message", "type", "param", "code"}}`: 401 for a
 missing or wrong API key (compared in constant time, never logged), 404 for an unknown model (the
 message lists the served names) or path, 400 for a body that is not JSON, a field of the wrong type
-or range, an unsupported feature (`n` above 1, tools, logprobs, a JSON response format), and a
+or range, an unsupported feature (`n` above 1, tools, logprobs), a JSON schema that does not
+compile, and a
 prompt that with `max_tokens` does not fit the context window (the message gives both numbers: a
 prompt is never truncated). Without `max_tokens` a request may use the rest of the context window.
 
@@ -28,7 +31,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Mapping, Sequence
 
-from distill.errors import InputError, ModelError
+from distill.errors import DistillError, InputError, ModelError
 from distill.records.prompts import parse_messages
 from distill.serving.batching import Batcher, Job, Result
 
@@ -167,7 +170,29 @@ class ServingApp:
                                "requests, which are batched together)", param="n")
         return Job(model=served.name, text=text, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
                    temperature=temperature, top_p=top_p, seed=integer(body, "seed"), stop=stop_strings(body),
-                   strip=strip)
+                   strip=strip, grammar=self.grammar(served, body), room=window - prompt_tokens)
+
+    def grammar(self, served: Served, body: Mapping[str, Any]) -> Any:
+        """The compiled grammar of a JSON response format (json_schema, or json_object with an optional
+        `schema` beside it as llama.cpp takes it), or None for text."""
+        fmt = body.get("response_format")
+        if fmt is None or (isinstance(fmt, dict) and fmt.get("type") == "text"):
+            return None
+        spec = fmt.get("json_schema") if isinstance(fmt, dict) else None
+        if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and isinstance(spec, dict):
+            schema = spec.get("schema", {"type": "object"})
+        elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
+            schema = fmt.get("schema", {"type": "object"})
+        else:
+            raise RequestError(400, "field 'response_format': expected {'type': 'text'}, {'type': 'json_object'} or "
+                               "{'type': 'json_schema', 'json_schema': {'name': ..., 'schema': {...}}}, got "
+                               f"{json.dumps(fmt)[:200]}", param="response_format")
+        if not isinstance(schema, dict):
+            raise RequestError(400, "field 'response_format': the schema must be a JSON object", param="response_format")
+        try:
+            return self.batcher.grammars[served.name].grammar(schema)
+        except DistillError as exc:
+            raise RequestError(400, f"field 'response_format': {exc}", param="response_format") from None
 
     async def respond(self, jobs: list[Job], model: str, *, chat: bool) -> Any:
         import asyncio
@@ -353,10 +378,6 @@ def refuse_unsupported(body: Mapping[str, Any]) -> None:
         raise RequestError(400, "field 'tools': distill serve does not run tools; leave them out", param="tools")
     if body.get("logprobs") not in (None, False, 0):
         raise RequestError(400, "field 'logprobs': not supported by distill serve; leave it out", param="logprobs")
-    fmt = body.get("response_format")
-    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-        raise RequestError(400, "field 'response_format': only {'type': 'text'} is supported by distill serve",
-                           param="response_format")
     if body.get("stream") not in (None, True, False):
         raise RequestError(400, "field 'stream': expected true or false", param="stream")
 

@@ -15,6 +15,10 @@ Within a batch every row keeps its own settings:
   and a seeded request draws the same tokens whatever else is in its batch;
 - stopping (`RowStops`, a per-row stopping criterion): its end-of-turn token, its `max_tokens`,
   or one of its `stop` strings (the text is cut before it, as OpenAI does);
+- a JSON response format: the row's grammar (xgrammar, through the local teacher's `SchemaGuide`)
+  allows only tokens that keep the text a valid prefix of the schema, and at `max_tokens` the row
+  closes its JSON in at most `CLOSING_ALLOWANCE` more tokens (finish reason `length`), so the text
+  always parses; stop strings do not apply to it;
 - text: after every token each row's text so far is decoded and the part that can no longer
   change (not a partial UTF-8 character, not a possible start of a stop string, and for chat not
   trailing whitespace, which the final answer strips as `Student.answer` does) goes to the row's
@@ -52,6 +56,8 @@ class Job:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     strip: bool = True  # chat answers are stripped, as Student.answer strips them; raw completions are not
+    grammar: Any = None  # a compiled JSON-schema grammar (`Grammars.grammar`), or None for free text
+    room: int = 0  # tokens the context window leaves after the prompt (a JSON row may close past max_tokens)
     on_delta: Delta | None = None  # called on the event loop with each new piece of text (streaming)
     future: asyncio.Future | None = field(default=None, repr=False)
 
@@ -70,7 +76,10 @@ class Batcher:
     def __init__(self, students: Mapping[str, Any], *, max_batch: int = 32, wait_s: float = 0.005):
         if max_batch < 1:
             raise ModelError(f"max_batch must be at least 1, got {max_batch}")
+        from distill.teachers.local import Grammars
+
         self.students = dict(students)
+        self.grammars = {name: Grammars(student) for name, student in self.students.items()}
         self.max_batch = max_batch
         self.wait_s = wait_s
         self.batches: list[tuple[str, int]] = []
@@ -117,7 +126,7 @@ class Batcher:
         self.batches.append((model, len(group)))
         try:
             results: Sequence[Result | BaseException] = await loop.run_in_executor(
-                None, self._generate, self.students[model], group, loop)
+                None, self._generate, model, group, loop)
         except Exception as exc:  # torch/transformers failures: fail this batch's requests, keep serving
             log.exception("generation failed for a batch of %d on %s", len(group), model)
             error = exc if isinstance(exc, DistillError) else ModelError(
@@ -131,37 +140,50 @@ class Batcher:
             else:
                 job.future.set_result(result)
 
-    def _generate(self, student: Any, jobs: list[Job], loop: asyncio.AbstractEventLoop) -> list[Result]:
+    def _generate(self, model: str, jobs: list[Job], loop: asyncio.AbstractEventLoop) -> list[Result]:
+        grammars = self.grammars[model]
         with self._lock:
-            return generate(student, jobs, lambda job, text: loop.call_soon_threadsafe(job.on_delta, text))
+            tiers = grammars.tiers() if any(j.grammar is not None for j in jobs) else None
+            return generate(self.students[model], jobs,
+                            lambda job, text: loop.call_soon_threadsafe(job.on_delta, text), tiers)
 
 
 # ---------------------------------------------------------------- one batch (runs in a worker thread)
 
-def generate(student: Any, jobs: Sequence[Job], emit: Callable[[Job, str], None]) -> list[Result]:
-    """Generate every job in one batch on `student`; `emit(job, text)` for each streamed piece."""
+def generate(student: Any, jobs: Sequence[Job], emit: Callable[[Job, str], None], tiers: Any = None) -> list[Result]:
+    """Generate every job in one batch on `student`; `emit(job, text)` for each streamed piece.
+    `tiers` (`Grammars.tiers()`) is needed when a job has a grammar."""
     import torch
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+    from distill.teachers.local import SchemaGuide
 
     tokenizer = student.tokenizer
     enc = tokenizer([j.text for j in jobs], return_tensors="pt", padding=True,
                     add_special_tokens=False).to(student.device)
     rows = [RowText(job, tokenizer, student.eos_ids) for job in jobs]
     stops = RowStops(rows, lambda row, text: emit(row.job, text) if row.job.on_delta is not None else None)
-    processors = LogitsProcessorList([RowSampler(jobs)] if any(j.temperature > 0 for j in jobs) else [])
-    config = GenerationConfig(max_new_tokens=max(j.max_tokens for j in jobs), do_sample=False,
+    guide = (SchemaGuide([j.grammar for j in jobs], [j.max_tokens for j in jobs], student.eos_ids, tiers)
+             if any(j.grammar is not None for j in jobs) else None)
+    processors = LogitsProcessorList([guide] if guide is not None else [])
+    if any(j.temperature > 0 for j in jobs):
+        processors.append(RowSampler(jobs))
+    config = GenerationConfig(max_new_tokens=max(row.limit for row in rows), do_sample=False,
                               temperature=None, top_p=None, top_k=None,
                               pad_token_id=tokenizer.pad_token_id, eos_token_id=list(student.eos_ids))
     with torch.inference_mode():
         student.model.generate(**enc, generation_config=config, logits_processor=processors,
                                stopping_criteria=StoppingCriteriaList([stops]))
     results = []
-    for row in rows:
+    for i, row in enumerate(rows):
         final = row.finish()
         if row.job.on_delta is not None and final:
             emit(row.job, final)
-        results.append(Result(row.final_text(), row.finish_reason or "length", row.job.prompt_tokens,
-                              row.completion_tokens))
+        if guide is not None and guide.truncated[i]:  # closed after max_tokens; the forced end is not output
+            results.append(Result(row.final_text(), "length", row.job.prompt_tokens, len(row.ids)))
+        else:
+            results.append(Result(row.final_text(), row.finish_reason or "length", row.job.prompt_tokens,
+                                  row.completion_tokens))
     return results
 
 
@@ -169,7 +191,12 @@ class RowText:
     """One row's tokens and text: what is final, what may be streamed, why it stopped."""
 
     def __init__(self, job: Job, tokenizer: Any, eos_ids: Sequence[int]):
+        from distill.teachers.local import CLOSING_ALLOWANCE
+
         self.job, self.tokenizer, self.eos = job, tokenizer, set(eos_ids)
+        self.stops = job.stop if job.grammar is None else ()
+        self.limit = (job.max_tokens if job.grammar is None
+                      else max(job.max_tokens, min(job.max_tokens + CLOSING_ALLOWANCE, job.room)))
         self.ids: list[int] = []
         self.completion_tokens = 0
         self.finish_reason: str | None = None
@@ -184,10 +211,10 @@ class RowText:
             return ""
         self.ids.append(token)
         self._text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        cut = first_stop(self._text, self.job.stop)
+        cut = first_stop(self._text, self.stops)
         if cut is not None:
             self._text, self.finish_reason = self._text[:cut], "stop"
-        elif self.completion_tokens >= self.job.max_tokens:
+        elif self.completion_tokens >= self.limit:
             self.finish_reason = "length"
         if self.finish_reason is not None:
             return ""
@@ -202,7 +229,7 @@ class RowText:
 
     def _streamable(self) -> str:
         text = self._text.rstrip("\ufffd")  # a multi-byte character still being decoded
-        text = text[:len(text) - stop_prefix(text, self.job.stop)]
+        text = text[:len(text) - stop_prefix(text, self.stops)]
         return text.strip() if self.job.strip else text
 
     def _advance(self, visible: str) -> str:
