@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -368,3 +372,29 @@ def test_a_distill_run_uses_the_served_student_as_its_teacher(students, embedded
     assert [r["status"] for r in revisions] == ["ok", "ok"]
     assert [(c["teacher"], c["repaired"]) for c in critiques] == [("openai:student", False)] * 2
     assert "rejected response_format" not in caplog.text
+
+
+@pytest.mark.slow
+def test_the_cli_serves_the_student_and_its_adapter_until_ctrl_c(embedded_dir: Path, adapter_dir: Path) -> None:
+    """`distill serve --port 0 --adapter NAME=DIR`, the key from $DISTILL_SERVE_API_KEY (never in the process
+    list): it prints the base URL, serves both models to the SDK with the key, and Ctrl-C stops it."""
+    import openai
+
+    root = str(Path(__file__).parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+           "DISTILL_SERVE_API_KEY": KEY}
+    proc = subprocess.Popen([sys.executable, "-m", "distill", "serve", "--student", str(embedded_dir), "--port", "0",
+                             "--adapter", f"mine={adapter_dir}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
+        client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["student", "mine"]
+        reply = chat(client, "Say hello.", model="mine", max_tokens=4)
+        assert reply.model == "mine" and reply.usage.completion_tokens <= 4
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "serving models student, mine" in err and KEY not in err

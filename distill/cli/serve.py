@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         if args.host not in ("127.0.0.1", "localhost", "::1"):
             print(f"warning: bound to {args.host}: other machines can reach the server"
                   + ("" if api_key else " and no API key is required"), file=sys.stderr)
-        print(f"serving {', '.join(students)} at {server.url} (OpenAI API"
+        print(server.url, flush=True)  # the OpenAI base URL, alone on stdout for scripts
+        print(f"serving models {', '.join(students)} at {server.url} (OpenAI API"
               + (", API key required" if api_key else "") + "); Ctrl-C stops", file=sys.stderr, flush=True)
         server.wait()
     return 0

@@ -18,14 +18,13 @@ compile, and a
 prompt that with `max_tokens` does not fit the context window (the message gives both numbers: a
 prompt is never truncated). Without `max_tokens` a request may use the rest of the context window.
 
-`StudentServer` runs the app on uvicorn in a background thread (as the review page's server does).
+`StudentServer` runs the app on uvicorn in a background thread (`distill.serving.http`).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Any, AsyncIterator, Mapping, Sequence
 from distill.errors import DistillError, InputError, ModelError
 from distill.records.prompts import parse_messages
 from distill.serving.batching import Batcher, Job, Result
+from distill.serving.http import ThreadedServer
 
 MAX_STOPS = 4
 
@@ -422,52 +422,15 @@ def stop_strings(body: Mapping[str, Any]) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------- the server
 
-class StudentServer:
-    """The app on a uvicorn server in a background thread: `with StudentServer(students) as s: s.url`.
-    Port 0 picks a free port. `wait()` blocks until Ctrl-C; leaving the block stops the server."""
+class StudentServer(ThreadedServer):
+    """The app on a uvicorn server in a background thread: `with StudentServer(students) as s: s.url`."""
 
     def __init__(self, students: Mapping[str, Any], host: str = "127.0.0.1", port: int = 8000, *,
                  api_key: str | None = None, max_batch: int = 32, wait_s: float = 0.005):
-        import uvicorn
-
         self.app = ServingApp(students, api_key=api_key, max_batch=max_batch, wait_s=wait_s)
-        self.host = host
-        self.server = uvicorn.Server(uvicorn.Config(self.app.asgi(), host=host, port=port, log_level="warning",
-                                                    lifespan="off", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, name="distill-serve", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self.server.servers[0].sockets[0].getsockname()[1])
+        super().__init__(self.app.asgi(), host, port, "distill serve")
 
     @property
     def url(self) -> str:
         """The OpenAI base URL (ending in /v1)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/v1"
-
-    def start(self, timeout: float = 30.0) -> "StudentServer":
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise InputError(f"distill serve did not start on {self.host} (is the port in use?)")
-            time.sleep(0.02)
-        return self
-
-    def wait(self) -> None:
-        try:
-            while self.thread.is_alive():
-                self.thread.join(0.5)
-        except KeyboardInterrupt:
-            pass
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-    def __enter__(self) -> "StudentServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return f"{self.origin}/v1"
