@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("distill.records",),                      # files on disk: prompts, JSONL, ids, locks
     ("distill.student",),                      # the student model
     ("distill.teachers",),                     # the teacher client layer (a local teacher runs a student)
-    ("distill.stages", "distill.training"),    # one round; LoRA training (peers)
+    ("distill.stages", "distill.training", "distill.serving"),  # one round; LoRA training; serving the student (peers)
     ("distill.evaluation",),                   # evaluate, gate, rounds, report, review
     ("distill.api",),                          # distill.run/train/evaluate: the functions the CLI is a thin layer over
     ("distill", "distill.testing"),            # the package's face (`from distill import Student`); the scripted teacher

@@ -24,10 +24,10 @@ import sys
 from distill import __version__
 from distill.cli.options import config_env
 from distill.cli import (answer, batch, cache, config, convert, dataset, evaluate, export, grow, merge, review, run,
-                         teachers, train)
+                         serve, teachers, train)
 from distill.errors import BatchesPending, DistillError
 
-COMMANDS = (answer, run, grow, batch, train, merge, export, review, dataset, evaluate, convert, cache, config, teachers)
+COMMANDS = (answer, run, grow, batch, train, merge, export, review, serve, dataset, evaluate, convert, cache, config, teachers)
 
 
 class Parser(argparse.ArgumentParser):

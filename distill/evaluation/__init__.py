@@ -9,6 +9,7 @@ NAME --serve`, whose plain HTML/JS/CSS live in `static/`).
 
 May import: `distill.stages` (a multi-round run runs rounds; the judge uses the critique protocol
 and templates), `distill.training`, `distill.teachers`, `distill.student`, `distill.records`,
-`distill.checks`, `distill.config`, `distill.errors`.
+`distill.checks`, `distill.config`, `distill.errors`, and `distill.serving.http` (the review page
+runs on the same threaded server as `distill serve`).
 Must not import: the CLI, or `distill.testing`.
 """

@@ -24,7 +24,6 @@ import hmac
 import json
 import secrets
 import threading
-import time
 from importlib import resources
 from pathlib import Path
 from typing import Any, Awaitable, Callable, MutableMapping
@@ -32,6 +31,7 @@ from typing import Any, Awaitable, Callable, MutableMapping
 from distill.errors import InputError
 from distill.evaluation.review import Decision
 from distill.evaluation.review_data import ReviewState, page_rows, rejected_rows, review_rounds
+from distill.serving.http import ThreadedServer
 
 TOKEN_HEADER = "X-Distill-Token"
 STATIC = ("review.html", "review.js", "review.css")
@@ -165,50 +165,14 @@ class ReviewApp:
         return JSONResponse({"saved": True, "decisions": state.as_json()})
 
 
-class ReviewServer:
+class ReviewServer(ThreadedServer):
     """The review app on a uvicorn server in a background thread: `with ReviewServer(run) as s: s.url`.
     Port 0 picks a free port. `wait()` blocks until Ctrl-C; leaving the block stops the server."""
 
     def __init__(self, run_dir: Path, host: str = "127.0.0.1", port: int = 0, token: str | None = None):
-        import uvicorn
-
         self.app = ReviewApp(run_dir, token)
-        self.host = host
-        self.server = uvicorn.Server(uvicorn.Config(self.app.asgi(), host=host, port=port, log_level="warning",
-                                                    lifespan="off", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, name="distill-review", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self.server.servers[0].sockets[0].getsockname()[1])
+        super().__init__(self.app.asgi(), host, port, "the review server")
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/?token={self.app.token}"
-
-    def start(self, timeout: float = 30.0) -> "ReviewServer":
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise InputError(f"the review server did not start on {self.host} (is the port in use?)")
-            time.sleep(0.02)
-        return self
-
-    def wait(self) -> None:
-        try:
-            while self.thread.is_alive():
-                self.thread.join(0.5)
-        except KeyboardInterrupt:
-            pass
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-    def __enter__(self) -> "ReviewServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return f"{self.origin}/?token={self.app.token}"

@@ -148,8 +148,10 @@ def _load_student(source: str | None) -> Any:
 
 # ---------------------------------------------------------------- generation (runs in a thread)
 
-class _Engine:
-    """A loaded student plus the grammar machinery for it."""
+class Grammars:
+    """A loaded student plus the grammar machinery for it: JSON-schema grammars (compiled with
+    xgrammar for the student's tokenizer) and the closing tiers, each built on first use. The local
+    teacher generates with it; `distill serve` uses it for requests with a JSON response format."""
 
     def __init__(self, student: Any):
         self.student = student
@@ -174,6 +176,10 @@ class _Engine:
         if self._tiers is None:
             self._tiers = closing_tiers(self.student.tokenizer, self.vocab_size, self.student.eos_ids)
         return self._tiers
+
+
+class _Engine(Grammars):
+    """The local teacher's generation: a batch of requests, each with its own schema and budget."""
 
     def generate(self, requests: list[Request]) -> list[Completion | DistillError]:
         """One result per request: a Completion, or the error that request alone ran into."""
