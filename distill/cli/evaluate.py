@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from distill.cli.answer import PROMPTS_HELP, add_source_args, source_columns
+from distill.cli.answer import PROMPTS_HELP, add_engine_args, add_source_args, server_option, source_columns
 from distill.cli.options import add_config_arg, add_options, add_run_name, resolve, resolved, run_folder
 
 if TYPE_CHECKING:
@@ -32,6 +32,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--student", default=None, help="base model (default $DISTILL_STUDENT or the embedded student)")
     p.add_argument("--revisions", type=Path, default=None, help="held-out teacher revisions (sft.jsonl) for fidelity")
     p.add_argument("--replay", type=Path, default=None, help="replay/general chat set (sft format) for forgetting")
+    add_engine_args(p)
+    p.add_argument("--against-model", default=None, metavar="NAME",
+                   help="with --engine server: the served model of the current student (--against, or the base); "
+                        "--student-model names the new adapter's (default: the one with the weight hashes expected)")
     add_options(p, RoundsConfig, only=("judge", "eval_max_new_tokens"),
                 flags={"eval_max_new_tokens": "--max-new-tokens"})
     add_policy_args(p)
@@ -74,6 +78,7 @@ def run_eval(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts, source_columns(args))
     revisions = read_examples(args.revisions) if args.revisions else []
     replay = read_examples(args.replay, source="replay") if args.replay else []
+    served = served_pair(args)
     current = Student.load(args.student, adapter=args.against)
     new = Student.load(args.student, adapter=args.adapter)
     settings = resolved(args, RoundsConfig, "run", ("judge", "eval_max_new_tokens"))
@@ -81,7 +86,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if settings["judge"]:
         teacher, _ = open_round_teacher(None)
     result = evaluate(current, new, prompts, teacher=teacher, prompt_set=load_prompt_set() if teacher else None,
-                      revisions=revisions, replay=replay, max_new_tokens=settings["eval_max_new_tokens"])
+                      revisions=revisions, replay=replay, max_new_tokens=settings["eval_max_new_tokens"],
+                      served=served)
     decision = decide(result.metrics, policy_of(args))
     data = {**result.to_dict(), "decision": decision.to_dict()}
     for name, metric in data["metrics"].items():
@@ -94,6 +100,30 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.output:
         write_atomic(args.output, json.dumps(data, indent=2) + "\n")
     return 0
+
+
+def served_pair(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """With --engine server: (current, new) as the server serves them, each checked to be the student
+    meant (`distill.teachers.served_student.connect`); None for the local engine."""
+    from dataclasses import replace
+
+    from distill.errors import ConfigError
+    from distill.stages.config import RunConfig
+    from distill.teachers.served_student import connect
+
+    server = server_option(args)
+    if server is None:
+        if args.against_model is not None:
+            raise ConfigError("--against-model is read only with --engine server")
+        return None
+    in_flight = resolved(args, RunConfig, "run", ("batch_size",))["batch_size"]
+    current = connect(replace(server, model=args.against_model), args.student, args.against, concurrency=in_flight)
+    new = connect(server, args.student, args.adapter, concurrency=in_flight)
+    if current.settings.model == new.settings.model:
+        raise ConfigError(f"student server {server.shown}: the current student ({args.against or 'the base'}) and "
+                          f"the new one ({args.adapter}) would both be answered by {new.settings.model!r}; name each "
+                          "one's served model with --against-model and --student-model")
+    return current, new
 
 
 def run_report(args: argparse.Namespace) -> int:
