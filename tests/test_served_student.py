@@ -14,7 +14,7 @@ from distill.records.prompts import read_prompts
 from distill.stages.answer import answer_to_file
 from distill.student.model import GenerationParams, answer_id, model_identity
 from distill.teachers.served_student import Server, connect, sample_seed
-from loopback_server import LoopbackRequest, within_max_tokens
+from loopback_server import Fault, LoopbackRequest, within_max_tokens
 from test_export import random_adapter
 from test_round_e2e import PROMPTS, teacher_script
 
@@ -229,3 +229,41 @@ def test_eval_answers_through_the_server_and_scores_what_it_served(loopback, tin
     checks = json.loads(out.read_text())["metrics"]["checks"]
     assert checks["current_pass_rate"] == 0.0 and checks["new_pass_rate"] == 1.0
     assert sorted(b["model"] for b in chat_requests(loopback)) == ["base"] * 4 + ["tuned"] * 4
+
+
+def test_a_request_that_fails_for_good_stops_keeping_the_answers_before_it(student_server, tmp_path: Path,
+                                                                           capsys) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl")
+    out = tmp_path / "a.jsonl"
+    student_server.script(lambda r: Fault(400) if r.prompt.endswith("2.") else student_reply(r))
+    args = ["answer", str(prompts), "-o", str(out), "--max-new-tokens", "3", "--batch-size", "1",
+            *serve_args(student_server)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "student server" in err and "HTTP 400" in err and "run the same command again to resume" in err
+    assert not out.exists()
+    kept = read_rows(tmp_path / "a.jsonl.partial")
+    assert [r["prompt_id"] for r in kept] == ["q0", "q1"]  # one request in flight: in order, q2 failed
+    student_server.script(student_reply)
+    student_server.reset()
+    assert main(args) == 0
+    assert [r["prompt_id"] for r in read_rows(out)] == ["q0", "q1", "q2", "q3"]
+    assert sorted(b["messages"][-1]["content"] for b in chat_requests(student_server)) == \
+        ["Say the number 2.", "Say the number 3."]
+
+
+def test_an_adapter_named_on_a_server_without_hashes_is_recorded_unverified(student_server, tiny_model_dir: Path,
+                                                                            adapter: Path) -> None:
+    served = connect(Server(student_server.openai_url, STUDENT), tiny_model_dir, adapter)
+    assert served.identity.weights_sha256 == served.identity.adapter_sha256 == f"unverified:{STUDENT}"
+    assert served.identity.adapter == str(adapter)
+    assert served.identity.key != model_identity(tiny_model_dir, adapter)[1].key  # never reused as the local one's
+
+
+def test_eval_refuses_one_served_model_for_both_students(student_server, tiny_model_dir: Path, adapter: Path,
+                                                         tmp_path: Path, capsys) -> None:
+    heldout = write_prompts(tmp_path / "h.jsonl")
+    code = main(["eval", str(heldout), "--adapter", str(adapter), "--student", str(tiny_model_dir), "--no-judge",
+                 *serve_args(student_server)])
+    assert code == 2 and "would both be answered by 'smol'" in capsys.readouterr().err
+    assert student_server.count("openai") == 0

@@ -245,13 +245,13 @@ class ServedStudent:
                          lambda handle, p, k: self._ask(handle, p, k, params), self.settings.concurrency)
         try:
             while not flight.finished:
-                try:
-                    answers = loop.run_until_complete(flight.next(batch_size))
-                except TeacherError as exc:
-                    raise ModelError(f"student server {self.device}: {exc}. The answers written so far are kept; "
-                                     "run the same command again to resume") from None
+                answers = loop.run_until_complete(flight.next(batch_size))
                 bar.update(len(answers))
-                yield answers
+                if answers:
+                    yield answers
+            if flight.failed is not None:
+                raise ModelError(f"student server {self.device}: {flight.failed}. The answers written so far "
+                                 "are kept; run the same command again to resume")
         finally:
             loop.run_until_complete(flight.close())
             loop.close()
@@ -291,26 +291,34 @@ class _Flight:
         self.limit = limit
         self.running: set[asyncio.Task[Answer]] = set()
         self.done: list[Answer] = []
+        self.failed: TeacherError | None = None  # the first request that failed for good: no more are sent
 
     @property
     def finished(self) -> bool:
-        return self.left == 0
+        return self.left == 0 or (self.failed is not None and not self.done)
 
     def _fill(self) -> None:
-        while len(self.running) < self.limit:
+        while len(self.running) < self.limit and self.failed is None:
             item = next(self.pending, None)
             if item is None:
                 return
             self.running.add(asyncio.ensure_future(self.ask(self.handle, *item)))
 
     async def next(self, n: int) -> list[Answer]:
-        """The next `n` answers to arrive (fewer at the end); a request that failed for good raises."""
+        """The next `n` answers to arrive (fewer at the end, or once a request failed for good: then
+        `failed` holds its error, and the answers that arrived before it are still handed out)."""
         self._fill()
-        while len(self.done) < n and self.running:
+        while len(self.done) < n and self.running and self.failed is None:
             finished, _ = await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)
             self.running -= finished
             for task in finished:
-                self.done.append(task.result())
+                error = task.exception()
+                if error is None:
+                    self.done.append(task.result())
+                elif isinstance(error, TeacherError):
+                    self.failed = self.failed or error
+                else:
+                    raise error
             self._fill()
         out, self.done = self.done[:n], self.done[n:]
         self.left -= len(out)
