@@ -104,26 +104,18 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def served_pair(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """With --engine server: (current, new) as the server serves them, each checked to be the student
-    meant (`distill.teachers.served_student.connect`); None for the local engine."""
-    from dataclasses import replace
-
+    meant (`distill.teachers.served_student.connect_pair`); None for the local engine."""
     from distill.errors import ConfigError
     from distill.stages.config import RunConfig
-    from distill.teachers.served_student import connect
+    from distill.teachers.served_student import connect_pair
 
     server = server_option(args)
     if server is None:
         if args.against_model is not None:
             raise ConfigError("--against-model is read only with --engine server")
         return None
-    in_flight = resolved(args, RunConfig, "run", ("batch_size",))["batch_size"]
-    current = connect(replace(server, model=args.against_model), args.student, args.against, concurrency=in_flight)
-    new = connect(server, args.student, args.adapter, concurrency=in_flight)
-    if current.settings.model == new.settings.model:
-        raise ConfigError(f"student server {server.shown}: the current student ({args.against or 'the base'}) and "
-                          f"the new one ({args.adapter}) would both be answered by {new.settings.model!r}; name each "
-                          "one's served model with --against-model and --student-model")
-    return current, new
+    return connect_pair(server, args.student, args.against, args.adapter, against_model=args.against_model,
+                        concurrency=resolved(args, RunConfig, "run", ("batch_size",))["batch_size"])
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -208,6 +208,21 @@ def connect(server: Server, source: str | os.PathLike[str] | None = None,
     return ServedStudent(replace(settings, model=str(entry.get("id"))), identity, server.shown)
 
 
+def connect_pair(server: Server, source: str | os.PathLike[str] | None, against: str | os.PathLike[str] | None,
+                 adapter: str | os.PathLike[str] | None, *, against_model: str | None = None,
+                 concurrency: int = 32) -> tuple["ServedStudent", "ServedStudent"]:
+    """The current student (`source` + `against`, served as `against_model`) and the new one (`source` +
+    `adapter`, served as `server.model`), each checked; ConfigError when one served model would answer
+    for both (a server without hashes, and names that do not tell them apart)."""
+    current = connect(replace(server, model=against_model), source, against, concurrency=concurrency)
+    new = connect(server, source, adapter, concurrency=concurrency)
+    if current.settings.model == new.settings.model:
+        raise ConfigError(f"student server {server.shown}: the current student ({against or 'the base'}) and the "
+                          f"new one ({adapter}) would both be answered by {new.settings.model!r}; name each one's "
+                          "served model with --against-model and --student-model")
+    return current, new
+
+
 # ---------------------------------------------------------------- answering
 
 class ServedStudent:
