@@ -358,11 +358,12 @@ class EvalResult:
 def evaluate(prompts: Prompts, adapter: PathLike | None, *, against: PathLike | None = None,
              student: str | None = None, judge: bool | None = None, revisions: PathLike | None = None,
              replay: PathLike | None = None, policy: Policy | Mapping[str, Any] | None = None,
-             max_new_tokens: int | None = None, columns: Any = None) -> EvalResult:
+             max_new_tokens: int | None = None, columns: Any = None, served: Any = None) -> EvalResult:
     """Compare the student with `adapter` against the current student (`against`, default the base) on
     held-out `prompts` and apply the gate, as `distill eval` does. `judge` (default: [run] judge) asks the
     configured teacher's pairwise judge too. When the adapter was trained with a tracker
-    (`report_to`), the gate's metrics are logged to it as well."""
+    (`report_to`), the gate's metrics are logged to it as well. `served` (from
+    `distill.teachers.served_student.connect_pair`) takes both students' held-out answers from a server."""
     from distill.evaluation.config import RoundsConfig
     from distill.evaluation.evaluate import evaluate as compare
     from distill.evaluation.gate import decide
@@ -383,7 +384,7 @@ def evaluate(prompts: Prompts, adapter: PathLike | None, *, against: PathLike | 
     new = Student.load(student, adapter=adapter)
     teacher = open_round_teacher(None)[0] if use_judge else None
     result = compare(current, new, given, teacher=teacher, prompt_set=load_prompt_set() if teacher else None,
-                     revisions=revision_rows, replay=replay_rows, max_new_tokens=limit)
+                     revisions=revision_rows, replay=replay_rows, max_new_tokens=limit, served=served)
     decision = decide(result.metrics, gate)
     if adapter is not None:
         log_gate(Path(adapter), result.to_dict()["metrics"], decision.promote)

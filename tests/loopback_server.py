@@ -4,6 +4,7 @@ The official SDKs talk to it exactly as they talk to the providers, so tests exe
 clients, transports, error mapping and our retry and pacing code, with no mocks. It serves
 
     POST /v1/chat/completions    OpenAI chat completions (any OpenAI-compatible client)
+    GET  /v1/models              the models served (`serve_models`), as a student server lists them
     POST /v1/messages            Anthropic messages
     POST /v1/files, GET /v1/files/{id}[/content]         OpenAI files (batch input and output)
     POST /v1/batches, GET /v1/batches[/{id}]              OpenAI Batch (chat completions)
@@ -26,6 +27,10 @@ use it. What tests control:
   burst) and answers 429 with `retry-after-ms` / `retry-after`, plus `x-ratelimit-*` or
   `anthropic-ratelimit-*` headers on every answer;
 - latency: `latency_s` added before every answer;
+- as a student server (`--engine server`): `serve_models([...])` sets the entries `GET /v1/models`
+  lists, with or without `distill serve`'s `distill_weights_sha256` / `distill_adapter_sha256`
+  fields (default: one model, `loopback`); `within_max_tokens(text, request)` is a scripted reply
+  cut at the request's max_tokens (one token per word), with finish_reason `length` when cut;
 - provider batches: a batch moves validating -> in_progress -> ended over `batch_polls` status
   checks (`LoopbackServer(batch_polls=2)`); its rows are answered by the same responder as live
   calls, then written out of order (`shuffle_results`). `batch_script(fn)` with
@@ -211,6 +216,15 @@ def minimal_instance(schema: Any) -> Any:
     return None
 
 
+def within_max_tokens(text: str, request: LoopbackRequest) -> Reply:
+    """`text` as a student server would answer it under the request's max_tokens, counting one
+    token per word: whole, finish_reason "stop"; or its first max_tokens words, "length"."""
+    words = text.split()
+    if len(words) > request.max_tokens:
+        return Reply(" ".join(words[:request.max_tokens]), "length", output_tokens=request.max_tokens)
+    return Reply(text, "stop", output_tokens=len(words))
+
+
 def default_responder(request: LoopbackRequest) -> str:
     if request.schema is not None:
         return json.dumps(minimal_instance(request.schema))
@@ -234,6 +248,7 @@ class LoopbackServer:
         self._row_counter = 0
         self.rate_headers = rate_headers
         self._responder = responder or default_responder
+        self._models: list[dict[str, Any]] = [{"id": "loopback", "object": "model", "owned_by": "loopback"}]
         self._faults: deque[Fault] = deque()
         self._chaos: tuple[float, list[Fault], random.Random] | None = None
         self._lock = threading.Lock()
@@ -263,6 +278,11 @@ class LoopbackServer:
     def script(self, responder: Callable[[LoopbackRequest], str | Reply]) -> None:
         """Decide the reply to every following request."""
         self._responder = responder
+
+    def serve_models(self, entries: list[dict[str, Any]]) -> None:
+        """The entries `GET /v1/models` lists from now on (each needs an "id"; extra fields are sent as given)."""
+        with self._lock:
+            self._models = [{"object": "model", "owned_by": "loopback", "created": 0, **e} for e in entries]
 
     def batch_script(self, outcome: Callable[[LoopbackRequest], str | None]) -> None:
         """Decide each batch row's outcome: "succeeded" (or None), "errored", "expired", "canceled"."""
@@ -362,6 +382,7 @@ class LoopbackServer:
         asyncio.set_event_loop(self._loop)
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._openai)
+        app.router.add_get("/v1/models", self._list_models)
         app.router.add_post("/v1/messages", self._anthropic)
         app.router.add_post("/v1/files", self._upload_file)
         app.router.add_get("/v1/files/{file_id}", self._file_object)
@@ -387,6 +408,13 @@ class LoopbackServer:
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
+
+    async def _list_models(self, request: web.Request) -> web.Response:
+        with self._lock:
+            seen = Seen("models", len(self._seen), {}, {k.lower(): v for k, v in request.headers.items()},
+                        time.monotonic(), status=200)
+            self._seen.append(seen)
+            return web.json_response({"object": "list", "data": list(self._models)})
 
     async def _openai(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, OPENAI)

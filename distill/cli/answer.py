@@ -64,6 +64,30 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     add_options(g, RunConfig, only=("student", "adapter"))
     add_options(g, GenerationParams)
     add_options(g, RunConfig, only=("batch_size",), types={"batch_size": at_least_one("--batch-size")})
+    add_engine_args(p)
+
+
+ENGINE_FIELDS = ("engine", "student_url", "student_model", "student_timeout")
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """--engine, --student-url, --student-model, --student-timeout: the student served by a server
+    (`distill.teachers.served_student`), from `RunConfig`; `[run]` in distill.toml sets them too."""
+    from distill.cli.options import add_options
+    from distill.stages.config import RunConfig
+
+    add_options(p.add_argument_group("engine (the student's answers from an OpenAI-compatible server)"), RunConfig,
+                only=ENGINE_FIELDS)
+
+
+def server_option(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The student's server (flags > [run] in distill.toml > defaults), or None for the local engine."""
+    from distill.cli.options import resolved
+    from distill.stages.config import RunConfig
+    from distill.teachers.served_student import server_of
+
+    values = resolved(args, RunConfig, "run", ENGINE_FIELDS)
+    return server_of(values["engine"], values["student_url"], values["student_model"], values["student_timeout"])
 
 
 def at_least_one(flag: str):  # type: ignore[no-untyped-def]
@@ -104,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"distill: {len(prompts)} prompts from {args.prompts}", file=sys.stderr)
     started = time.monotonic()
     rows = answer_to_file(prompts, args.output, params, source=student["student"], adapter=student["adapter"],
-                          batch_size=student["batch_size"])
+                          batch_size=student["batch_size"], server=server_option(args))
     elapsed = time.monotonic() - started
     print(f"distill: wrote {len(rows)} answers to {args.output} in {elapsed:.1f} s", file=sys.stderr)
     return 0

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from distill.cli.answer import PROMPTS_HELP, add_source_args, source_columns
-from distill.cli.options import add_config_arg, add_options, add_run_name, config_env, given, run_folder
+from distill.cli.answer import PROMPTS_HELP, add_engine_args, add_source_args, server_option, source_columns
+from distill.cli.options import add_config_arg, add_options, add_run_name, config_env, given, resolved, run_folder
 
 if TYPE_CHECKING:
     from distill.evaluation.gate import Policy
@@ -32,6 +32,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--student", default=None, help="base model (default $DISTILL_STUDENT or the embedded student)")
     p.add_argument("--revisions", type=Path, default=None, help="held-out teacher revisions (sft.jsonl) for fidelity")
     p.add_argument("--replay", type=Path, default=None, help="replay/general chat set (sft format) for forgetting")
+    add_engine_args(p)
+    p.add_argument("--against-model", default=None, metavar="NAME",
+                   help="with --engine server: the served model of the current student (--against, or the base); "
+                        "--student-model names the new adapter's (default: the one with the weight hashes expected)")
     add_options(p, RoundsConfig, only=("judge", "eval_max_new_tokens"),
                 flags={"eval_max_new_tokens": "--max-new-tokens"})
     add_policy_args(p)
@@ -70,7 +74,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     result = api.evaluate(args.prompts, args.adapter, against=args.against, student=args.student, judge=args.judge,
                           revisions=args.revisions, replay=args.replay, policy=given(args, Policy),
-                          max_new_tokens=args.eval_max_new_tokens, columns=source_columns(args))
+                          max_new_tokens=args.eval_max_new_tokens, columns=source_columns(args),
+                          served=served_pair(args))
     data = result.to_dict()
     for name, metric in data["metrics"].items():
         shown = {k: (f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}] n={v['n']}" if isinstance(v, dict) else v)
@@ -82,6 +87,22 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.output:
         write_atomic(args.output, json.dumps(data, indent=2) + "\n")
     return 0
+
+
+def served_pair(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """With --engine server: (current, new) as the server serves them, each checked to be the student
+    meant (`distill.teachers.served_student.connect_pair`); None for the local engine."""
+    from distill.errors import ConfigError
+    from distill.stages.config import RunConfig
+    from distill.teachers.served_student import connect_pair
+
+    server = server_option(args)
+    if server is None:
+        if args.against_model is not None:
+            raise ConfigError("--against-model is read only with --engine server")
+        return None
+    return connect_pair(server, args.student, args.against, args.adapter, against_model=args.against_model,
+                        concurrency=resolved(args, RunConfig, "run", ("batch_size",))["batch_size"])
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -13,7 +13,10 @@ of paired per-prompt differences (new minus current) with a 95% bootstrap interv
 - `forgetting`: the relative rise in per-token NLL on a replay/general set, and the mean
   per-token KL(current || new) on the current model's own held-out answers.
 
-The gate (`distill.evaluation.gate`) turns these into a promote-or-refuse decision.
+The gate (`distill.evaluation.gate`) turns these into a promote-or-refuse decision. With
+`--engine server` the held-out answers come from the server serving both students
+(`distill.teachers.served_student`); fidelity and forgetting need the models' log-probabilities,
+so the local models compute them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from distill.stages.runner import run_rows
 from distill.stages.templates import PromptSet
 from distill.student.model import GenerationParams, Student
 from distill.teachers.base import Teacher
+from distill.teachers.served_student import ServedStudent
 from distill.teachers.stack import TeacherHandle
 
 
@@ -56,7 +60,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def answers_of(student: Student, prompts: Sequence[Prompt], max_new_tokens: int) -> list[str]:
+def answers_of(student: Student | ServedStudent, prompts: Sequence[Prompt], max_new_tokens: int) -> list[str]:
     return [a.text for a in student.answer(prompts, GenerationParams(max_new_tokens=max_new_tokens), batch_size=16)]
 
 
@@ -164,14 +168,18 @@ def forgetting_metric(current: Student, new: Student, replay: Sequence[Any],
 def evaluate(current: Student, new: Student, prompts: Sequence[Prompt], *, teacher: Teacher | None = None,
              prompt_set: PromptSet | None = None, revisions: Sequence[Any] = (), replay: Sequence[Any] = (),
              max_new_tokens: int = default_of(RoundsConfig, "eval_max_new_tokens"),
-             teacher_identity: Mapping[str, Any] | None = None) -> Evaluation:
+             teacher_identity: Mapping[str, Any] | None = None,
+             served: tuple[ServedStudent, ServedStudent] | None = None) -> Evaluation:
     """Compare `new` against `current` on held-out `prompts` (see the module docstring). A
-    `teacher` opened by `distill.teachers.stack.open_teacher` is closed once the judge is done."""
+    `teacher` opened by `distill.teachers.stack.open_teacher` is closed once the judge is done.
+    With `served` (the current and the new student as a server serves them, `--engine server`)
+    the held-out answers come from the server; the log-probabilities are the local models'."""
     from distill.training.examples import Example
 
     result = Evaluation()
-    cur_answers = answers_of(current, prompts, max_new_tokens)
-    new_answers = answers_of(new, prompts, max_new_tokens)
+    cur_answerer, new_answerer = served if served is not None else (current, new)
+    cur_answers = answers_of(cur_answerer, prompts, max_new_tokens)
+    new_answers = answers_of(new_answerer, prompts, max_new_tokens)
     passed = check_results(prompts, cur_answers, new_answers)
     checks = checks_metric(passed)
     if checks:

@@ -20,6 +20,12 @@ adapter, and says why. Everything lands under `runs/NAME/`:
     report.md + *.png the report (`distill report NAME`)
 
 A re-run continues from the first round not recorded as finished in rounds.json.
+
+With `--engine server` the server answers the held-out round, the replay prompts and each round's
+prompts (`distill.teachers.served_student`); a round whose student has a promoted adapter finds it
+among the served models by its weight hashes (the name given for the base does not name it), so
+only a server that reports hashes (`distill serve`) can answer those rounds. The gate's evaluation
+runs on the local models: it needs their log-probabilities, and the new adapter is not served yet.
 """
 
 from __future__ import annotations
@@ -126,7 +132,9 @@ def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> 
         _log(f"round {finished[-1]['round']} was refused earlier; nothing more to do")
         return state
     for number in range(len(finished) + 1, config.rounds + 1):
-        round_cfg = config.run.inside(config.run.folder.round(number), adapter=current, round=number)
+        # a served student for a promoted adapter is found by its hashes, not by the name given for the base
+        round_cfg = config.run.inside(config.run.folder.round(number), adapter=current, round=number,
+                                      **({"student_model": None} if current is not None else {}))
         _log(f"round {number}: student {'base' if current is None else 'base + ' + current}")
         summary = run_round(round_cfg, prompts)
         fresh = _kept(summary)
@@ -204,7 +212,8 @@ def _base_answers(config: RoundsConfig, prompts: Sequence[Prompt], output: Path)
     from distill.student.model import GenerationParams
 
     params = GenerationParams(max_new_tokens=config.run.generation.max_new_tokens)
-    return answer_to_file(prompts, output, params, source=config.run.student, batch_size=config.run.batch_size)
+    return answer_to_file(prompts, output, params, source=config.run.student, batch_size=config.run.batch_size,
+                          server=config.run.server)
 
 
 def _evaluate(config: RoundsConfig, number: int, current: str | None, adapter: Path, heldout: Sequence[Prompt],

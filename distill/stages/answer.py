@@ -6,6 +6,9 @@ conversation and reference: an edited prompt is answered again) with the same mo
 hash) and the same generation parameters; only the rest is generated, and the student
 is not even loaded when nothing is left to do. OUTPUT is written, in input order, only once
 every prompt has its answers.
+
+With a `Server` (`--engine server`) a student served by an OpenAI-compatible server answers
+instead (`distill.teachers.served_student`), into the same rows, resumed the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, Sequence
 from distill.records.jsonl import JsonlSink
 from distill.records.prompts import Prompt
 from distill.student.model import GenerationParams, ModelIdentity, Student, model_identity
+from distill.teachers.served_student import Server, ServedStudent, connect
 
 
 def _reusable(rows: Any, prompts: Sequence[Prompt], identity: ModelIdentity,
@@ -31,9 +35,15 @@ def _reusable(rows: Any, prompts: Sequence[Prompt], identity: ModelIdentity,
 
 
 def answer_to_file(prompts: Sequence[Prompt], output: Path, params: GenerationParams, *,
-                   student: Student | None = None, source: str | None = None, adapter: str | None = None,
-                   batch_size: int = 32, progress: bool = True, round_: int | None = None) -> list[dict]:
-    """Answer every prompt `params.samples` times into `output`; returns the rows in input order."""
+                   student: Student | ServedStudent | None = None, source: str | None = None,
+                   adapter: str | None = None, batch_size: int = 32, progress: bool = True,
+                   round_: int | None = None, server: Server | None = None,
+                   require_verified: bool = False) -> list[dict]:
+    """Answer every prompt `params.samples` times into `output`; returns the rows in input order.
+    With `server`, the student served there answers (checked first to be `source` + `adapter`,
+    see `distill.teachers.served_student`; `require_verified` refuses a server without hashes)."""
+    if student is None and server is not None:
+        student = connect(server, source, adapter, concurrency=batch_size, require_verified=require_verified)
     identity = student.identity if student is not None else model_identity(source, adapter)[1]
     sink = JsonlSink(output, reuse_finished=True)
     reused = _reusable(sink.done.values(), prompts, identity, params)

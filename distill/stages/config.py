@@ -29,7 +29,16 @@ class RunConfig:
     adapter: str | None = option(None, help="a LoRA adapter directory (from `distill train`) to apply", toml=False)
     generation: GenerationParams = field(default_factory=GenerationParams)
     """How the student decodes (`distill.student.model.GenerationParams`: flags of the same names)."""
-    batch_size: int = option(32, help="prompts generated together")
+    batch_size: int = option(32, help="prompts generated together (with --engine server: requests in flight)")
+    engine: str = option("local", choices=("local", "server"),
+                         help="where the student's answers come from: local (in process) or server (an "
+                              "OpenAI-compatible server serving the student: vLLM, llama.cpp, distill serve)")
+    student_url: str | None = option(None, metavar="URL", default_text="none",
+                                     help="with --engine server: the server's base URL, e.g. http://localhost:8000/v1")
+    student_model: str | None = option(
+        None, metavar="NAME", default_text="the one model served, else the one with the student's weight hashes",
+        help="with --engine server: the served model's name (a vLLM LoRA module's name for an adapter)")
+    student_timeout: float = option(300.0, help="with --engine server: seconds one answer may take")
     skip_consistent: float | None = option(
         None, help="with --samples > 1: skip prompts whose samples agree at least this often (e.g. 0.8)",
         default_text="off")
@@ -84,9 +93,23 @@ class RunConfig:
         help="with --batch: exit with status 75 once the batches are submitted; run the same command again later "
              "to continue (`distill batch status NAME` shows progress)")
 
+    def __post_init__(self) -> None:
+        """A wrong --engine combination (a server without a URL, a URL for the local engine) is a
+        ConfigError when the config is made, before any work."""
+        from distill.teachers.served_student import server_of
+
+        server_of(self.engine, self.student_url, self.student_model, self.student_timeout)
+
     @property
     def run_dir(self) -> Path:
         return self.runs_dir / self.name
+
+    @property
+    def server(self) -> Any:
+        """The student's server (`distill.teachers.served_student.Server`), or None for the local engine."""
+        from distill.teachers.served_student import server_of
+
+        return server_of(self.engine, self.student_url, self.student_model, self.student_timeout)
 
     @property
     def folder(self) -> RunDir:

@@ -190,9 +190,16 @@ def run_round(config: RunConfig, prompts: Sequence[Prompt], teacher: Teacher | N
         summary.counts["prompts"] = {"in": len(prompts), "out": len(kept), "seconds": time.monotonic() - started}
         t0 = time.monotonic()
         answers = answer_to_file(kept, config.run_dir / "answers.jsonl", config.generation, source=config.student,
-                                 adapter=config.adapter, batch_size=config.batch_size, round_=config.round)
+                                 adapter=config.adapter, batch_size=config.batch_size, round_=config.round,
+                                 server=config.server, require_verified=trained_here(config))
         summary.counts["answer"] = {"in": len(kept), "out": len(answers), "seconds": time.monotonic() - t0}
         return _critique_and_filter(config, answers, prompt_set, chain, handle, settings, summary, rejected, started)
+
+
+def trained_here(config: RunConfig) -> bool:
+    """Whether the round's adapter is one a multi-round run trained itself (a later round's promoted
+    adapter): a served student must then be shown by its hashes to be it, not taken by name."""
+    return config.adapter is not None and config.round > 1
 
 
 def critique_answers(config: RunConfig, answers: Sequence[Mapping[str, Any]], teacher: Teacher | None = None) -> Summary:

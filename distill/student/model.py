@@ -27,7 +27,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from distill.config import cache_dir, option, student_source
 from distill.errors import ConfigError, InputError, ModelError
@@ -347,14 +347,9 @@ class Student:
     def answer(self, prompts: Sequence[Prompt | str], params: GenerationParams | None = None, *,
                batch_size: int = 32, progress: bool = False) -> list[Answer]:
         """Answer every prompt (`params.samples` times each); results in input order."""
-        items = [p if isinstance(p, Prompt) else Prompt.from_text(p) for p in prompts]
+        items = as_prompts(prompts)
         params = params or GenerationParams()
-        order = {(p.id, k): i for i, (p, k) in enumerate((p, k) for p in items for k in range(params.samples))}
-        out: list[Answer | None] = [None] * len(order)
-        for batch in self.iter_answers(items, params, batch_size=batch_size, progress=progress):
-            for a in batch:
-                out[order[(a.prompt.id, a.sample)]] = a
-        return [a for a in out if a is not None]
+        return in_order(self.iter_answers(items, params, batch_size=batch_size, progress=progress), items, params)
 
     def iter_answers(self, prompts: Sequence[Prompt], params: GenerationParams, *, batch_size: int = 32,
                      skip: frozenset[tuple[str, int]] = frozenset(), progress: bool = False) -> Iterator[list[Answer]]:
@@ -364,7 +359,7 @@ class Student:
         lengths = dict(zip((p.id for p in prompts), self.check_lengths(prompts, params.max_new_tokens)))
         work = [(p, k) for p in prompts for k in range(params.samples) if (p.id, k) not in skip]
         work.sort(key=lambda item: (-lengths[item[0].id], item[0].id, item[1]))
-        bar = _progress_bar(len(work), enabled=progress)
+        bar = progress_bar(len(work), enabled=progress)
         started, produced = time.monotonic(), 0
         try:
             for start in range(0, len(work), batch_size):
@@ -418,7 +413,24 @@ def _quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
-def _progress_bar(total: int, *, enabled: bool) -> Any:
+def as_prompts(prompts: Sequence[Prompt | str]) -> list[Prompt]:
+    """Prompts as given, a bare string made a Prompt (its id from its content)."""
+    return [p if isinstance(p, Prompt) else Prompt.from_text(p) for p in prompts]
+
+
+def in_order(batches: Iterable[list[Answer]], prompts: Sequence[Prompt], params: GenerationParams) -> list[Answer]:
+    """The answers of `batches` (in whatever order they were produced) in input order: prompt by
+    prompt, sample by sample. Every answerer's `answer` (local or served) returns them so."""
+    order = {(p.id, k): i for i, (p, k) in enumerate((p, k) for p in prompts for k in range(params.samples))}
+    out: list[Answer | None] = [None] * len(order)
+    for batch in batches:
+        for a in batch:
+            out[order[(a.prompt.id, a.sample)]] = a
+    return [a for a in out if a is not None]
+
+
+def progress_bar(total: int, *, enabled: bool) -> Any:
+    """The `answer` progress bar (rows), shared by the local and the served student."""
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="row", desc="answer", disable=not enabled, dynamic_ncols=True)

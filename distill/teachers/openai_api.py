@@ -19,7 +19,10 @@ the price. Its batch client (`distill.teachers.batch.clients.OpenAIBatches`) is 
   `distill.stages.protocol` parses and repairs); the same attempt sends the next shape at once,
   so a step down is no retry. The cache key holds the schema, not this wire shape;
 - the official endpoint gets `max_completion_tokens`, other servers the older `max_tokens` that
-  every compatible server understands.
+  every compatible server understands;
+- `served_models` lists what a server serves (`GET /models`, each entry as the server wrote it,
+  extra fields included), through the same client and retry loop: the served student
+  (`distill.teachers.served_student`) checks with it that a server serves the expected model.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any, Mapping
 from distill.teachers.base import Completion, Reply, Request, Usage
 from distill.teachers.batch.clients import OpenAIBatches
 from distill.teachers.registry import BackendSpec
+from distill.teachers.retry import RetryLoop, failure_from_sdk
 from distill.teachers.settings import TeacherSettings
 
 log = logging.getLogger("distill.teachers")
@@ -188,6 +192,31 @@ def make_client(settings: TeacherSettings) -> Any:
     return openai.AsyncOpenAI(api_key=key, base_url=settings.base_url or DEFAULT_BASE_URL,
                               timeout=settings.timeout, max_retries=0,
                               http_client=openai.DefaultAioHttpClient(timeout=settings.timeout))
+
+
+async def served_models(settings: TeacherSettings) -> list[dict[str, Any]]:
+    """The models the server at `settings.base_url` serves (`GET /models`), each entry with every
+    field the server sent (`distill serve` adds weight hashes); retried as a chat call is, and a
+    final failure is a TeacherError."""
+    import openai
+
+    client = make_client(settings)
+    retry = RetryLoop(settings.name, max_retries=settings.max_retries)
+
+    async def attempt() -> list[dict[str, Any]]:
+        try:
+            page = await client.models.list()
+            return [entry.to_dict() for entry in page.data]
+        except Exception as exc:
+            failure = failure_from_sdk(openai, exc, settings.redact)
+            if failure is None:
+                raise
+            raise failure from None
+
+    try:
+        return (await retry.run(attempt, what="GET /models"))[0]
+    finally:
+        await client.close()
 
 
 def create(settings: TeacherSettings) -> OpenAIWire:

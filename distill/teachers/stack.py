@@ -150,7 +150,9 @@ def open_teacher(settings: TeacherSettings, *, offline: bool | None = None,
 
 def live_teacher(settings: TeacherSettings) -> TeacherHandle:
     """The stack without cache or batch queue: every request goes to the backend (built now,
-    after the key check), retried, paced and priced. For benchmarks and the backends' tests."""
+    after the key check), retried, paced and priced. For benchmarks, the backends' tests, and the
+    student served by an OpenAI-compatible server (`distill.teachers.served_student`), whose answers
+    are kept in its answers file, never in the teacher-call cache."""
     spec = registry.load_backend(settings.backend)
     pricing = Pricing.of(settings)
     return TeacherHandle(PricedTeacher(_backend(spec, settings), pricing), owned=True, pricing=pricing,
