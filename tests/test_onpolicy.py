@@ -259,3 +259,59 @@ def test_distill_config_shows_whether_the_teacher_can_score_tokens(capsys, monke
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
     main(["config", "--teacher", "anthropic:claude-sonnet-4-5", "--json"])
     assert json.loads(capsys.readouterr().out)["scoring"].startswith("no: ")
+
+
+# ---------------------------------------------------------------- an OpenAI-compatible server
+
+def vllm_like(tokenizer: Any, reads_as: Any = None) -> Any:
+    """A /v1/completions reply as vLLM gives it for echo + logprobs on token ids: per prompt token
+    (the first has none) its top candidates, keyed "token_id:N" with return_tokens_as_token_ids."""
+    def reply(body: dict) -> dict:
+        ids, k = body["prompt"], body["logprobs"]
+        texts = [(reads_as or tokenizer.decode)([i]) for i in ids]
+        def key(i: int) -> str:
+            return f"token_id:{i}" if body.get("return_tokens_as_token_ids") else tokenizer.decode([i])
+        tops = [None] + [{key(t): -0.25, **{key(t + j + 1): -2.0 - j for j in range(k - 1)}} for t in ids[1:]]
+        return {"choices": [{"text": "", "logprobs": {"tokens": texts, "top_logprobs": tops}}]}
+    return reply
+
+
+def server_settings(loopback: Any) -> TeacherSettings:
+    return TeacherSettings(backend="openai", model="smol", base_url=loopback.openai_url)
+
+
+def test_a_compatible_server_is_probed_once_and_its_top_k_scores_are_cached(loopback, smollm_tokenizer,
+                                                                          tmp_path: Path) -> None:
+    settings = server_settings(loopback)
+    loopback.completions_script(vllm_like(smollm_tokenizer))
+    scorer = open_scorer(settings, cache_dir=tmp_path, offline=False)
+    assert scorer.vocabulary(smollm_tokenizer) == Vocabulary.of(smollm_tokenizer)  # the probe
+    assert capability(settings, tmp_path).can_score is True  # recorded for distill config
+    rows = [((1, 2, 3), (4, 5))]
+    scores, = scorer.score(rows, 3)
+    assert scores.ids == ((4, 5, 6), (5, 6, 7)) and scores.logprobs[0] == (-0.25, -2.0, -3.0)
+    sent = loopback.completions_bodies[-1]
+    assert sent["prompt"] == [1, 2, 3, 4, 5] and sent["echo"] is True and sent["logprobs"] == 3
+    scorer.score(rows, 3)
+    assert len(loopback.completions_bodies) == 2 and scorer.hits == 1  # probe + one scoring call
+    scorer.close()
+
+
+def test_a_server_without_prompt_logprobs_is_recorded_as_unable(loopback, smollm_tokenizer, tmp_path: Path) -> None:
+    settings = server_settings(loopback)
+    scorer = open_scorer(settings, cache_dir=tmp_path, offline=False)
+    with pytest.raises(ConfigError, match="did not return prompt logprobs"):
+        scorer.vocabulary(smollm_tokenizer)
+    assert capability(settings, tmp_path).can_score is False
+    with pytest.raises(ConfigError, match="cannot score given tokens"):
+        open_scorer(settings, cache_dir=tmp_path)
+    scorer.close()
+
+
+def test_a_server_that_reads_the_students_ids_as_other_tokens_is_refused(loopback, smollm_tokenizer,
+                                                                        tmp_path: Path) -> None:
+    loopback.completions_script(vllm_like(smollm_tokenizer, reads_as=lambda ids: f"<other {ids[0]}>"))
+    scorer = open_scorer(server_settings(loopback), cache_dir=tmp_path, offline=False)
+    with pytest.raises(VocabularyMismatch, match="different vocabularies"):
+        scorer.vocabulary(smollm_tokenizer)
+    scorer.close()

@@ -412,7 +412,7 @@ class LocalScorer:
         import torch
 
         from distill.teachers.scoring import TokenScores
-        from distill.training.examples import head_logits
+        from distill.student.model import head_logits
 
         model = self.student.model
         out: list[Any] = []
