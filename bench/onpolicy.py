@@ -8,7 +8,7 @@ about 0%). Two ways to pass the rule on, from the same 64 training prompts:
   generates), and the student is fine-tuned on them (the settings of the SFT learning test);
 - on-policy: the student samples, the teacher scores every sampled token (its cost: the answer
   tokens it scores), the student descends on the reverse KL; once with as many steps as spend
-  about the SFT row's teacher tokens, once with the learning test's two epochs.
+  about the SFT row's teacher tokens, once with the learning test's epochs.
 
 It prints a table (held-out rule rate on 24 prompts, teacher answer tokens, training seconds) and
 writes it to bench/results/onpolicy.md. Run: `python bench/onpolicy.py` (a few minutes on 2 cores).
@@ -59,19 +59,23 @@ def main() -> None:
         work = Path(tmp)
         sets = rule_teacher(base, model_dir, work / "teacher")
         teacher_rate, _ = rule_rate(model_dir, work / "teacher", sets["heldout"])
+        print({"base": sets["before_rate"], "teacher": teacher_rate}, flush=True)
         sft = sft_on_teacher_answers(model_dir, work / "teacher", work / "sft")
+        print({"sft": sft}, flush=True)
         per_step = ONPOLICY.batch_size * sft["teacher_tokens"] / 64  # tokens a step scores, if answers are as long
         matched_steps = max(1, math.ceil(sft["teacher_tokens"] / per_step))
         matched = distill_on_policy(model_dir, work / "teacher", work / "onp-matched", work / "cache-a",
                                     dataclasses.replace(ONPOLICY, max_steps=matched_steps))
+        print({"matched": matched}, flush=True)
         full = distill_on_policy(model_dir, work / "teacher", work / "onp-full", work / "cache-b")
+        print({"full": full}, flush=True)
     rows = [("base student (no training)", sets["before_rate"], 0, 0.0, "-"),
             ("teacher (base + rule adapter)", teacher_rate, 0, 0.0, "-"),
             ("SFT on the teacher's greedy answers (64 prompts, 2 epochs)", sft["after_rate"], sft["teacher_tokens"],
              sft["train_seconds"], f"{math.ceil(64 / LEARNING.batch_size) * LEARNING.epochs}"),
             (f"on-policy, reverse KL, {matched_steps} steps (about SFT's teacher tokens)", matched["after_rate"],
              matched["teacher_tokens"], matched["train_seconds"], str(matched["steps"])),
-            ("on-policy, reverse KL, 2 epochs (the learning test)", full["after_rate"], full["teacher_tokens"],
+            (f"on-policy, reverse KL, {ONPOLICY.epochs} epochs (the learning test)", full["after_rate"], full["teacher_tokens"],
              full["train_seconds"], str(full["steps"]))]
     lines = ["| method | held-out rule rate (24 prompts) | teacher answer tokens | train seconds | steps |",
              "|---|---:|---:|---:|---:|"]

@@ -26,7 +26,7 @@ from distill.training.sft import train
 pytestmark = pytest.mark.slow
 
 # measured on 2 shared CPU cores (see the report of the run that added it)
-ONPOLICY = TrainConfig(learning_rate=5e-4, epochs=2, batch_size=8, onpolicy_max_new_tokens=40,
+ONPOLICY = TrainConfig(learning_rate=5e-4, epochs=3, batch_size=8, onpolicy_max_new_tokens=40,
                        onpolicy_temperature=1.0, replay_fraction=0.0)
 
 
