@@ -25,7 +25,10 @@ from distill.training.sft import train
 
 pytestmark = pytest.mark.slow
 
-# measured on 2 shared CPU cores (see the report of the run that added it)
+# NOT YET MEASURED to the end: the settings and the 60% threshold are those of the SFT learning test
+# (one more epoch); no run of this test has finished yet (the first stopped on an import bug, since
+# fixed; the second was stopped for time). The rule teacher it trains reached 100% held out in
+# bench/onpolicy.py. Measure before relying on the threshold.
 ONPOLICY = TrainConfig(learning_rate=5e-4, epochs=3, batch_size=8, onpolicy_max_new_tokens=40,
                        onpolicy_temperature=1.0, replay_fraction=0.0)
 
