@@ -225,6 +225,9 @@ def train(source: PathLike | Sequence[Any], output: PathLike | None = None, *, m
 
     chosen = {"method": method} if method is not None else {}
     config = TrainConfig.from_mapping({**train_values(options), **chosen}, source="keywords")
+    if config.method == "on-policy":
+        raise ConfigError("distill.train trains sft, dpo and kto; on-policy distillation needs a teacher that scores "
+                          "tokens: `distill train RUN --method on-policy --teacher ...` (distill.training.onpolicy)")
     if config.method == "sft":
         return _train_sft(source, output, config, student, replay, use_replay, reviewed, init_adapter, restart,
                           progress)

@@ -41,6 +41,11 @@ class ModelError(DistillError):
     """A model directory, weights file or tokenizer is missing, corrupt or unloadable."""
 
 
+class VocabularyMismatch(ModelError):
+    """The teacher and the student tokenize differently, so the teacher cannot score the student's
+    token ids (on-policy distillation needs one vocabulary; cross-tokenizer alignment is not done)."""
+
+
 class TeacherError(DistillError):
     """A teacher request failed for good; `reason` is a short machine-readable tag."""
 

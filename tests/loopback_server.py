@@ -5,6 +5,8 @@ clients, transports, error mapping and our retry and pacing code, with no mocks.
 
     POST /v1/chat/completions    OpenAI chat completions (any OpenAI-compatible client)
     GET  /v1/models              the models served (`serve_models`), as a student server lists them
+    POST /v1/completions         legacy completions, scripted by `completions_script` (token scoring:
+                                 echo + logprobs on token ids, as vLLM answers it); 404 unless scripted
     POST /v1/messages            Anthropic messages
     POST /v1/files, GET /v1/files/{id}[/content]         OpenAI files (batch input and output)
     POST /v1/batches, GET /v1/batches[/{id}]              OpenAI Batch (chat completions)
@@ -241,6 +243,8 @@ class LoopbackServer:
         self.batch_polls = batch_polls  # status checks until a batch ends (0 or 1: the first check)
         self.shuffle_results = shuffle_results
         self._batch_outcome: Callable[[LoopbackRequest], str | None] = lambda view: None
+        self._completions: Callable[[dict[str, Any]], dict[str, Any] | None] = lambda body: None
+        self.completions_bodies: list[dict[str, Any]] = []
         self._rng = random.Random(seed)
         self._files: dict[str, tuple[dict[str, Any], bytes]] = {}
         self._batches: dict[str, _Batch] = {}
@@ -283,6 +287,10 @@ class LoopbackServer:
         """The entries `GET /v1/models` lists from now on (each needs an "id"; extra fields are sent as given)."""
         with self._lock:
             self._models = [{"object": "model", "owned_by": "loopback", "created": 0, **e} for e in entries]
+
+    def completions_script(self, reply: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
+        """Answer POST /v1/completions with `reply(body)` as JSON (None: 404, as a server without it)."""
+        self._completions = reply
 
     def batch_script(self, outcome: Callable[[LoopbackRequest], str | None]) -> None:
         """Decide each batch row's outcome: "succeeded" (or None), "errored", "expired", "canceled"."""
@@ -384,6 +392,7 @@ class LoopbackServer:
         app.router.add_post("/v1/chat/completions", self._openai)
         app.router.add_get("/v1/models", self._list_models)
         app.router.add_post("/v1/messages", self._anthropic)
+        app.router.add_post("/v1/completions", self._legacy_completions)
         app.router.add_post("/v1/files", self._upload_file)
         app.router.add_get("/v1/files/{file_id}", self._file_object)
         app.router.add_get("/v1/files/{file_id}/content", self._file_content)
@@ -415,6 +424,15 @@ class LoopbackServer:
                         time.monotonic(), status=200)
             self._seen.append(seen)
             return web.json_response({"object": "list", "data": list(self._models)})
+
+    async def _legacy_completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        with self._lock:
+            self.completions_bodies.append(body)
+        reply = self._completions(body)
+        if reply is None:
+            return web.json_response({"error": {"message": "not found"}}, status=404)
+        return web.json_response(reply)
 
     async def _openai(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, OPENAI)

@@ -126,7 +126,15 @@ def _rows(settings: TeacherSettings, needs_key: bool) -> list[tuple[str, str, st
         if name == "base_url" and value is None:
             shown = "(the provider's own)"
         rows.append((name, shown, settings.sources.get(name, "default")))
+    rows.append(("scoring", _scoring(settings), "backend"))
     return rows
+
+
+def _scoring(settings: TeacherSettings) -> str:
+    """Whether the teacher can score given tokens (on-policy distillation), as `distill.teachers.scoring` says."""
+    from distill.teachers.scoring import capability
+
+    return capability(settings).text()
 
 
 def other_tables(args: argparse.Namespace) -> dict[str, dict[str, dict[str, Any]]]:
@@ -187,7 +195,8 @@ def _table(settings: TeacherSettings, needs_key: bool, identity: dict[str, Any] 
 
 def _as_json(settings: TeacherSettings, problem: str | None, identity: dict[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {"teacher": settings.name, "default": settings.uses_default,
-                           "values": settings.display(), "sources": dict(settings.sources), "problem": problem}
+                           "values": settings.display(), "sources": dict(settings.sources), "problem": problem,
+                           "scoring": _scoring(settings)}
     if identity is not None:
         out["identity"] = identity
     return out

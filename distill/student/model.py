@@ -405,6 +405,18 @@ class Student:
                       finish_reason="length" if stop is None else "stop")
 
 
+def head_logits(model: Any, input_ids: Any, attention_mask: Any, picked: Any) -> Any:
+    """Logits only at the `picked` positions (those whose next token is a completion label).
+
+    The backbone runs once over the batch; the vocabulary projection runs only where a loss is
+    taken, which on CPU saves most of the output head's cost (prompt tokens are about half of
+    every example). `model` is a causal LM, with or without a PEFT wrapper.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return base.get_output_embeddings()(hidden[:, :-1][picked])
+
+
 def _quiet_transformers() -> None:
     """Silence transformers' per-load progress bars and advisory warnings; our own bars remain."""
     from transformers.utils import logging

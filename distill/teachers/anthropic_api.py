@@ -145,6 +145,12 @@ def batch_client(settings: TeacherSettings) -> AnthropicBatches:
                             read=read)
 
 
+def scores(settings: TeacherSettings, cache_dir: Any = None) -> Any:
+    from distill.teachers.scoring import Capability
+
+    return Capability(False, "the Messages API returns no log-probabilities")
+
+
 BACKEND = BackendSpec(
     name="anthropic",
     summary="Anthropic Messages API (system prompt in its own field; JSON schema through a forced tool)",
@@ -154,4 +160,5 @@ BACKEND = BackendSpec(
     base_url_env=("ANTHROPIC_BASE_URL",),
     key_required=needs_key,
     batch=batch_client,
+    scores=scores,
 )

@@ -26,12 +26,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib import metadata
 from typing import Any, Callable, Mapping, Sequence
 
-from distill.errors import DistillError, TeacherError
+from distill.errors import ConfigError, DistillError, TeacherError
 from distill.records.ids import content_hash
 from distill.teachers.base import Completion, Request, Usage
 from distill.teachers.registry import BackendSpec
@@ -41,9 +42,23 @@ CLOSING_ALLOWANCE = 128  # extra tokens a constrained row may use to close its J
 DEFAULT_NAMES = ("default", "embedded")
 
 
+def model_spec(settings: TeacherSettings) -> tuple[str | None, str | None]:
+    """(model directory or hub id, None for the embedded default; adapter directory or None) from
+    `local:MODEL` or `local:MODEL?adapter=DIR` (a LoRA adapter applied to the model)."""
+    model, sep, query = settings.model.partition("?")
+    adapter = None
+    if sep:
+        key, eq, value = query.partition("=")
+        if key != "adapter" or not eq or not value:
+            raise ConfigError(f"teacher local:{settings.model}: expected local:MODEL?adapter=DIR after the '?', "
+                              f"got {query!r}")
+        adapter = value
+    return (None if model in DEFAULT_NAMES else model), adapter
+
+
 def model_source(settings: TeacherSettings) -> str | None:
     """None for the embedded default, else the model directory (or hub id) to load."""
-    return None if settings.model in DEFAULT_NAMES else settings.model
+    return model_spec(settings)[0]
 
 
 @dataclass
@@ -61,7 +76,7 @@ class LocalTeacher:
         self.settings = settings
         self.model = settings.model
         self.batch_size = settings.batch_size
-        self._loader = loader or _load_student
+        self._loader = loader or partial(_load_student, adapter=model_spec(settings)[1])
         self._engine: _Engine | None = None
         self._queue: asyncio.Queue[_Job] | None = None
         self._worker: asyncio.Task | None = None
@@ -140,10 +155,10 @@ def _by_sampling(jobs: list[_Job]) -> list[list[_Job]]:
     return list(groups.values())
 
 
-def _load_student(source: str | None) -> Any:
+def _load_student(source: str | None, adapter: str | None = None) -> Any:
     from distill.student.model import Student
 
-    return Student.load(source)
+    return Student.load(source, adapter=adapter)
 
 
 # ---------------------------------------------------------------- generation (runs in a thread)
@@ -359,12 +374,80 @@ def _decoder_version() -> str:
 
 
 def identity(settings: TeacherSettings) -> dict[str, Any]:
-    """Model directory and weights hash, without loading the model."""
+    """Model directory and weights hash (and the adapter's), without loading the model."""
     from distill.student.model import resolve_source, weights_sha256
 
-    directory, name, known_sha = resolve_source(model_source(settings))
-    return {"backend": "local", "model": settings.model, "name": name, "path": str(directory),
-            "weights_sha256": known_sha or weights_sha256(directory), "constrained_decoding": _decoder_version()}
+    source, adapter = model_spec(settings)
+    directory, name, known_sha = resolve_source(source)
+    out = {"backend": "local", "model": settings.model, "name": name, "path": str(directory),
+           "weights_sha256": known_sha or weights_sha256(directory), "constrained_decoding": _decoder_version()}
+    if adapter is not None:
+        out["adapter_sha256"] = weights_sha256(Path(adapter))
+    return out
+
+
+# ---------------------------------------------------------------- token scoring (on-policy distillation)
+
+class LocalScorer:
+    """Full-vocabulary (or top-k) next-token log-probs of given token ids from the local model, in process."""
+
+    full_vocabulary = True
+
+    def __init__(self, settings: TeacherSettings, loader: Callable[[], Any] | None = None):
+        self.settings = settings
+        source, adapter = model_spec(settings)
+        self._loader = loader or partial(_load_student, source, adapter)
+        self._student: Any = None
+
+    @property
+    def student(self) -> Any:
+        if self._student is None:
+            self._student = self._loader()
+        return self._student
+
+    def identity(self) -> Mapping[str, Any]:
+        return identity(self.settings)
+
+    def vocabulary(self, student_tokenizer: Any) -> Any:
+        from distill.teachers.scoring import Vocabulary
+
+        return Vocabulary.of(self.student.tokenizer)
+
+    def score(self, rows: Sequence[tuple[Sequence[int], Sequence[int]]], k: int) -> list[Any]:
+        """One TokenScores per row: log-probs at each answer position (position i predicts answer token i)."""
+        import torch
+
+        from distill.teachers.scoring import TokenScores
+        from distill.student.model import head_logits
+
+        model = self.student.model
+        out: list[Any] = []
+        with torch.no_grad():  # not inference_mode: the scores enter the student's loss graph as constants
+            for prompt, answer in rows:  # one row at a time: no padding to get wrong, rows are short
+                ids = torch.tensor([[*prompt, *answer]], device=model.device)
+                picked = torch.zeros((1, ids.shape[1] - 1), dtype=torch.bool, device=model.device)
+                picked[0, len(prompt) - 1:] = True
+                logps = torch.log_softmax(head_logits(model, ids, torch.ones_like(ids), picked).float(), dim=-1)
+                if k == 0:
+                    out.append(TokenScores(full=logps))
+                else:
+                    top = logps.topk(k, dim=-1)
+                    out.append(TokenScores(ids=tuple(map(tuple, top.indices.tolist())),
+                                           logprobs=tuple(map(tuple, top.values.tolist()))))
+        return out
+
+    def close(self) -> None:
+        self._student = None
+
+
+def scores(settings: TeacherSettings, cache_dir: Any = None) -> Any:
+    from distill.teachers.scoring import Capability
+
+    return Capability(True, "full-vocabulary log-probs in process (or top-k)")
+
+
+def make_scorer(settings: TeacherSettings, cache_dir: Any = None) -> LocalScorer:
+    return LocalScorer(settings)
 
 
 def create(settings: TeacherSettings) -> LocalTeacher:
@@ -377,4 +460,6 @@ BACKEND = BackendSpec(
             "batched; JSON schemas by constrained decoding (xgrammar)",
     make=create,
     identify=identity,
+    scores=scores,
+    scorer=make_scorer,
 )

@@ -232,6 +232,141 @@ def batch_client(settings: TeacherSettings) -> OpenAIBatches:
                          read=lambda body, request: chat_completion(body, settings.model, batch=True))
 
 
+# ---------------------------------------------------------------- token scoring (on-policy distillation)
+
+PROBES_FILE = "scoring-probes.json"  # in the cache directory: {sha256(base URL + model): true/false}
+
+
+def _probe_key(settings: TeacherSettings) -> str:
+    import hashlib
+
+    return hashlib.sha256(f"{settings.base_url or DEFAULT_BASE_URL}\n{settings.model}".encode()).hexdigest()
+
+
+def _probes_path(cache_dir: Any) -> Any:
+    from distill.teachers.cache.store import cache_path
+
+    return cache_path(cache_dir).parent / PROBES_FILE
+
+
+def _read_probes(cache_dir: Any) -> dict[str, bool]:
+    try:
+        data = json.loads(_probes_path(cache_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, bool)} if isinstance(data, dict) else {}
+
+
+def _record_probe(settings: TeacherSettings, cache_dir: Any, result: bool) -> None:
+    from distill.records.files import write_atomic
+
+    probes = {**_read_probes(cache_dir), _probe_key(settings): result}
+    path = _probes_path(cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(probes, indent=1, sort_keys=True) + "\n")
+
+
+def scores(settings: TeacherSettings, cache_dir: Any = None) -> Any:
+    """OpenAI itself: no. An OpenAI-compatible server: what its probe found, else unknown until used."""
+    from distill.teachers.scoring import Capability
+
+    if is_official(settings.base_url):
+        return Capability(False, "OpenAI returns log-probs of generated tokens only, never of given ones")
+    known = _read_probes(cache_dir).get(_probe_key(settings))
+    if known is None:
+        return Capability(None, "probed on first use (completions with echo + logprobs on token ids)")
+    return Capability(known, "the server " + ("returned" if known else "did not return") +
+                      " prompt logprobs for token ids (probed once; delete "
+                      f"{PROBES_FILE} in the cache directory to probe again)")
+
+
+class CompletionsScorer:
+    """Top-k log-probs of given token ids from an OpenAI-compatible server's legacy completions
+    endpoint: `prompt` as token ids, `echo: true`, `logprobs: k`, one new token (vLLM's shape;
+    `return_tokens_as_token_ids` makes the candidates token ids rather than text)."""
+
+    full_vocabulary = False
+
+    def __init__(self, settings: TeacherSettings, cache_dir: Any = None, client: Any = None):
+        import httpx
+
+        self.settings = settings
+        self.cache_dir = cache_dir
+        key = settings.api_key.reveal() if settings.api_key is not None else PLACEHOLDER_KEY
+        self.client = client or httpx.Client(base_url=(settings.base_url or DEFAULT_BASE_URL).rstrip("/") + "/",
+                                             timeout=settings.timeout, headers={"Authorization": f"Bearer {key}"})
+
+    def identity(self) -> Mapping[str, Any]:
+        return identity(self.settings)
+
+    def _post(self, ids: list[int], k: int, as_ids: bool) -> Mapping[str, Any] | None:
+        from distill.errors import TeacherError
+
+        body = {"model": self.settings.model, "prompt": ids, "max_tokens": 1, "echo": True, "logprobs": k,
+                "temperature": 0}
+        if as_ids:
+            body["return_tokens_as_token_ids"] = True
+        try:
+            reply = self.client.post("completions", json=body)
+        except Exception as exc:  # httpx transport errors
+            raise TeacherError(self.settings.redact(f"{self.settings.name}: scoring request failed "
+                                                    f"({type(exc).__name__}: {exc})"), reason="connection") from None
+        if reply.status_code >= 400:
+            return None
+        logprobs = (reply.json().get("choices") or [{}])[0].get("logprobs") or {}
+        return logprobs if isinstance(logprobs.get("top_logprobs"), list) else None
+
+    def probe(self, ids: list[int]) -> Mapping[str, Any] | None:
+        """One request; its verdict is recorded in the cache directory for `distill config`."""
+        found = self._post(ids, 1, as_ids=False)
+        ok = found is not None and len(found["top_logprobs"]) >= len(ids)
+        _record_probe(self.settings, self.cache_dir, ok)
+        return found if ok else None
+
+    def vocabulary(self, student_tokenizer: Any) -> Any:
+        """The student's vocabulary when the server echoes the student's ids of a probe text as the
+        same token texts; VocabularyMismatch when it does not, ConfigError when it cannot score."""
+        from distill.errors import ConfigError, VocabularyMismatch
+        from distill.teachers.scoring import Vocabulary
+
+        ids = student_tokenizer("Distill: 42 cafés, naïve résumé; ok?", add_special_tokens=False)["input_ids"]
+        found = self.probe(ids)
+        if found is None:
+            raise ConfigError(f"teacher {self.settings.name}: the server did not return prompt logprobs for token "
+                              "ids (completions with echo + logprobs), so it cannot score the student's answers")
+        echoed = [str(t) for t in found.get("tokens") or []][:len(ids)]
+        mine = [student_tokenizer.decode([i]) for i in ids]
+        if echoed and echoed != mine and echoed != student_tokenizer.convert_ids_to_tokens(ids):
+            raise VocabularyMismatch(f"the teacher {self.settings.name} reads the student's token ids {ids[:8]}... as "
+                                     f"{echoed[:8]}, the student as {mine[:8]}: they use different vocabularies "
+                                     "(cross-tokenizer alignment is not supported)")
+        return Vocabulary.of(student_tokenizer)
+
+    def score(self, rows: Any, k: int) -> list[Any]:
+        from distill.errors import TeacherError
+        from distill.teachers.scoring import TokenScores, logprob_or_floor
+
+        out = []
+        for prompt, answer in rows:
+            ids = [*prompt, *answer]
+            found = self._post(ids, k, as_ids=True)
+            if found is None:
+                raise TeacherError(f"{self.settings.name}: the server returned no prompt logprobs", reason="scoring")
+            tops = found["top_logprobs"][len(prompt):len(ids)]
+            cand = [sorted(((int(str(t).rsplit(":", 1)[-1]), logprob_or_floor(float(v)))
+                            for t, v in (top or {}).items()), key=lambda c: -c[1]) for top in tops]
+            out.append(TokenScores(ids=tuple(tuple(i for i, _ in c) for c in cand),
+                                   logprobs=tuple(tuple(v for _, v in c) for c in cand)))
+        return out
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def make_scorer(settings: TeacherSettings, cache_dir: Any = None) -> CompletionsScorer:
+    return CompletionsScorer(settings, cache_dir)
+
+
 BACKEND = BackendSpec(
     name="openai",
     summary="OpenAI chat completions, or any OpenAI-compatible server by base URL (vLLM, llama.cpp, Ollama, TGI)",
@@ -241,4 +376,6 @@ BACKEND = BackendSpec(
     base_url_env=("OPENAI_BASE_URL",),
     key_required=needs_key,
     batch=batch_client,
+    scores=scores,
+    scorer=make_scorer,
 )

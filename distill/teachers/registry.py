@@ -49,7 +49,9 @@ class Backend(Protocol):
 
     def create(self, settings: TeacherSettings) -> Teacher | Wire: ...
 
-    # optional: `batch(settings) -> BatchClient` when the provider has a batch API (see BackendSpec)
+    # optional: `batch(settings) -> BatchClient` when the provider has a batch API (see BackendSpec);
+    # `scores(settings, cache_dir) -> Capability` and `scorer(settings, cache_dir) -> Scorer` when it
+    # can score given token ids (`distill.teachers.scoring`)
 
 
 def _never(settings: TeacherSettings) -> bool:
@@ -68,6 +70,9 @@ class BackendSpec:
     base_url_env: tuple[str, ...] = ()
     key_required: Callable[[TeacherSettings], bool] = _never
     batch: Callable[[TeacherSettings], Any] | None = None  # the provider batch client, when there is one
+    # token scoring (on-policy distillation, `distill.teachers.scoring`): whether it can, and its Scorer
+    scores: Callable[[TeacherSettings, Any], Any] | None = None  # (settings, cache_dir) -> Capability
+    scorer: Callable[[TeacherSettings, Any], Any] | None = None  # (settings, cache_dir) -> Scorer
 
     def needs_key(self, settings: TeacherSettings) -> bool:
         return self.key_required(settings)

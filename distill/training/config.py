@@ -14,7 +14,9 @@ from typing import Any, Mapping
 from distill.config import option
 from distill.errors import ConfigError
 
-METHODS = ("sft", "dpo", "kto")
+METHODS = ("sft", "dpo", "kto", "on-policy")
+ONPOLICY_LOSSES = ("rkl", "jsd")
+ONPOLICY_OPTIONS = ("onpolicy_loss", "jsd_beta", "onpolicy_temperature", "onpolicy_max_new_tokens", "onpolicy_top_k")
 LOSS_TYPES = ("sigmoid", "ipo", "sigmoid_norm")
 PREFERENCE_OPTIONS = ("beta", "loss_type", "desirable_weight", "undesirable_weight")
 
@@ -85,7 +87,8 @@ class TrainConfig:
 
     # preference training (`distill train RUN --method dpo|kto`, distill.training.preference)
     method: str = option("sft", help="sft: imitate sft.jsonl; dpo: prefer chosen over rejected in prefs.jsonl; "
-                                     "kto: desirable and undesirable answers, unpaired", choices=METHODS)
+                                     "kto: desirable and undesirable answers, unpaired; on-policy: the student "
+                                     "samples, the teacher scores its tokens", choices=METHODS)
     """What is trained: sft (completion-only imitation of sft.jsonl), dpo (pairs from prefs.jsonl) or
     kto (answers labelled desirable or undesirable: prefs.jsonl, rejected.jsonl, review decisions)."""
     beta: float = option(0.1, help="dpo/kto: strength of the pull towards the reference policy")
@@ -101,6 +104,22 @@ class TrainConfig:
     undesirable_weight: float | None = option(None, help="kto: weight of undesirable examples",
                                               default_text="from the class counts")
     """KTO's weight on undesirable examples; None = set from the counts (see `kto_weights`)."""
+
+    # on-policy distillation (`distill train RUN --method on-policy`, distill.training.onpolicy)
+    onpolicy_loss: str = option("rkl", help="on-policy: rkl (per-token reverse KL to the teacher) or jsd "
+                                            "(GKD's generalized Jensen-Shannon divergence)", choices=ONPOLICY_LOSSES)
+    """On-policy loss per answer token: rkl = KL(student || teacher) (mode-seeking), or jsd = GKD's
+    generalized JSD with `jsd_beta` (interpolating between forward and reverse KL)."""
+    jsd_beta: float = option(0.5, help="on-policy jsd: beta in (0, 1) (small: near forward KL, large: near reverse)")
+    """GKD's beta: JSD_b = b KL(T || M) + (1 - b) KL(S || M), M = b T + (1 - b) S."""
+    onpolicy_temperature: float = option(1.0, help="on-policy: the student's sampling temperature")
+    """Temperature the student samples its answers at each step (no gradient through sampling)."""
+    onpolicy_max_new_tokens: int = option(64, help="on-policy: longest sampled answer in tokens")
+    """Longest answer the student samples per prompt and step."""
+    onpolicy_top_k: int = option(0, help="on-policy: teacher log-probs per position (0: the full vocabulary, "
+                                         "local teachers only; servers give top-k)")
+    """Teacher candidates per position: 0 = the whole vocabulary (a local teacher; not cached); k > 0
+    = its top k plus a tail bucket for the rest (what servers give; cached like every teacher call)."""
 
     # machinery
     seed: int = option(0, help="seed of the adapter init, data order and replay samples")
@@ -154,6 +173,19 @@ class TrainConfig:
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ConfigError(f"training option {name}: expected a positive number or null (from the class "
                                   f"counts), got {getattr(self, name)!r}")
+        if self.onpolicy_loss not in ONPOLICY_LOSSES:
+            raise ConfigError(f"training option onpolicy_loss: expected rkl or jsd, got {self.onpolicy_loss!r}")
+        if not 0 < self.jsd_beta < 1:
+            raise ConfigError(f"training option jsd_beta: expected a value in (0, 1), got {self.jsd_beta!r}")
+        if not self.onpolicy_temperature > 0:
+            raise ConfigError(f"training option onpolicy_temperature: expected a positive number, got "
+                              f"{self.onpolicy_temperature!r}")
+        if not isinstance(self.onpolicy_max_new_tokens, int) or self.onpolicy_max_new_tokens < 1:
+            raise ConfigError(f"training option onpolicy_max_new_tokens: expected a positive integer, got "
+                              f"{self.onpolicy_max_new_tokens!r}")
+        if not isinstance(self.onpolicy_top_k, int) or self.onpolicy_top_k < 0:
+            raise ConfigError(f"training option onpolicy_top_k: expected 0 (full vocabulary) or a positive "
+                              f"integer, got {self.onpolicy_top_k!r}")
         if self.target_modules is not None:
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
 
@@ -179,4 +211,6 @@ class TrainConfig:
         skip = {"save_every", "keep_checkpoints", "micro_batch_tokens", "gradient_checkpointing", "report_to"}
         if self.method == "sft":
             skip |= {"method", *PREFERENCE_OPTIONS}
+        if self.method != "on-policy":
+            skip |= set(ONPOLICY_OPTIONS)
         return {k: v for k, v in self.to_dict().items() if k not in skip}

@@ -21,7 +21,7 @@ from distill.errors import ModelError
 from distill.records.ids import content_hash
 from distill.records.jsonl import read_rows
 from distill.records.prompts import Prompt, parse_messages, parse_prompt
-from distill.student.model import GenerationParams, Student
+from distill.student.model import GenerationParams, Student, head_logits
 
 IGNORE = -100  # label of a position that carries no loss (prompt tokens and padding)
 
@@ -261,18 +261,6 @@ def completion_logits(student: Student, batch: Sequence[Encoded]) -> tuple[Any, 
     targets = tensors["labels"][:, 1:]
     picked = targets != IGNORE
     return head_logits(student.model, tensors["input_ids"], tensors["attention_mask"], picked), targets, picked
-
-
-def head_logits(model: Any, input_ids: Any, attention_mask: Any, picked: Any) -> Any:
-    """Logits only at the `picked` positions (those whose next token is a completion label).
-
-    The backbone runs once over the batch; the vocabulary projection runs only where a loss is
-    taken, which on CPU saves most of the output head's cost (prompt tokens are about half of
-    every example). `model` is a causal LM, with or without a PEFT wrapper.
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = base.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    return base.get_output_embeddings()(hidden[:, :-1][picked])
 
 
 def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
