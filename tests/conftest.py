@@ -60,6 +60,17 @@ def student(embedded_dir: Path):
     return Student.load(embedded_dir)
 
 
+@pytest.fixture(scope="session")
+def rule_learning(student, embedded_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The "Final answer: X" rule adapter of tests/test_train_learning.py (SFT on 64 revisions with
+    replay) and its measurements, trained once per session: that test checks it, and the on-policy
+    learning test (tests/test_onpolicy_learning.py) uses it as its teacher."""
+    from test_train_learning import LEARNING, run_learning
+
+    adapter = tmp_path_factory.mktemp("rule-learning") / "adapter"
+    return {**run_learning(student, embedded_dir, adapter, LEARNING), "adapter": adapter}
+
+
 # The providers' own variables, which the SDKs and the teacher settings read as fallbacks.
 _PROVIDER_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")
 # The one DISTILL_* variable kept: where the converted embedded student is cached (tests that need

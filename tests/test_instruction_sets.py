@@ -25,7 +25,7 @@ def test_the_files_are_what_the_generator_writes() -> None:
         import json
 
         expected = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        assert (FILES / name).read_text(encoding="utf-8") == expected, f"rebuild with python bench/instruction_sets.py"
+        assert (FILES / name).read_text(encoding="utf-8") == expected, "rebuild with python bench/instruction_sets.py"
 
 
 @pytest.mark.parametrize("name, at_least, kinds", [

@@ -1,7 +1,7 @@
 """On-policy distillation on the real embedded student transfers a rule from a teacher to the base.
 
-The teacher is the embedded SmolLM2 with a LoRA adapter trained here on the rule of
-tests/test_train_learning.py (a one-sentence answer, then a last line "Final answer: X"); the
+The teacher is the embedded SmolLM2 with the LoRA adapter that tests/test_train_learning.py trains on its rule
+(a one-sentence answer, then a last line "Final answer: X"; the `rule_learning` fixture, once per session); the
 student is the base model, which never ends with such a line. On-policy distillation sees only the
 training prompts: each step the student samples answers, the teacher (`local:DIR?adapter=DIR`, full
 vocabulary) scores every sampled token, and the student descends on the reverse KL. Afterwards the
@@ -25,11 +25,13 @@ from distill.training.sft import train
 
 pytestmark = pytest.mark.slow
 
-# NOT YET MEASURED to the end: the settings and the 60% threshold are those of the SFT learning test
-# (one more epoch); no run of this test has finished yet (the first stopped on an import bug, since
-# fixed; the second was stopped for time). The rule teacher it trains reached 100% held out in
-# bench/onpolicy.py. Measure before relying on the threshold.
-ONPOLICY = TrainConfig(learning_rate=5e-4, epochs=3, batch_size=8, onpolicy_max_new_tokens=40,
+# Measured (2026-12-01, float32, 2 quiet cores; the rule teacher at 100% held out): 1e-3 for 3
+# epochs of 8 prompts a step (24 steps, 409 s, 4,235 scored answer tokens) took the held-out rule
+# rate from 0% to 100%, the loss from 0.45 to 0.01-0.02. 5e-4 for 3 epochs reached only 42% (the
+# answers repeated "Final answer: X" and ran out of tokens); 2e-3 for 2 epochs (16 steps, 346 s)
+# reached 100% too, but with the loss still near 0.5 and answers that drifted ("Argentina is the
+# capital of Argentina"), so the test keeps the steadier setting. The threshold stays at 60%.
+ONPOLICY = TrainConfig(learning_rate=1e-3, epochs=3, batch_size=8, onpolicy_max_new_tokens=40,
                        onpolicy_temperature=1.0, replay_fraction=0.0)
 
 
@@ -67,14 +69,14 @@ def distill_on_policy(embedded_dir: Path, teacher_adapter: Path, out: Path, cach
             "first_losses": losses[:3], "last_losses": losses[-3:]}
 
 
-def test_on_policy_distillation_transfers_the_rule_from_an_adapter_teacher(student: Student, embedded_dir: Path,
+def test_on_policy_distillation_transfers_the_rule_from_an_adapter_teacher(rule_learning: dict, embedded_dir: Path,
                                                                           tmp_path: Path) -> None:
-    teacher_adapter = tmp_path / "rule-teacher"
-    sets = rule_teacher(student, embedded_dir, teacher_adapter)
-    teacher_rate, _ = rule_rate(embedded_dir, teacher_adapter, sets["heldout"])
-    m = distill_on_policy(embedded_dir, teacher_adapter, tmp_path / "onpolicy", tmp_path / "cache")
-    print({"before_rate": sets["before_rate"], "teacher_rate": teacher_rate, **m})
-    assert sets["before_rate"] <= 0.05
-    assert teacher_rate >= 0.6
-    assert m["teacher_tokens"] > 0
+    """The teacher is the rule adapter of tests/test_train_learning.py (`rule_learning`, trained once
+    per session); its held-out rate is measured there the way `rule_rate` measures the student's."""
+    m = distill_on_policy(embedded_dir, rule_learning["adapter"], tmp_path / "onpolicy", tmp_path / "cache")
+    print({"before_rate": rule_learning["before_rate"], "teacher_rate": rule_learning["after_rate"], **m})
+    assert rule_learning["before_rate"] <= 0.05
+    assert rule_learning["after_rate"] >= 0.6
+    assert m["teacher_tokens"] > 0 and m["steps"] == 24
     assert m["after_rate"] >= 0.6, m["samples"]
+    assert sum(m["last_losses"]) < sum(m["first_losses"])  # the divergence from the teacher fell

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 from distill.stages import self_training
 from distill.stages.round import RunConfig, critique_answers, no_teacher

@@ -270,7 +270,7 @@ def test_requests_that_arrive_together_are_generated_together(server, students) 
     with batcher._lock:
         thread = threading.Thread(target=lambda: results.append(asyncio.run(ask_all())))
         thread.start()
-        while sum(n for _, n in batcher.batches[before:]) + (batcher._queue.qsize() if batcher._queue else 0) < 4:
+        while sum(n for _, n in batcher.batches[before:]) + batcher.collector.pending() < 4:
             thread.join(0.05)
     thread.join(120)
     sizes = [n for _, n in batcher.batches[before:]]
@@ -398,3 +398,28 @@ def test_the_cli_serves_the_student_and_its_adapter_until_ctrl_c(embedded_dir: P
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "serving models student, mine" in err and KEY not in err
+
+
+@pytest.mark.slow
+def test_answer_with_engine_server_against_distill_serve_matches_the_local_student(server, embedded_dir: Path,
+                                                                                  adapter_dir: Path,
+                                                                                  tmp_path: Path) -> None:
+    """`distill answer --engine server` pointed at `distill serve`: the server reports its weight and
+    adapter hashes, so `--adapter DIR` picks the served adapter by hash (no --student-model), and
+    greedy answers are the local student's with that adapter, word for word, in the same row shape."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": p}) + "\n" for i, p in enumerate(PROMPTS)))
+    local, served = tmp_path / "local.jsonl", tmp_path / "served.jsonl"
+    common = ["--student", str(embedded_dir), "--adapter", str(adapter_dir), "--max-new-tokens", "12"]
+    assert main(["answer", str(prompts), "-o", str(local), *common]) == 0
+    before = len(server.app.batcher.batches)
+    assert main(["answer", str(prompts), "-o", str(served), *common, "--engine", "server",
+                 "--student-url", server.url]) == 0
+    local_rows, rows = ([json.loads(line) for line in path.read_text().splitlines()] for path in (local, served))
+    assert [r["answer"] for r in rows] == [r["answer"] for r in local_rows]
+    assert [r["finish_reason"] for r in rows] == [r["finish_reason"] for r in local_rows]
+    assert {m for m, _ in server.app.batcher.batches[before:]} == {"tuned"}  # the adapter, chosen by its hashes
+    model, local_model = rows[0]["model"], local_rows[0]["model"]
+    assert model["weights_sha256"] == local_model["weights_sha256"]
+    assert model["adapter_sha256"] == local_model["adapter_sha256"]
+    assert model["path"] == f"{server.url}#tuned"

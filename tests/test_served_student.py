@@ -15,20 +15,11 @@ from distill.stages.answer import answer_to_file
 from distill.student.model import GenerationParams, answer_id, model_identity
 from distill.teachers.served_student import Server, connect, sample_seed
 from loopback_server import Fault, LoopbackRequest, within_max_tokens
+from test_cli_answer import read_rows, write_prompts
 from test_export import random_adapter
 from test_round_e2e import PROMPTS, teacher_script
 
 STUDENT = "smol"
-
-
-def write_prompts(path: Path, n: int = 4) -> Path:
-    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Say the number {i}."}) + "\n"
-                            for i in range(n)), encoding="utf-8")
-    return path
-
-
-def read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def student_reply(request: LoopbackRequest):  # type: ignore[no-untyped-def]

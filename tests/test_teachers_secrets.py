@@ -71,7 +71,6 @@ def test_credentials_in_a_base_url_are_masked_wherever_it_is_shown_or_recorded(
         loopback_teacher: LoopbackServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture) -> None:
     from distill.stages.round import RunConfig, critique_answers
-    from test_round_e2e import teacher_script
 
     monkeypatch.chdir(tmp_path)
     url = loopback_teacher.openai_url.replace("http://", f"http://reviewer:{URL_SECRET}@")

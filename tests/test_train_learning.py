@@ -137,12 +137,12 @@ def run_learning(student: Student, embedded_dir: Path, out: Path, config: TrainC
 LEARNING = TrainConfig(learning_rate=5e-4, epochs=2)
 
 
-def test_lora_teaches_the_final_answer_rule_without_forgetting(student: Student, embedded_dir: Path,
-                                                               tmp_path: Path) -> None:
+def test_lora_teaches_the_final_answer_rule_without_forgetting(rule_learning: dict) -> None:
+    """`rule_learning` (tests/conftest.py) is `run_learning(..., LEARNING)`, run once per session."""
     train_rule, heldout_rule = rule_sets()
     assert len(train_rule) == 64 and len(heldout_rule) == 24
     assert not {p.text for p, _, _ in train_rule} & {p.text for p, _, _ in heldout_rule}
-    m = run_learning(student, embedded_dir, tmp_path / "adapter", LEARNING)
+    m = rule_learning
     print(m)
     assert m["replay_train"] >= 24 and m["replay_heldout"] == 12
     assert m["before_rate"] <= 0.05

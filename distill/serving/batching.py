@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from distill.errors import DistillError, ModelError
+from distill.student.collector import Collector, settle
 
 log = logging.getLogger(__name__)
 
@@ -80,46 +81,24 @@ class Batcher:
 
         self.students = dict(students)
         self.grammars = {name: Grammars(student) for name, student in self.students.items()}
-        self.max_batch = max_batch
-        self.wait_s = wait_s
         self.batches: list[tuple[str, int]] = []
-        self._queue: asyncio.Queue[Job] | None = None
-        self._worker: asyncio.Task | None = None
+        self.collector: Collector[Job] = Collector(self._dispatch, max_batch=max_batch, wait_s=wait_s)
         self._lock = threading.Lock()  # one generation at a time: the CPU (or GPU) is shared
 
     async def submit(self, job: Job) -> Result:
-        loop = asyncio.get_running_loop()
-        job.future = loop.create_future()
-        self._ensure_worker().put_nowait(job)
+        job.future = asyncio.get_running_loop().create_future()
+        self.collector.put(job)
         return await job.future
 
     async def aclose(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass
-            self._worker = None
+        await self.collector.aclose()
 
-    def _ensure_worker(self) -> asyncio.Queue[Job]:
-        if self._queue is None or self._worker is None or self._worker.done():
-            self._queue = asyncio.Queue()
-            self._worker = asyncio.get_running_loop().create_task(self._work(self._queue))
-        return self._queue
-
-    async def _work(self, queue: asyncio.Queue[Job]) -> None:
-        while True:
-            jobs = [await queue.get()]
-            await asyncio.sleep(self.wait_s)  # the collection window: requests arriving together batch together
-            while len(jobs) < self.max_batch and not queue.empty():
-                jobs.append(queue.get_nowait())
-            groups: dict[str, list[Job]] = {}
-            for job in jobs:
-                if job.future is not None and not job.future.done():
-                    groups.setdefault(job.model, []).append(job)
-            for model, group in groups.items():
-                await self._run(model, group)
+    async def _dispatch(self, jobs: list[Job]) -> None:
+        groups: dict[str, list[Job]] = {}
+        for job in jobs:
+            groups.setdefault(job.model, []).append(job)
+        for model, group in groups.items():
+            await self._run(model, group)
 
     async def _run(self, model: str, group: list[Job]) -> None:
         loop = asyncio.get_running_loop()
@@ -132,13 +111,7 @@ class Batcher:
             error = exc if isinstance(exc, DistillError) else ModelError(
                 f"generation failed ({type(exc).__name__}: {exc})")
             results = [error] * len(group)
-        for job, result in zip(group, results):
-            if job.future is None or job.future.done():
-                continue
-            if isinstance(result, BaseException):
-                job.future.set_exception(result)
-            else:
-                job.future.set_result(result)
+        settle(group, results)
 
     def _generate(self, model: str, jobs: list[Job], loop: asyncio.AbstractEventLoop) -> list[Result]:
         grammars = self.grammars[model]

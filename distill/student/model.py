@@ -267,7 +267,24 @@ def _device_name(device: str) -> str:
 
 # ---------------------------------------------------------------- the student
 
-class Student:
+class Answerer:
+    """What answers prompts in batches: the local `Student` and the served one
+    (`distill.teachers.served_student.ServedStudent`). Each yields batches from `iter_answers`;
+    `answer` collects them in input order."""
+
+    def iter_answers(self, prompts: Sequence[Prompt], params: GenerationParams, *, batch_size: int = 32,
+                     skip: frozenset[tuple[str, int]] = frozenset(), progress: bool = False) -> Iterator[list[Answer]]:
+        raise NotImplementedError
+
+    def answer(self, prompts: Sequence[Prompt | str], params: GenerationParams | None = None, *,
+               batch_size: int = 32, progress: bool = False) -> list[Answer]:
+        """Answer every prompt (`params.samples` times each); results in input order."""
+        items = as_prompts(prompts)
+        params = params or GenerationParams()
+        return in_order(self.iter_answers(items, params, batch_size=batch_size, progress=progress), items, params)
+
+
+class Student(Answerer):
     """A loaded causal LM plus tokenizer, able to answer prompts in batches."""
 
     def __init__(self, model: Any, tokenizer: Any, identity: ModelIdentity):
@@ -343,13 +360,6 @@ class Student:
                              f"tokens with max_new_tokens={max_new_tokens} (limit {limit} prompt tokens): {shown}. "
                              "Shorten them or lower --max-new-tokens.")
         return lengths
-
-    def answer(self, prompts: Sequence[Prompt | str], params: GenerationParams | None = None, *,
-               batch_size: int = 32, progress: bool = False) -> list[Answer]:
-        """Answer every prompt (`params.samples` times each); results in input order."""
-        items = as_prompts(prompts)
-        params = params or GenerationParams()
-        return in_order(self.iter_answers(items, params, batch_size=batch_size, progress=progress), items, params)
 
     def iter_answers(self, prompts: Sequence[Prompt], params: GenerationParams, *, batch_size: int = 32,
                      skip: frozenset[tuple[str, int]] = frozenset(), progress: bool = False) -> Iterator[list[Answer]]:

@@ -34,6 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from distill.errors import ConfigError, DistillError, TeacherError
 from distill.records.ids import content_hash
+from distill.student.collector import Collector, settle
 from distill.teachers.base import Completion, Request, Usage
 from distill.teachers.registry import BackendSpec
 from distill.teachers.settings import TeacherSettings
@@ -78,8 +79,7 @@ class LocalTeacher:
         self.batch_size = settings.batch_size
         self._loader = loader or partial(_load_student, adapter=model_spec(settings)[1])
         self._engine: _Engine | None = None
-        self._queue: asyncio.Queue[_Job] | None = None
-        self._worker: asyncio.Task | None = None
+        self._collector: Collector[_Job] = Collector(self._dispatch, max_batch=settings.batch_size)
         self.batches: list[int] = []  # sizes of the batches generated, for tests and reports
 
     def identity(self) -> Mapping[str, Any]:
@@ -91,37 +91,17 @@ class LocalTeacher:
                                "drop `tools` or use a hosted teacher", reason="unsupported")
         started = time.monotonic()
         future = asyncio.get_running_loop().create_future()
-        self._ensure_worker().put_nowait(_Job(request, future))
+        self._collector.put(_Job(request, future))
         completion = await future
         return replace(completion, latency_s=time.monotonic() - started)
 
     async def aclose(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass
-            self._worker = None
-        while self._queue is not None and not self._queue.empty():
-            job = self._queue.get_nowait()
-            if not job.future.done():
-                job.future.set_exception(TeacherError(f"local:{self.model}: teacher closed", reason="closed"))
+        closed = TeacherError(f"local:{self.model}: teacher closed", reason="closed")
+        settle(left := await self._collector.aclose(), [closed] * len(left))
 
-    def _ensure_worker(self) -> asyncio.Queue[_Job]:
-        if self._queue is None or self._worker is None or self._worker.done():
-            self._queue = asyncio.Queue()  # a fresh one: the old worker's loop may be gone
-            self._worker = asyncio.get_running_loop().create_task(self._work(self._queue))
-        return self._queue
-
-    async def _work(self, queue: asyncio.Queue[_Job]) -> None:
-        while True:
-            jobs = [await queue.get()]
-            await asyncio.sleep(0)  # let callers that are already running enqueue too
-            while len(jobs) < self.batch_size and not queue.empty():
-                jobs.append(queue.get_nowait())
-            for group in _by_sampling([j for j in jobs if not j.future.done()]):
-                await self._run(group)
+    async def _dispatch(self, jobs: list[_Job]) -> None:
+        for group in _by_sampling(jobs):
+            await self._run(group)
 
     async def _run(self, group: list[_Job]) -> None:
         try:
@@ -136,13 +116,7 @@ class LocalTeacher:
             error = TeacherError(f"local:{self.model}: generation failed ({type(exc).__name__}: {exc})",
                                  reason="local_error")
             results = [error] * len(group)
-        for job, result in zip(group, results):
-            if job.future.done():
-                continue
-            if isinstance(result, BaseException):
-                job.future.set_exception(result)
-            else:
-                job.future.set_result(result)
+        settle(group, results)
 
 
 def _by_sampling(jobs: list[_Job]) -> list[list[_Job]]:

@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from distill.errors import ConfigError, ModelError, TeacherError
 from distill.records.ids import content_hash
 from distill.records.prompts import Prompt
-from distill.student.model import (Answer, GenerationParams, ModelIdentity, as_prompts, in_order, model_identity,
+from distill.student.model import (Answer, Answerer, GenerationParams, ModelIdentity, model_identity,
                                    progress_bar)
 from distill.teachers.base import Completion, Request
 from distill.teachers.openai_api import served_models
@@ -225,7 +225,7 @@ def connect_pair(server: Server, source: str | os.PathLike[str] | None, against:
 
 # ---------------------------------------------------------------- answering
 
-class ServedStudent:
+class ServedStudent(Answerer):
     """The student as a server serves it, answering as `distill.student.model.Student` does."""
 
     def __init__(self, settings: TeacherSettings, identity: ModelIdentity, shown: str):
@@ -237,13 +237,6 @@ class ServedStudent:
     def device(self) -> str:
         """Where it answers: the served model at the server (printed as the local student's device is)."""
         return f"{self.shown} as {self.settings.model!r}"
-
-    def answer(self, prompts: Sequence[Prompt | str], params: GenerationParams | None = None, *,
-               batch_size: int = 32, progress: bool = False) -> list[Answer]:
-        """Answer every prompt (`params.samples` times each); results in input order."""
-        items = as_prompts(prompts)
-        params = params or GenerationParams()
-        return in_order(self.iter_answers(items, params, batch_size=batch_size, progress=progress), items, params)
 
     def iter_answers(self, prompts: Sequence[Prompt], params: GenerationParams, *, batch_size: int = 32,
                      skip: frozenset[tuple[str, int]] = frozenset(), progress: bool = False) -> Iterator[list[Answer]]:

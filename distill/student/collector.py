@@ -1,0 +1,82 @@
+"""Requests that arrive together are generated together: one asyncio queue and its one worker.
+
+The local teacher (`distill.teachers.local`) and `distill serve` (`distill.serving.batching`) both
+take requests from many coroutines and generate them in batches on one model. This is the part
+they share. A `Collector` holds a job queue on the running event loop and one worker task, which
+waits for a first job, lets the jobs that arrive within `wait_s` join it (up to `max_batch`),
+leaves out jobs whose caller has gone (a future already done, e.g. cancelled), and awaits
+`dispatch(batch)`. How a batch is split (by sampling settings, by adapter) and generated is the
+caller's; `settle` hands each job its result or error.
+
+The queue is made on first use and again after its worker has ended, since a queue belongs to the
+event loop it was made on and callers such as `asyncio.run` make a new loop per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable, Generic, Protocol, Sequence, TypeVar
+
+
+class HasFuture(Protocol):
+    future: asyncio.Future | None
+
+
+J = TypeVar("J", bound=HasFuture)
+
+
+class Collector(Generic[J]):
+    """`put(job)` from a coroutine; the worker calls `await dispatch(jobs)` with each batch."""
+
+    def __init__(self, dispatch: Callable[[list[J]], Awaitable[None]], *, max_batch: int, wait_s: float = 0.0):
+        self.dispatch = dispatch
+        self.max_batch = max_batch
+        self.wait_s = wait_s
+        self._queue: asyncio.Queue[J] | None = None
+        self._worker: asyncio.Task | None = None
+
+    def put(self, job: J) -> None:
+        if self._queue is None or self._worker is None or self._worker.done():
+            self._queue = asyncio.Queue()  # a fresh one: the old worker's loop may be gone
+            self._worker = asyncio.get_running_loop().create_task(self._work(self._queue))
+        self._queue.put_nowait(job)
+
+    def pending(self) -> int:
+        """Jobs queued and not yet taken into a batch."""
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def aclose(self) -> list[J]:
+        """Stop the worker; return the jobs still queued (their futures are the caller's to settle)."""
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+            self._worker = None
+        left: list[J] = []
+        while self._queue is not None and not self._queue.empty():
+            left.append(self._queue.get_nowait())
+        return left
+
+    async def _work(self, queue: asyncio.Queue[J]) -> None:
+        while True:
+            jobs = [await queue.get()]
+            await asyncio.sleep(self.wait_s)  # the collection window (0: callers already running enqueue too)
+            while len(jobs) < self.max_batch and not queue.empty():
+                jobs.append(queue.get_nowait())
+            live = [j for j in jobs if j.future is not None and not j.future.done()]
+            if live:
+                await self.dispatch(live)
+
+
+def settle(jobs: Sequence[HasFuture], results: Sequence[Any]) -> None:
+    """Give each job's future its result, or raise it there when it is an exception; a future
+    already done (its caller gone) is left alone."""
+    for job, result in zip(jobs, results):
+        if job.future is None or job.future.done():
+            continue
+        if isinstance(result, BaseException):
+            job.future.set_exception(result)
+        else:
+            job.future.set_result(result)
