@@ -216,18 +216,23 @@ def policy_of(policy: Policy | Mapping[str, Any] | None) -> Policy:
 def train(source: PathLike | Sequence[Any], output: PathLike | None = None, *, method: str | None = None,
           student: str | None = None, replay: PathLike | None = None, use_replay: bool = True,
           reviewed: bool = False, init_adapter: PathLike | None = None, restart: bool = False,
-          progress: bool = False, **options: Any) -> TrainResult:
+          progress: bool = False, teacher: str | None = None, **options: Any) -> TrainResult:
     """Train a LoRA adapter, as `distill train` does. `source` is a run directory (its sft.jsonl, or for
-    dpo/kto its prefs.jsonl), a JSONL file, or a list of training rows (SftRow, Example, or chat rows as
-    a JSONL file holds them; `output` then required). `method` is sft, dpo or kto (default: [train]
-    method, else sft); `options` are TrainConfig fields (over [train]). Returns what training.json records (`result.summary`)."""
+    dpo/kto its prefs.jsonl, for on-policy the prompts of its answers.jsonl), a JSONL file, or a list of
+    training rows (SftRow, Example, or chat rows as a JSONL file holds them; for on-policy, prompts;
+    `output` then required). `method` is sft, dpo, kto or on-policy (default: [train] method, else sft);
+    on-policy's scoring teacher is `teacher` (e.g. "local:DIR"), else the configured one. `options` are
+    TrainConfig fields (over [train]). Returns what training.json records (`result.summary`)."""
     from distill.training.config import TrainConfig
 
     chosen = {"method": method} if method is not None else {}
     config = TrainConfig.from_mapping({**train_values(options), **chosen}, source="keywords")
     if config.method == "on-policy":
-        raise ConfigError("distill.train trains sft, dpo and kto; on-policy distillation needs a teacher that scores "
-                          "tokens: `distill train RUN --method on-policy --teacher ...` (distill.training.onpolicy)")
+        return _train_on_policy(source, output, config, student, replay, use_replay, reviewed, init_adapter,
+                                restart, progress, teacher)
+    if teacher is not None:
+        raise ConfigError(f"teacher= is for method='on-policy' (the teacher that scores the student's samples); "
+                          f"{config.method} trains on rows the teacher already wrote")
     if config.method == "sft":
         return _train_sft(source, output, config, student, replay, use_replay, reviewed, init_adapter, restart,
                           progress)
@@ -262,6 +267,66 @@ def _train_sft(source: Any, output: PathLike | None, config: Any, student: str |
     return train_sft(examples, out, config, student=student, replay=replay_rows, replay_prompts=replay_prompts,
                      data_info={**info, "replay_path": str(replay_path) if replay_path else None},
                      restart=restart, progress=progress)
+
+
+def _train_on_policy(source: Any, output: PathLike | None, config: Any, student: str | None,
+                     replay: PathLike | None, use_replay: bool, reviewed: bool, init_adapter: PathLike | None,
+                     restart: bool, progress: bool, teacher: str | None) -> TrainResult:
+    """on-policy: the student samples answers to the prompts and the teacher scores its tokens."""
+    from distill.teachers.resolve import resolve_settings
+    from distill.teachers.scoring import open_scorer
+    from distill.training.examples import read_replay
+    from distill.training.onpolicy import train_on_policy
+
+    for flag, given in (("--reviewed", reviewed), ("--init-adapter", init_adapter is not None)):
+        if given:
+            raise ConfigError(f"{flag} is not for --method on-policy (it trains a fresh LoRA on the run's prompts)")
+    prompts, data_path, out, replay_path = onpolicy_sources(source, output, replay)
+    replay_path = Path(replay_path) if replay_path is not None and use_replay else None
+    replay_rows, replay_prompts = read_replay(replay_path) if replay_path else ([], [])
+    settings = resolve_settings(overrides={"teacher": teacher})
+    scorer = open_scorer(settings)  # refuses a teacher known not to score before any model loads
+    if progress:
+        say(f"{len(prompts)} prompts from {data_path or 'the list given'}; teacher {settings.name} scores the "
+            f"student's samples ({config.onpolicy_loss}, "
+            + (f"top-{config.onpolicy_top_k}" if config.onpolicy_top_k else "full vocabulary") + ")")
+    try:
+        return train_on_policy(prompts, out, scorer, config, student=student, replay=replay_rows,
+                               replay_prompts=replay_prompts, restart=restart, progress=progress,
+                               data_info={"path": str(data_path) if data_path else None,
+                                          "replay_path": str(replay_path) if replay_path else None})
+    finally:
+        scorer.close()
+
+
+def onpolicy_sources(source: Any, output: PathLike | None,
+                     replay: PathLike | None) -> tuple[list[Prompt], Path | None, Path, PathLike | None]:
+    """(prompts, the file they came from, adapter directory, replay file) for on-policy training: a run
+    directory's answered prompts (RUN/answers.jsonl, RUN/adapter-onpolicy, RUN/replay.jsonl when it
+    exists), a prompts file (FILE-onpolicy-adapter beside it), or a list of prompts (`output` required)."""
+    from distill.records.prompts import Prompt, read_answers
+
+    if not isinstance(source, (str, os.PathLike)):
+        if output is None:
+            raise ConfigError("train(prompts, output, method='on-policy'): prompts given as a list need an output "
+                              "directory")
+        return prompts_of(source), None, Path(output), replay
+    source = Path(source)
+    if source.is_dir():
+        answers = source / "answers.jsonl"
+        if not answers.is_file():
+            raise InputError(f"{source}: a run directory without answers.jsonl; run the pipeline first, or pass a "
+                             "prompts file")
+        seen: dict[str, Prompt] = {}
+        for row in read_answers(answers):
+            seen.setdefault(row["prompt_id"], Prompt(id=row["prompt_id"], messages=tuple(row["messages"])))
+        default_replay = source / "replay.jsonl"
+        return (list(seen.values()), answers, Path(output) if output else source / "adapter-onpolicy",
+                replay or (default_replay if default_replay.is_file() else None))
+    if source.exists() or source.suffix == ".jsonl":
+        return (prompts_of(source), source, Path(output) if output else source.with_name(source.stem + "-onpolicy-adapter"),
+                replay)
+    raise InputError(f"{source}: no such run directory or prompts file")
 
 
 def examples_of(rows: Sequence[Any]) -> list[Example]:

@@ -243,7 +243,7 @@ class LoopbackServer:
         self.batch_polls = batch_polls  # status checks until a batch ends (0 or 1: the first check)
         self.shuffle_results = shuffle_results
         self._batch_outcome: Callable[[LoopbackRequest], str | None] = lambda view: None
-        self._completions: Callable[[dict[str, Any]], dict[str, Any] | None] = lambda body: None
+        self._completions: Callable[[dict[str, Any]], dict[str, Any] | int | None] = lambda body: None
         self.completions_bodies: list[dict[str, Any]] = []
         self._rng = random.Random(seed)
         self._files: dict[str, tuple[dict[str, Any], bytes]] = {}
@@ -288,8 +288,9 @@ class LoopbackServer:
         with self._lock:
             self._models = [{"object": "model", "owned_by": "loopback", "created": 0, **e} for e in entries]
 
-    def completions_script(self, reply: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
-        """Answer POST /v1/completions with `reply(body)` as JSON (None: 404, as a server without it)."""
+    def completions_script(self, reply: Callable[[dict[str, Any]], dict[str, Any] | int | None]) -> None:
+        """Answer POST /v1/completions with `reply(body)` as JSON (None: 404, as a server without it; an
+        int: that HTTP error status)."""
         self._completions = reply
 
     def batch_script(self, outcome: Callable[[LoopbackRequest], str | None]) -> None:
@@ -432,6 +433,8 @@ class LoopbackServer:
         reply = self._completions(body)
         if reply is None:
             return web.json_response({"error": {"message": "not found"}}, status=404)
+        if isinstance(reply, int):  # an HTTP error status: a rate limit, a bad key, an outage
+            return web.json_response({"error": {"message": f"scripted status {reply}"}}, status=reply)
         return web.json_response(reply)
 
     async def _openai(self, request: web.Request) -> web.StreamResponse:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from distill.cli import main
-from distill.errors import ConfigError, VocabularyMismatch
+from distill.errors import ConfigError, TeacherError, VocabularyMismatch
 from distill.records.prompts import Prompt
 from distill.student.model import Student
 from distill.teachers.cache.layer import OfflineMiss
@@ -315,3 +315,48 @@ def test_a_server_that_reads_the_students_ids_as_other_tokens_is_refused(loopbac
     with pytest.raises(VocabularyMismatch, match="different vocabularies"):
         scorer.vocabulary(smollm_tokenizer)
     scorer.close()
+
+
+def test_a_rate_limit_or_a_bad_key_is_an_error_not_a_verdict_that_the_server_cannot_score(
+        loopback, smollm_tokenizer, tmp_path: Path) -> None:
+    settings = server_settings(loopback)
+    scorer = open_scorer(settings, cache_dir=tmp_path, offline=False)
+    for status in (429, 401, 503):
+        loopback.completions_script(lambda body, status=status: status)
+        with pytest.raises(TeacherError, match=f"HTTP {status}") as caught:
+            scorer.vocabulary(smollm_tokenizer)
+        assert caught.value.status == status
+        assert capability(settings, tmp_path).can_score is None  # nothing recorded: probed again next time
+    loopback.completions_script(vllm_like(smollm_tokenizer))
+    assert scorer.vocabulary(smollm_tokenizer) == Vocabulary.of(smollm_tokenizer)
+    assert capability(settings, tmp_path).can_score is True
+    scorer.close()
+
+
+def test_a_server_that_echoes_no_tokens_cannot_be_checked_for_the_vocabulary(loopback, smollm_tokenizer,
+                                                                             tmp_path: Path) -> None:
+    def no_tokens(body: dict) -> dict:
+        reply = vllm_like(smollm_tokenizer)(body)
+        del reply["choices"][0]["logprobs"]["tokens"]
+        return reply
+    loopback.completions_script(no_tokens)
+    scorer = open_scorer(server_settings(loopback), cache_dir=tmp_path, offline=False)
+    with pytest.raises(VocabularyMismatch, match="did not echo the tokens"):
+        scorer.vocabulary(smollm_tokenizer)
+    scorer.close()
+
+
+def test_the_python_api_trains_on_policy_on_a_list_of_prompts(tiny_model_dir: Path, tmp_path: Path,
+                                                              monkeypatch) -> None:
+    import distill
+
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "adapter"
+    result = distill.train([p.text for p in prompts()], out, method="on-policy", teacher=f"local:{tiny_model_dir}",
+                           student=str(tiny_model_dir), max_steps=1, batch_size=4, onpolicy_max_new_tokens=4)
+    assert result.steps == 1 and (out / "adapter_model.safetensors").is_file()
+    assert result.summary["teacher"]["backend"] == "local" and result.summary["data"]["path"] is None
+    with pytest.raises(ConfigError, match="need an output directory"):
+        distill.train(["Say hi."], method="on-policy", teacher=f"local:{tiny_model_dir}")
+    with pytest.raises(ConfigError, match="teacher= is for method='on-policy'"):
+        distill.train([], out, teacher=f"local:{tiny_model_dir}")

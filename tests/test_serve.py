@@ -314,6 +314,15 @@ def test_bad_requests_are_clear_openai_errors(server) -> None:
 
 
 @pytest.mark.slow
+def test_a_seed_torch_cannot_take_is_a_400_and_the_completions_overflow_names_prompt(server) -> None:
+    status, body = post(server, "/chat/completions", {"model": "student", "max_tokens": 2, "seed": 2**70,
+                                                      "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 400 and body["error"]["param"] == "seed" and str(2**70) in body["error"]["message"]
+    status, body = post(server, "/completions", {"model": "student", "prompt": "word " * 9000, "max_tokens": 2})
+    assert status == 400 and body["error"]["param"] == "prompt" and body["error"]["code"] == "context_length_exceeded"
+
+
+@pytest.mark.slow
 def test_a_prompt_that_overflows_the_context_is_a_400_naming_both_numbers(client, students) -> None:
     import openai
 

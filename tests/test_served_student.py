@@ -258,3 +258,34 @@ def test_eval_refuses_one_served_model_for_both_students(student_server, tiny_mo
                  *serve_args(student_server)])
     assert code == 2 and "would both be answered by 'smol'" in capsys.readouterr().err
     assert student_server.count("openai") == 0
+
+
+def test_the_current_students_mismatch_names_the_against_flags(loopback, tiny_model_dir: Path, adapter: Path) -> None:
+    """In `distill eval --engine server` the current student is named by --against-model and --against:
+    its errors say so, not --student-model and --adapter."""
+    from distill.teachers.served_student import connect_pair
+
+    loopback.serve_models([{"id": "base"}, {"id": "tuned"}])
+    with pytest.raises(ModelError, match="name the student's model with --against-model"):
+        connect_pair(Server(loopback.openai_url, "tuned"), tiny_model_dir, None, adapter)
+    tuned = model_identity(tiny_model_dir, adapter)[1]
+    base = model_identity(tiny_model_dir)[1]
+    loopback.serve_models([{"id": "base", "distill_weights_sha256": base.weights_sha256},
+                           {"id": "tuned", "distill_weights_sha256": base.weights_sha256,
+                            "distill_adapter_sha256": tuned.adapter_sha256}])
+    with pytest.raises(ModelError, match="but no --against was given.*pass that adapter with --against"):
+        connect_pair(Server(loopback.openai_url, "tuned"), tiny_model_dir, None, adapter, against_model="tuned")
+
+
+def test_credentials_in_the_student_url_are_masked_in_the_manifest_and_in_distill_config(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    from distill.stages.config import RunConfig
+
+    url = "https://user:s3cret-token@gpu.example:8000/v1?key=abc123"
+    recorded = RunConfig(name="r", engine="server", student_url=url).to_dict()["student_url"]
+    assert recorded == "https://***@gpu.example:8000/v1?key=***"
+    toml = tmp_path / "distill.toml"
+    toml.write_text(f'[run]\nengine = "server"\nstudent_url = "{url}"\n', encoding="utf-8")
+    assert main(["config", "--config", str(toml)]) == 0
+    out = capsys.readouterr().out
+    assert "gpu.example:8000" in out and "s3cret-token" not in out and "abc123" not in out

@@ -143,6 +143,7 @@ def other_tables(args: argparse.Namespace) -> dict[str, dict[str, dict[str, Any]
     from distill.api import DATACLASS_TABLES, table_classes
     from distill.cli.options import table
     from distill.config import resolve_fields, settings_of
+    from distill.teachers.settings import mask_url
 
     path = config_file(getattr(args, "config", None))
     holder = argparse.Namespace(config=path)
@@ -155,7 +156,8 @@ def other_tables(args: argparse.Namespace) -> dict[str, dict[str, dict[str, Any]
             found, where = resolve_fields(cls, flags={}, table=values, path=file, table_name=name)
             for setting in settings_of(cls):
                 if setting.toml:
-                    shown[setting.name] = found.get(setting.name, setting.default)
+                    value = found.get(setting.name, setting.default)
+                    shown[setting.name] = mask_url(value) if isinstance(value, str) else value  # --student-url
                     sources[setting.name] = where[setting.name]
         out[name] = {"values": shown, "sources": sources, "defaults": _defaults_text(name)}
     return out

@@ -24,7 +24,7 @@ from typing import Any
 
 from distill.cli.options import add_config_arg, add_options, table
 from distill.config import resolve_fields, settings_of
-from distill.errors import ConfigError, InputError
+from distill.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -101,56 +101,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_on_policy(args: argparse.Namespace, config: Any) -> int:
-    """`--method on-policy`: the run's prompts (RUN/answers.jsonl, or a prompts file), the student
-    samples and the configured teacher (--teacher, DISTILL_TEACHER, [teacher]) scores its tokens."""
+    """`--method on-policy`: `distill.api.train` with the teacher that scores the student's samples
+    (--teacher, else DISTILL_TEACHER or [teacher])."""
     from distill import api
-    from distill.records.prompts import Prompt, read_answers, read_prompts
-    from distill.teachers.scoring import open_scorer
-    from distill.training.examples import read_replay
-    from distill.training.onpolicy import train_on_policy
 
-    for flag, given in (("--reviewed", args.reviewed), ("--init-adapter", args.init_adapter is not None)):
-        if given:
-            raise ConfigError(f"{flag} is not for --method on-policy (it trains a fresh LoRA on the run's prompts)")
-    source = args.source
-    if source.is_dir():
-        answers_path = source / "answers.jsonl"
-        if not answers_path.is_file():
-            raise InputError(f"{source}: a run directory without answers.jsonl; run the pipeline first, or pass a "
-                             "prompts file")
-        seen: dict[str, Prompt] = {}
-        for row in read_answers(answers_path):
-            seen.setdefault(row["prompt_id"], Prompt(id=row["prompt_id"], messages=tuple(row["messages"])))
-        prompts, data_path = list(seen.values()), answers_path
-        output = args.output or source / "adapter-onpolicy"
-        replay_path = args.replay or (source / "replay.jsonl" if (source / "replay.jsonl").is_file() else None)
-    elif source.exists() or source.suffix == ".jsonl":
-        prompts, data_path = read_prompts(source), source
-        output = args.output or source.with_name(source.stem + "-onpolicy-adapter")
-        replay_path = args.replay
-    else:
-        raise InputError(f"{source}: no such run directory or prompts file")
-    replay_path = None if args.no_replay else replay_path
-    replay, replay_prompts = read_replay(replay_path) if replay_path else ([], [])
-    from distill.teachers.resolve import resolve_settings
-
-    toml = args.config if args.config is not None and args.config.suffix != ".json" else None
-    settings = resolve_settings(config_file=toml, overrides={"teacher": args.teacher})
-    scorer = open_scorer(settings)
-    api.say(f"{len(prompts)} prompts from {data_path}; teacher {settings.name} scores the student's samples "
-        f"({config.onpolicy_loss}, " + (f"top-{config.onpolicy_top_k}" if config.onpolicy_top_k else "full vocabulary")
-        + ")")
-    try:
-        result = train_on_policy(prompts, output, scorer, config, student=args.student, replay=replay,
-                                 replay_prompts=replay_prompts, restart=args.restart, progress=True,
-                                 data_info={"path": str(data_path), "replay_path": str(replay_path) if replay_path
-                                            else None})
-    finally:
-        scorer.close()
+    result = api.train(args.source, args.output, student=args.student, replay=args.replay,
+                       use_replay=not args.no_replay, reviewed=args.reviewed, init_adapter=args.init_adapter,
+                       restart=args.restart, progress=True, teacher=args.teacher, **config.to_dict())
     cost = result.summary["teacher_scoring"]
-    api.say(f"adapter written to {output}: {result.steps} on-policy steps, final loss {result.final_loss}; the teacher "
-        f"scored {cost['scored_answer_tokens']} answer tokens ({cost['cache_hits']} cached rows)"
-        + (f" (resumed at step {result.resumed_from})" if result.resumed_from else ""))
+    api.say(f"adapter written to {result.output_dir}: {result.steps} on-policy steps, final loss {result.final_loss}; "
+            f"the teacher scored {cost['scored_answer_tokens']} answer tokens ({cost['cache_hits']} cached rows)"
+            + (f" (resumed at step {result.resumed_from})" if result.resumed_from else ""))
     return 0
 
 

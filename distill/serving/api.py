@@ -30,12 +30,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Mapping, Sequence
 
-from distill.errors import DistillError, InputError, ModelError
+from distill.errors import DistillError
 from distill.records.prompts import parse_messages
 from distill.serving.batching import Batcher, Job, Result
 from distill.serving.http import ThreadedServer
 
 MAX_STOPS = 4
+SEED_RANGE = (-2**63, 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
 class RequestError(Exception):
@@ -111,7 +112,7 @@ class ServingApp:
             messages = chat_messages(body.get("messages"))
             refuse_unsupported(body)
             text = served.student.render(messages)
-            jobs = [self.job(served, body, text, strip=True, max_key=chat_max_key(body))]
+            jobs = [self.job(served, body, text, strip=True, max_key=chat_max_key(body), field="messages")]
         except RequestError as err:
             return error_response(err)
         if body.get("stream"):
@@ -126,7 +127,8 @@ class ServingApp:
             for name in ("echo", "suffix", "best_of"):
                 if body.get(name) not in (None, False, 1):
                     raise RequestError(400, f"'{name}' is not supported by distill serve; leave it out", param=name)
-            jobs = [self.job(served, body, text, strip=False, max_key="max_tokens") for text in prompt_texts(body)]
+            jobs = [self.job(served, body, text, strip=False, max_key="max_tokens", field="prompt")
+                    for text in prompt_texts(body)]
         except RequestError as err:
             return error_response(err)
         if body.get("stream"):
@@ -143,7 +145,8 @@ class ServingApp:
                                param="model", code="model_not_found", kind="not_found_error")
         return self.served[name]
 
-    def job(self, served: Served, body: Mapping[str, Any], text: str, *, strip: bool, max_key: str) -> Job:
+    def job(self, served: Served, body: Mapping[str, Any], text: str, *, strip: bool, max_key: str,
+            field: str) -> Job:
         """The validated decoding settings of a request, for one prompt text that fits the context."""
         student = served.student
         prompt_tokens = len(student.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -153,7 +156,7 @@ class ServingApp:
             if prompt_tokens >= window:
                 raise RequestError(400, f"the prompt is {prompt_tokens} tokens, and the context window of "
                                    f"{served.name} is {window} tokens: it leaves no room for an answer; "
-                                   "shorten the prompt", param="messages", code="context_length_exceeded")
+                                   "shorten the prompt", param=field, code="context_length_exceeded")
             max_tokens = window - prompt_tokens
         elif prompt_tokens + max_tokens > window:
             raise RequestError(400, f"the prompt is {prompt_tokens} tokens and {max_key} is {max_tokens}: "
@@ -169,7 +172,7 @@ class ServingApp:
             raise RequestError(400, f"field 'n': {n} choices per request are not supported; send n=1 (or several "
                                "requests, which are batched together)", param="n")
         return Job(model=served.name, text=text, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
-                   temperature=temperature, top_p=top_p, seed=integer(body, "seed"), stop=stop_strings(body),
+                   temperature=temperature, top_p=top_p, seed=integer(body, "seed", minimum=SEED_RANGE[0], maximum=SEED_RANGE[1]), stop=stop_strings(body),
                    strip=strip, grammar=self.grammar(served, body), room=window - prompt_tokens)
 
     def grammar(self, served: Served, body: Mapping[str, Any]) -> Any:
@@ -201,7 +204,7 @@ class ServingApp:
 
         try:
             results = await asyncio.gather(*(self.batcher.submit(job) for job in jobs))
-        except (ModelError, InputError) as exc:
+        except DistillError as exc:  # a failed generation (model, grammar): an OpenAI error body, not plain text
             return error_response(RequestError(500, str(exc), kind="server_error"))
         return JSONResponse(completion_body(results, model, chat=chat))
 
@@ -391,13 +394,16 @@ def include_usage(body: Mapping[str, Any]) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-def integer(body: Mapping[str, Any], name: str, *, minimum: int | None = None) -> int | None:
+def integer(body: Mapping[str, Any], name: str, *, minimum: int | None = None,
+            maximum: int | None = None) -> int | None:
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-        raise RequestError(400, f"field '{name}': expected an integer" + (f" of at least {minimum}" if minimum else "")
-                           + f", got {value!r}", param=name)
+    if (isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum)
+            or (maximum is not None and value > maximum)):
+        bounds = (f" from {minimum} to {maximum}" if minimum is not None and maximum is not None
+                  else f" of at least {minimum}" if minimum is not None else "")
+        raise RequestError(400, f"field '{name}': expected an integer{bounds}, got {value!r}", param=name)
     return value
 
 

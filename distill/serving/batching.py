@@ -24,7 +24,8 @@ Within a batch every row keeps its own settings:
   trailing whitespace, which the final answer strips as `Student.answer` does) goes to the row's
   `on_delta`, so streamed deltas concatenate to exactly the non-streamed text.
 
-`batches` records each generated batch's (model, size): the server exposes it, tests read it.
+`batches` records the (model, size) of the last `BATCH_HISTORY` batches, for tests and debugging. A
+row whose caller has gone (a cancelled request, a dropped stream) stops at its next token.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import Any, Callable, Mapping, Sequence
 from distill.errors import DistillError, ModelError
 from distill.student.collector import Collector, settle
 
+BATCH_HISTORY = 1000  # batches kept in `Batcher.batches`
 log = logging.getLogger(__name__)
 
 Delta = Callable[[str], None]
@@ -91,7 +93,7 @@ class Batcher:
         return await job.future
 
     async def aclose(self) -> None:
-        await self.collector.aclose()
+        await self.collector.aclose(ModelError("the server is shutting down; send the request again"))
 
     async def _dispatch(self, jobs: list[Job]) -> None:
         groups: dict[str, list[Job]] = {}
@@ -103,6 +105,7 @@ class Batcher:
     async def _run(self, model: str, group: list[Job]) -> None:
         loop = asyncio.get_running_loop()
         self.batches.append((model, len(group)))
+        del self.batches[:-BATCH_HISTORY]
         try:
             results: Sequence[Result | BaseException] = await loop.run_in_executor(
                 None, self._generate, model, group, loop)
@@ -241,6 +244,8 @@ class RowStops:
 
         done = []
         for row, token in zip(self.rows, input_ids[:, -1].tolist()):
+            if row.finish_reason is None and row.job.future is not None and row.job.future.done():
+                row.finish_reason = "cancelled"  # its caller has gone: free the batch for the others
             if row.finish_reason is None:
                 text = row.add(int(token))
                 if text:

@@ -122,6 +122,11 @@ class RunConfig:
         return replace(self, runs_dir=folder.path.parent, name=folder.name, **changes)
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as manifest.json records it: a student URL's credentials masked."""
+        from distill.teachers.settings import mask_url
+
         data = asdict(self)
         data["runs_dir"] = str(self.runs_dir)
+        if self.student_url:
+            data["student_url"] = mask_url(self.student_url)
         return data

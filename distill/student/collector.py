@@ -34,6 +34,7 @@ class Collector(Generic[J]):
         self.wait_s = wait_s
         self._queue: asyncio.Queue[J] | None = None
         self._worker: asyncio.Task | None = None
+        self._in_flight: list[J] = []
 
     def put(self, job: J) -> None:
         if self._queue is None or self._worker is None or self._worker.done():
@@ -45,8 +46,9 @@ class Collector(Generic[J]):
         """Jobs queued and not yet taken into a batch."""
         return self._queue.qsize() if self._queue is not None else 0
 
-    async def aclose(self) -> list[J]:
-        """Stop the worker; return the jobs still queued (their futures are the caller's to settle)."""
+    async def aclose(self, error: BaseException) -> None:
+        """Stop the worker; every job not yet answered (still queued, or in the batch being
+        generated) gets `error`, so no caller waits forever."""
         if self._worker is not None:
             self._worker.cancel()
             try:
@@ -54,10 +56,11 @@ class Collector(Generic[J]):
             except asyncio.CancelledError:
                 pass
             self._worker = None
-        left: list[J] = []
+        left = list(self._in_flight)
         while self._queue is not None and not self._queue.empty():
             left.append(self._queue.get_nowait())
-        return left
+        self._in_flight = []
+        settle(left, [error] * len(left))
 
     async def _work(self, queue: asyncio.Queue[J]) -> None:
         while True:
@@ -67,7 +70,9 @@ class Collector(Generic[J]):
                 jobs.append(queue.get_nowait())
             live = [j for j in jobs if j.future is not None and not j.future.done()]
             if live:
+                self._in_flight = live
                 await self.dispatch(live)
+                self._in_flight = []
 
 
 def settle(jobs: Sequence[HasFuture], results: Sequence[Any]) -> None:

@@ -96,8 +96,7 @@ class LocalTeacher:
         return replace(completion, latency_s=time.monotonic() - started)
 
     async def aclose(self) -> None:
-        closed = TeacherError(f"local:{self.model}: teacher closed", reason="closed")
-        settle(left := await self._collector.aclose(), [closed] * len(left))
+        await self._collector.aclose(TeacherError(f"local:{self.model}: teacher closed", reason="closed"))
 
     async def _dispatch(self, jobs: list[_Job]) -> None:
         for group in _by_sampling(jobs):

@@ -280,6 +280,9 @@ def scores(settings: TeacherSettings, cache_dir: Any = None) -> Any:
                       f"{PROBES_FILE} in the cache directory to probe again)")
 
 
+UNABLE_STATUS = (400, 404, 405, 422, 501)  # the replies that mean "cannot score token ids here"
+
+
 class CompletionsScorer:
     """Top-k log-probs of given token ids from an OpenAI-compatible server's legacy completions
     endpoint: `prompt` as token ids, `echo: true`, `logprobs: k`, one new token (vLLM's shape;
@@ -311,8 +314,13 @@ class CompletionsScorer:
         except Exception as exc:  # httpx transport errors
             raise TeacherError(self.settings.redact(f"{self.settings.name}: scoring request failed "
                                                     f"({type(exc).__name__}: {exc})"), reason="connection") from None
-        if reply.status_code >= 400:
+        if reply.status_code in UNABLE_STATUS:  # the server has no such endpoint or refuses these fields
             return None
+        if reply.status_code >= 400:  # a key, a rate limit or an outage says nothing about what it can do
+            raise TeacherError(self.settings.redact(f"{self.settings.name}: scoring request failed with HTTP "
+                                                    f"{reply.status_code}: {reply.text[:200]}"),
+                               reason="rate_limit" if reply.status_code == 429 else "http_error",
+                               status=reply.status_code)
         logprobs = (reply.json().get("choices") or [{}])[0].get("logprobs") or {}
         return logprobs if isinstance(logprobs.get("top_logprobs"), list) else None
 
@@ -336,7 +344,11 @@ class CompletionsScorer:
                               "ids (completions with echo + logprobs), so it cannot score the student's answers")
         echoed = [str(t) for t in found.get("tokens") or []][:len(ids)]
         mine = [student_tokenizer.decode([i]) for i in ids]
-        if echoed and echoed != mine and echoed != student_tokenizer.convert_ids_to_tokens(ids):
+        if not echoed:
+            raise VocabularyMismatch(f"the teacher {self.settings.name} did not echo the tokens of the student's ids "
+                                     f"{ids[:8]}..., so it cannot be checked to share the student's vocabulary; "
+                                     "use a server that returns `tokens` with echo + logprobs (vLLM does)")
+        if echoed != mine and echoed != student_tokenizer.convert_ids_to_tokens(ids):
             raise VocabularyMismatch(f"the teacher {self.settings.name} reads the student's token ids {ids[:8]}... as "
                                      f"{echoed[:8]}, the student as {mine[:8]}: they use different vocabularies "
                                      "(cross-tokenizer alignment is not supported)")

@@ -25,7 +25,9 @@ and recomputing it is one forward pass of a model already in memory.
 
 Scoring needs the teacher and the student to share one vocabulary: `check_vocabulary` compares
 the two tokenizers (size and a hash of the token-to-id map) and raises `VocabularyMismatch`
-naming both models.
+naming both models. A server's tokenizer cannot be read, so a server scorer checks instead that
+the server echoes the student's token ids of a probe text as the student's own tokens (and is
+refused when it echoes nothing to check); it then reports the student's vocabulary as its own.
 """
 
 from __future__ import annotations

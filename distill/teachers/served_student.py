@@ -108,8 +108,10 @@ class Expected:
     """The student the command means (`source` plus `adapter`), its identity computed only when a
     server reports hashes to compare with (a vLLM server needs no local copy of the weights)."""
 
-    def __init__(self, source: str | os.PathLike[str] | None, adapter: str | os.PathLike[str] | None):
+    def __init__(self, source: str | os.PathLike[str] | None, adapter: str | os.PathLike[str] | None,
+                 flags: tuple[str, str] = ("--student-model", "--adapter")):
         self.source, self.adapter = source, adapter
+        self.model_flag, self.adapter_flag = flags  # the flags that name this student's served model and adapter
         self._identity: ModelIdentity | None = None
 
     @property
@@ -144,8 +146,8 @@ def choose(served: Sequence[Mapping[str, Any]], name: str | None, expected: Expe
             return found[0]
         raise ModelError(f"student server {where} serves {listing}, and {'none' if not found else 'several'} of "
                          f"them carries the weights of the expected student {want.key}; name the one to use with "
-                         "--student-model")
-    raise ModelError(f"student server {where} serves {listing}; name the student's model with --student-model")
+                         f"{expected.model_flag}")
+    raise ModelError(f"student server {where} serves {listing}; name the student's model with {expected.model_flag}")
 
 
 def verify(entry: Mapping[str, Any], expected: Expected, where: str, *, require_verified: bool = False) -> ModelIdentity:
@@ -173,11 +175,11 @@ def verify(entry: Mapping[str, Any], expected: Expected, where: str, *, require_
     if adapter != want.adapter_sha256:
         if want.adapter_sha256 is None:
             raise ModelError(f"student server {where} serves {name!r} with an adapter (adapter sha256 {adapter}), "
-                             "but no --adapter was given (expected adapter sha256: none); pass that adapter with "
-                             "--adapter, or serve the base student")
+                             f"but no {expected.adapter_flag} was given (expected adapter sha256: none); pass that "
+                             f"adapter with {expected.adapter_flag}, or serve the base student")
         raise ModelError(f"student server {where} serves {name!r} with adapter sha256 {adapter or 'none'}, but "
-                         f"--adapter {want.adapter} has adapter sha256 {want.adapter_sha256}; serve that adapter, "
-                         "or pass the served one with --adapter")
+                         f"{expected.adapter_flag} {want.adapter} has adapter sha256 {want.adapter_sha256}; serve "
+                         f"that adapter, or pass the served one with {expected.adapter_flag}")
     return replace(want, path=served_at)
 
 
@@ -194,7 +196,8 @@ def server_settings(server: Server, model: str, concurrency: int) -> TeacherSett
 
 def connect(server: Server, source: str | os.PathLike[str] | None = None,
             adapter: str | os.PathLike[str] | None = None, *, concurrency: int = 32,
-            require_verified: bool = False) -> "ServedStudent":
+            require_verified: bool = False,
+            flags: tuple[str, str] = ("--student-model", "--adapter")) -> "ServedStudent":
     """The served student for `source` + `adapter` at `server`, checked (see the module docstring)."""
     settings = server_settings(server, server.model or "", concurrency)
     try:
@@ -202,7 +205,7 @@ def connect(server: Server, source: str | os.PathLike[str] | None = None,
     except TeacherError as exc:
         raise ModelError(f"student server {server.shown}: cannot list what it serves ({exc}); check --student-url "
                          "and that the server is running") from None
-    expected = Expected(source, adapter)
+    expected = Expected(source, adapter, flags)
     entry = choose(served, server.model, expected, server.shown)
     identity = verify(entry, expected, server.shown, require_verified=require_verified)
     return ServedStudent(replace(settings, model=str(entry.get("id"))), identity, server.shown)
@@ -214,7 +217,8 @@ def connect_pair(server: Server, source: str | os.PathLike[str] | None, against:
     """The current student (`source` + `against`, served as `against_model`) and the new one (`source` +
     `adapter`, served as `server.model`), each checked; ConfigError when one served model would answer
     for both (a server without hashes, and names that do not tell them apart)."""
-    current = connect(replace(server, model=against_model), source, against, concurrency=concurrency)
+    current = connect(replace(server, model=against_model), source, against, concurrency=concurrency,
+                      flags=("--against-model", "--against"))
     new = connect(server, source, adapter, concurrency=concurrency)
     if current.settings.model == new.settings.model:
         raise ConfigError(f"student server {server.shown}: the current student ({against or 'the base'}) and the "
@@ -249,9 +253,10 @@ class ServedStudent(Answerer):
             return
         bar = progress_bar(len(work), enabled=progress)
         loop = asyncio.new_event_loop()
-        flight = _Flight(loop.run_until_complete(_open(self.settings)), work,
-                         lambda handle, p, k: self._ask(handle, p, k, params), self.settings.concurrency)
+        flight: _Flight | None = None
         try:
+            flight = _Flight(loop.run_until_complete(_open(self.settings)), work,
+                             lambda handle, p, k: self._ask(handle, p, k, params), self.settings.concurrency)
             while not flight.finished:
                 answers = loop.run_until_complete(flight.next(batch_size))
                 bar.update(len(answers))
@@ -260,8 +265,9 @@ class ServedStudent(Answerer):
             if flight.failed is not None:
                 raise ModelError(f"student server {self.device}: {flight.failed}. The answers written so far "
                                  "are kept; run the same command again to resume")
-        finally:
-            loop.run_until_complete(flight.close())
+        finally:  # also when opening the server's client failed: nothing is left open
+            if flight is not None:
+                loop.run_until_complete(flight.close())
             loop.close()
             bar.close()
 
