@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import tempfile
 import time
@@ -53,6 +54,7 @@ def sft_on_teacher_answers(model_dir: Path, teacher_adapter: Path, out: Path) ->
 
 
 def main() -> None:
+    load = os.getloadavg()[0]  # how quiet the machine was when the run began
     model_dir = embedded.ensure_converted()
     base = Student.load(model_dir)
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,7 +87,8 @@ def main() -> None:
     note = ("Teacher answer tokens: for SFT the tokens the teacher generated (greedy, end-of-turn included), for "
             "on-policy the sampled answer tokens the teacher scored (one forward pass each, no decoding). Train "
             "seconds include on-policy's sampling and scoring; SFT's exclude the teacher's generation. One run each, "
-            "float32/bf16 as `precision=auto` picks, on a 2-core CPU shared with other jobs.")
+            f"float32/bf16 as `precision=auto` picks, on {os.cpu_count()} CPU cores (load average "
+            f"{load:.1f} at the start).")
     (ROOT / "bench" / "results" / "onpolicy.md").write_text(
         "# On-policy distillation against SFT on the teacher's answers\n\n`python bench/onpolicy.py`\n\n"
         + table + "\n\n" + note + "\n", encoding="utf-8")
