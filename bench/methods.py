@@ -9,6 +9,7 @@ prefers the answer that passes the check). Everything runs through the Python AP
 - offline pairs: one round `distill.run(..., rounds=1, methods=("sft", "dpo"))`: the student answers,
   the teacher revises, the filters keep verified fixes (sft.jsonl) and pairs (prefs.jsonl: chosen =
   the revision, rejected = the student's answer); then SFT, and DPO from the SFT adapter;
+- SFT then a gentle DPO: the same pairs from the SFT adapter at a tenth of the learning rate, one epoch;
 - DPO alone: `distill.train(prefs.jsonl, method="dpo")` from the base student, on the same pairs;
 - online DPO (OAIF): a round with `pairs="online"`: two samples of the student per prompt, decided
   by the check or else the teacher's judge in both orders, then DPO from the base on those pairs.
@@ -18,7 +19,9 @@ pass rate per kind, the judge's win rate against the base, and forgetting (NLL o
 student's own answers to the general-knowledge prompts, prompts/instructions/general.jsonl). The
 training speed of DPO against TRL's DPOTrainer is bench/preference.py's.
 
-    python bench/methods.py                  # writes runs/methods*/, prints the table
+    python bench/methods.py      # writes runs/methods*/ and bench/results/methods.md, prints the table
+
+Adapters and evaluations already made are reused (a re-run trains and evaluates only what is new).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from loopback_server import LoopbackServer  # noqa: E402
 PROMPTS = Path("prompts/instructions")
 COMMON = {"max_new_tokens": 64, "chain": "quick", "eval_max_new_tokens": 64}
 TRAIN = {"learning_rate": 5e-4}  # as bench/learning.py
+GENTLE = {"learning_rate": 5e-5, "epochs": 1}
+RESULTS = Path("bench/results/methods.md")
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -68,6 +73,10 @@ def train_adapters() -> dict[str, Path]:
     offline = runs / "methods"
     distill.run(PROMPTS / "demo-train.jsonl", name="methods", rounds=1, heldout=PROMPTS / "demo-heldout.jsonl",
                 methods=("sft", "dpo"), train_options=TRAIN, judge=False, **COMMON)
+    gentle = offline / "round-1" / "adapter-dpo-gentle"
+    if not (gentle / "training.json").is_file():  # DPO as a light touch on SFT: a tenth of the rate, one epoch
+        distill.train(offline / "round-1" / "prefs.jsonl", gentle, method="dpo",
+                      init_adapter=offline / "round-1" / "adapter", **GENTLE)
     dpo_only = offline / "dpo-only"
     if not (dpo_only / "training.json").is_file():
         distill.train(offline / "round-1" / "prefs.jsonl", dpo_only, method="dpo", **TRAIN)
@@ -77,11 +86,24 @@ def train_adapters() -> dict[str, Path]:
     if not (online / "training.json").is_file():
         distill.train(runs / "methods-online" / "prefs.jsonl", online, method="dpo", **TRAIN)
     return {"SFT": offline / "round-1" / "adapter", "SFT then DPO": offline / "round-1" / "adapter-dpo",
-            "DPO only": dpo_only, "online DPO": online}
+            "SFT then DPO (5e-5, 1 epoch)": gentle, "DPO only": dpo_only, "online DPO": online}
+
+
+def evaluation(adapter: Path, forgetting: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`distill.evaluate` of the adapter against the base on the held-out prompts (per-prompt rows,
+    metrics), kept beside the adapter as methods-eval.json so a re-run evaluates only new adapters."""
+    import distill
+
+    kept = adapter / "methods-eval.json"
+    if not kept.is_file():
+        result = distill.evaluate(PROMPTS / "demo-heldout.jsonl", adapter, judge=True, replay=forgetting,
+                                  max_new_tokens=64)
+        kept.write_text(json.dumps({"rows": result.evaluation.rows, **result.to_dict()}), encoding="utf-8")
+    data = json.loads(kept.read_text(encoding="utf-8"))
+    return data["rows"], data["metrics"]
 
 
 def compare(adapters: dict[str, Path], forgetting: Path) -> tuple[str, str]:
-    import distill
 
     heldout = _rows(PROMPTS / "demo-heldout.jsonl")
     kind_of = {r["id"]: r["meta"]["kind"] for r in heldout}
@@ -90,15 +112,13 @@ def compare(adapters: dict[str, Path], forgetting: Path) -> tuple[str, str]:
                 "replay NLL change | train tok/s |", "|---|---:|" + "---:|" * len(kinds) + "---:|---|---:|---:|"]
     base_row: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for method, adapter in adapters.items():
-        result = distill.evaluate(PROMPTS / "demo-heldout.jsonl", adapter, judge=True, replay=forgetting,
-                                  max_new_tokens=64)
+        rows, metrics = evaluation(adapter, forgetting)
         counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for row in result.evaluation.rows:
+        for row in rows:
             counts[kind_of[row["prompt_id"]]][0] += row["new_passed"]
             counts[kind_of[row["prompt_id"]]][1] += 1
             base_row[kind_of[row["prompt_id"]]][0] += row["current_passed"]
             base_row[kind_of[row["prompt_id"]]][1] += 1
-        metrics = result.evaluation.metrics
         judge, forget = metrics.get("judge") or {}, metrics.get("forgetting") or {}
         training = json.loads((adapter / "training.json").read_text())
         total = sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())
@@ -114,6 +134,7 @@ def compare(adapters: dict[str, Path], forgetting: Path) -> tuple[str, str]:
 
 def main() -> int:
     os.chdir(ROOT)
+    load = os.getloadavg()[0]  # how quiet the machine was when the run began
     started = time.monotonic()
     rows = _rows(PROMPTS / "demo-train.jsonl") + _rows(PROMPTS / "demo-heldout.jsonl")
     with LoopbackServer(responder=make_teacher(rows)) as server:
@@ -122,10 +143,14 @@ def main() -> int:
         adapters = train_adapters()
         head, body = compare(adapters, forgetting_set(Path("runs/methods/forgetting.jsonl")))
         requests = server.count()
+    table = f"{head}\n{body}"
+    tail = f"{(time.monotonic() - started) / 60:.1f} min in all; teacher HTTP requests: {requests}"
     print("\n## Held-out pass rate per kind, judge and forgetting against the base student\n")
-    print(head)
-    print(body)
-    print(f"\n{(time.monotonic() - started) / 60:.1f} min in all; teacher HTTP requests: {requests}")
+    print(table)
+    print("\n" + tail)
+    RESULTS.write_text("# SFT, DPO and online DPO on the same prompts\n\n`python bench/methods.py` (one run; "
+                       f"{os.cpu_count()} CPU cores, load average {load:.1f} at the start)\n\n{table}\n\n{tail}\n",
+                       encoding="utf-8")
     return 0
 
 
