@@ -8,6 +8,7 @@ into exit codes; library callers catch `DistillError`.
     ├── InputError      a prompts/answers/dataset file is unreadable or malformed
     ├── ConfigError     an environment variable, flag or config value is wrong or missing
     ├── ModelError      a student/teacher model is missing, corrupt or cannot load
+    ├── SchemaError     a JSON schema that constrained decoding cannot compile
     ├── TeacherError    a teacher call failed for good (after retries, or not retryable)
     │   ├── QuotaExhausted  the provider says the account is out of credit: stop the batch
     │   └── SystematicFailure  row after row fails the same way (out of memory, a dead server): stop the stage
@@ -44,6 +45,10 @@ class ModelError(DistillError):
 class VocabularyMismatch(ModelError):
     """The teacher and the student tokenize differently, so the teacher cannot score the student's
     token ids (on-policy distillation needs one vocabulary; cross-tokenizer alignment is not done)."""
+
+
+class SchemaError(DistillError):
+    """A requested JSON schema that the grammar engine (xgrammar) cannot compile for the model."""
 
 
 class TeacherError(DistillError):

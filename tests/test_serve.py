@@ -25,7 +25,7 @@ import pytest
 from distill.cli import main
 from distill.errors import ConfigError
 from distill.serving import vllm
-from distill.serving.batching import first_stop, nucleus, stop_prefix
+from distill.student.generation import first_stop, nucleus, stop_prefix
 from distill.serving.models import AdapterSpec, parse_adapters
 
 PROMPTS = ["What is the capital of France?", "Name three primary colors.", "Say hello in French.",

@@ -11,7 +11,7 @@ Why a server: the student can then be used by anything that speaks the OpenAI AP
 SDK, another distill run's `openai:` teacher, an evaluation harness), with several adapters chosen
 per request by model name, as vLLM's multi-LoRA serving does.
 
-May import: `distill.errors`, `distill.config`, `distill.records`, `distill.student`, and the local
-teacher's constrained decoding (`distill.teachers.local`: one grammar machinery for both).
+May import: `distill.errors`, `distill.config`, `distill.records`, `distill.student` (whose batched
+generation and constrained decoding the local teacher shares).
 Must not import: stages, training, evaluation or the CLI.
 """
