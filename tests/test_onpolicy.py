@@ -189,13 +189,10 @@ def test_on_policy_training_lowers_the_divergence_from_an_adapter_teacher(tiny_m
 
     teacher = tmp_path / "teacher"  # the tiny Llama taught to say each word three times
     examples = [Example(id=p.id, prompt=p.messages, completion=" ".join([w] * 3)) for p, w in zip(prompts(), WORDS)]
-    # float32 throughout: the teacher scores in float32, and a bfloat16 student's rounding alone puts a
-    # floor of about 0.005 nats under this tiny model's divergence (measured on an AVX512-BF16 Xeon: losses
-    # 0.012 -> 0.005, where float32 halves them), which would hide what the test is about
-    train(examples, teacher, TrainConfig(epochs=6, batch_size=4, learning_rate=1e-2, warmup_ratio=0.0,
-                                         precision="float32"), student=tiny_model_dir)
+    train(examples, teacher, TrainConfig(epochs=6, batch_size=4, learning_rate=1e-2, warmup_ratio=0.0),
+          student=tiny_model_dir)
     scorer = open_scorer(local(tiny_model_dir, teacher), cache_dir=tmp_path / "cache", offline=False)
-    config = TrainConfig(max_steps=12, onpolicy_temperature=0.7, precision="float32", **FAST)
+    config = TrainConfig(max_steps=12, onpolicy_temperature=0.7, **FAST)
     train_on_policy(prompts(), tmp_path / "out", scorer, config, student=tiny_model_dir)
     losses = [row["loss"] for row in read_loss_log(tmp_path / "out")]
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3, losses
