@@ -31,6 +31,9 @@ pytestmark = pytest.mark.slow
 # answers repeated "Final answer: X" and ran out of tokens); 2e-3 for 2 epochs (16 steps, 346 s)
 # reached 100% too, but with the loss still near 0.5 and answers that drifted ("Argentina is the
 # capital of Argentina"), so the test keeps the steadier setting. The threshold stays at 60%.
+# In bfloat16 (precision auto on an AVX512-BF16 Xeon, 2 cores): 42% while the output head ran in
+# bfloat16 (answers repeating "Final answer: X" until the budget), 100% (227 s, 4,700 scored
+# tokens, loss 0.49 -> 0.02) once `head_logits` computed the logits in float32.
 ONPOLICY = TrainConfig(learning_rate=1e-3, epochs=3, batch_size=8, onpolicy_max_new_tokens=40,
                        onpolicy_temperature=1.0, replay_fraction=0.0)
 

@@ -421,10 +421,22 @@ def head_logits(model: Any, input_ids: Any, attention_mask: Any, picked: Any) ->
     The backbone runs once over the batch; the vocabulary projection runs only where a loss is
     taken, which on CPU saves most of the output head's cost (prompt tokens are about half of
     every example). `model` is a causal LM, with or without a PEFT wrapper.
+
+    The projection runs in float32 even under bfloat16 autocast: a bfloat16 logit near 20 is only
+    known to 0.125, which puts a floor of noise under every loss that compares distributions (the
+    on-policy reverse KL, DPO's log-prob margins). Measured on an AVX512-BF16 CPU: with bfloat16
+    logits the on-policy learning test reached 42% held out (answers repeating "Final answer: X"
+    without stopping), with float32 logits 100%, as in float32 throughout.
     """
+    import torch
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = base.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    return base.get_output_embeddings()(hidden[:, :-1][picked])
+    head, states = base.get_output_embeddings(), hidden[:, :-1][picked].float()
+    with torch.autocast(device_type=states.device.type, enabled=False):
+        if head.weight.dtype == torch.float32:
+            return head(states)
+        return torch.nn.functional.linear(states, head.weight.float())  # bfloat16 weights (a GPU)
 
 
 def _quiet_transformers() -> None:
