@@ -190,6 +190,31 @@ def test_both_precisions_train_one_after_the_other_in_one_process(tiny_model_dir
     assert TrainConfig().precision == "auto"
 
 
+def test_precision_auto_is_what_the_probe_decides(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from distill.training.run import bf16_speedup, native_bf16
+
+    speedup = bf16_speedup(repeats=2)
+    assert 0 < speedup < float("inf")
+    result = train(word_examples(), tmp_path / "auto", TrainConfig(max_steps=1, **FAST), student=tiny_model_dir)
+    assert result.summary["precision"] == ("bfloat16" if native_bf16() else "float32")
+
+
+def test_the_output_head_runs_in_float32_under_bf16_autocast(tiny: Student) -> None:
+    """bfloat16 logits are only known to 1/8 near 20: the KL and DPO losses need float32 ones."""
+    from distill.student.model import head_logits
+
+    ids = tiny.tokenizer(["a short example text"], return_tensors="pt")["input_ids"]
+    picked = torch.ones((1, ids.shape[1] - 1), dtype=torch.bool)
+    with torch.no_grad():
+        exact = tiny.model(input_ids=ids).logits[0, :-1].float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = head_logits(tiny.model, ids, torch.ones_like(ids), picked)
+            hidden = tiny.model.model(input_ids=ids).last_hidden_state[0, :-1]
+            rounded = tiny.model.lm_head(hidden).float()  # the projection autocast would run in bfloat16
+    assert logits.dtype == torch.float32 and rounded.dtype == torch.float32
+    assert (logits - exact).abs().max() < (rounded - exact).abs().max()
+
+
 # ---------------------------------------------------------------- measuring (held-out NLL, KL)
 
 def test_completion_losses_match_full_logits_and_do_not_depend_on_batch_size(tiny: Student) -> None:
