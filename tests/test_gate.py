@@ -54,6 +54,34 @@ def test_decide_promotes_only_on_evidence() -> None:
     assert not missing.promote and "not measured" in missing.reasons[0]
 
 
+def general(current: int, new: int, n: int = 80) -> dict:
+    deltas = [0] * n
+    for i in range(max(current - new, 0)):
+        deltas[i] = -1
+    return {"current_pass_rate": current / n, "new_pass_rate": new / n, "drop": (current - new) / n,
+            "delta": bootstrap_ci(deltas)}
+
+
+def test_the_gate_allows_one_general_prompt_in_40_lost_and_refuses_more() -> None:
+    at_limit = {**metrics(0.1, 0.3), "general": general(47, 45)}  # 2 of 80: exactly the default 0.025
+    assert decide(at_limit, Policy()).promote
+    over = decide({**metrics(0.1, 0.3), "general": general(47, 41)}, Policy())
+    assert not over.promote
+    assert over.reasons == ["forgetting: the pass rate on general prompts fell from 58.8% to 51.2% (n=80), "
+                            "over the limit 2.5%"]
+    assert decide({**metrics(0.1, 0.3), "general": general(47, 41)}, Policy(max_general_drop=0.1)).promote
+
+
+def test_a_general_set_without_references_is_refused_by_name(tmp_path: Path) -> None:
+    from distill.errors import InputError
+    from distill.evaluation.evaluate import read_general
+
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text('{"prompt": "What is the capital of France?"}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"plain.jsonl: none of its 1 prompt\(s\) has a `reference`"):
+        read_general(plain)
+
+
 # ---------------------------------------------------------------- with real (tiny) models
 
 HELD_OUT = [parse_prompt({"id": f"h{i}", "prompt": f"Held-out question {i}: is water wet?", "reference": "yes"})
@@ -130,3 +158,45 @@ def test_the_gate_refuses_an_adapter_that_forgets(peaked_model_dir: Path, yes_ad
     assert result.metrics["forgetting"]["nll_increase"] > 0.05
     decision = decide(result.metrics, Policy(primary="checks", max_nll_increase=0.05))
     assert not decision.promote and "forgetting: replay NLL rose" in decision.reasons[0]  # ...but it forgot
+
+
+def test_the_gate_refuses_an_adapter_whose_general_answers_stop_passing(peaked_model_dir: Path,
+                                                                        yes_adapter: Path) -> None:
+    """General prompts that forbid "yes": the base never says it, the yes adapter mostly does. It wins on
+    the held-out prompts and loses general ones, and the gate says so with the numbers."""
+    base, better = Student.load(peaked_model_dir), Student.load(peaked_model_dir, adapter=yes_adapter)
+    forbid = {"type": "forbidden_words", "words": ["yes"]}
+    general_prompts = [parse_prompt({"id": f"g{i}", "prompt": f"General question {i}: what is the weather?",
+                                     "reference": forbid}) for i in range(6)]
+    result = evaluate(base, better, HELD_OUT, general=general_prompts, max_new_tokens=6)
+    assert result.metrics["checks"]["delta"].low > 0
+    kept = result.metrics["general"]
+    assert kept["current_pass_rate"] == 1.0 and kept["new_pass_rate"] <= 0.5
+    assert kept["drop"] == pytest.approx(1.0 - kept["new_pass_rate"])
+    decision = decide(result.metrics, Policy(primary="checks", max_nll_increase=10.0))
+    assert not decision.promote
+    assert decision.reasons == [f"forgetting: the pass rate on general prompts fell from 100.0% to "
+                                f"{kept['new_pass_rate']:.1%} (n=6), over the limit 2.5%"]
+
+
+def test_distill_eval_reports_the_general_pass_rates_and_refuses(peaked_model_dir: Path, yes_adapter: Path,
+                                                                 tmp_path: Path, capsys) -> None:
+    import json
+
+    from distill.cli import main
+
+    held = tmp_path / "heldout.jsonl"
+    held.write_text("".join(json.dumps(p.to_row()) + "\n" for p in HELD_OUT), encoding="utf-8")
+    general_file = tmp_path / "general.jsonl"
+    general_file.write_text("".join(json.dumps({"id": f"g{i}", "prompt": f"General question {i}: what is the weather?",
+                                                "reference": {"type": "forbidden_words", "words": ["yes"]}}) + "\n"
+                                    for i in range(6)), encoding="utf-8")
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(held), "--adapter", str(yes_adapter), "--student", str(peaked_model_dir), "--no-judge",
+                 "--max-new-tokens", "6", "--general", str(general_file), "--max-nll-increase", "100",
+                 "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "general    current_pass_rate=1.0000" in printed
+    assert "REFUSE: forgetting: the pass rate on general prompts fell from 100.0%" in printed
+    data = json.loads(out.read_text())
+    assert data["metrics"]["general"]["drop"] >= 0.5 and data["decision"]["promote"] is False

@@ -102,6 +102,44 @@ def test_each_rounds_gate_metrics_go_to_its_adapters_tracker(loopback_teacher, p
     assert len(logged["loss"]) == steps
 
 
+def test_a_round_that_wins_on_held_out_but_breaks_general_answers_is_refused(loopback_teacher, peaked_model_dir,
+                                                                             tmp_path, capsys) -> None:
+    """`--general`: prompts whose reference forbids "yes". The yes adapter passes every held-out check
+    and breaks general answers, so the gate refuses it, says why, and keeps the base."""
+    loopback_teacher.script(yes_teacher)
+    train = write(tmp_path / "train.jsonl", [{"id": f"t{i}", "prompt": f"Question number {i}: is it true?"}
+                                              for i in range(24)])
+    heldout = write(tmp_path / "heldout.jsonl", [{"id": f"h{i}", "prompt": f"Held-out question {i}: is water wet?",
+                                                  "reference": "yes"} for i in range(8)])
+    general = write(tmp_path / "general.jsonl", [{"id": f"g{i}", "prompt": f"General question {i}: what is the weather?",
+                                                  "reference": {"type": "forbidden_words", "words": ["yes"]}}
+                                                 for i in range(6)])
+    assert main(["run", str(train), "--name", "general", "--runs-dir", str(tmp_path / "runs"), "--student",
+                 str(peaked_model_dir), "--max-new-tokens", "6", "--chain", "quick", "--rounds", "1",
+                 "--heldout", str(heldout), "--general", str(general), "--eval-max-new-tokens", "6",
+                 "--max-nll-increase", "100", "--train-option", "learning_rate=0.01", "--train-option", "epochs=4",
+                 "--dedup-threshold", "0"]) == 0
+    state = json.loads((tmp_path / "runs" / "general" / "rounds.json").read_text())
+    [record] = state["rounds"]
+    assert record["metrics"]["checks"]["new_pass_rate"] == 1.0
+    kept = record["metrics"]["general"]
+    assert kept["current_pass_rate"] == 1.0 and kept["drop"] >= 0.5
+    assert not record["decision"]["promote"] and state["best_adapter"] is None
+    assert record["decision"]["reasons"][0].startswith("forgetting: the pass rate on general prompts fell from 100.0%")
+    assert "pass rate on general prompts fell" in capsys.readouterr().err
+
+
+def test_a_general_set_with_no_reference_is_refused_before_any_model_loads(tmp_path, capsys) -> None:
+    train = write(tmp_path / "train.jsonl", [{"id": "t0", "prompt": "Question?"}])
+    heldout = write(tmp_path / "heldout.jsonl", [{"id": "h0", "prompt": "Held out?", "reference": "yes"}])
+    general = write(tmp_path / "general.jsonl", [{"id": "g0", "prompt": "What is the capital of France?"}])
+    code = main(["run", str(train), "--name", "nogeneral", "--runs-dir", str(tmp_path / "runs"), "--rounds", "1",
+                 "--heldout", str(heldout), "--general", str(general), "--teacher", "none"])
+    assert code == 2
+    assert "general.jsonl: none of its 1 prompt(s) has a `reference`" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "nogeneral" / "heldout").exists()
+
+
 def test_rounds_need_heldout_prompts_disjoint_from_training(tmp_path, capsys) -> None:
     train = write(tmp_path / "train.jsonl", [{"id": "a", "prompt": "Same question?"}])
     assert main(["run", str(train), "--name", "x", "--rounds", "2"]) == 2

@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--against-model", default=None, metavar="NAME",
                    help="with --engine server: the served model of the current student (--against, or the base); "
                         "--student-model names the new adapter's (default: the one with the weight hashes expected)")
-    add_options(p, RoundsConfig, only=("judge", "eval_max_new_tokens"),
+    add_options(p, RoundsConfig, only=("judge", "eval_max_new_tokens", "general"),
                 flags={"eval_max_new_tokens": "--max-new-tokens"})
     add_policy_args(p)
     add_config_arg(p)
@@ -73,7 +73,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from distill.records.files import write_atomic
 
     result = api.evaluate(args.prompts, args.adapter, against=args.against, student=args.student, judge=args.judge,
-                          revisions=args.revisions, replay=args.replay, policy=given(args, Policy),
+                          revisions=args.revisions, replay=args.replay, general=args.general,
+                          policy=given(args, Policy),
                           max_new_tokens=args.eval_max_new_tokens, columns=source_columns(args),
                           served=served_pair(args))
     data = result.to_dict()

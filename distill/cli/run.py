@@ -72,7 +72,7 @@ def _rounds(p: argparse.ArgumentParser) -> None:
                         "gate says it beats the current student on --heldout; stops at the first refusal")
     r.add_argument("--heldout", type=Path, default=None,
                    help="held-out prompts for the gate (never trained on); required with --rounds")
-    add_options(r, RoundsConfig, only=("replay",))
+    add_options(r, RoundsConfig, only=("replay", "general"))
     r.add_argument("--train-option", action="append", default=[], metavar="FIELD=VALUE",
                    help="a training option (TrainConfig field), e.g. --train-option epochs=2; repeatable; "
                         "over [train] in distill.toml")

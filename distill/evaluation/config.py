@@ -37,6 +37,10 @@ class RoundsConfig:
         None, metavar="FILE", default_text="the base answers to --heldout measure forgetting",
         help="general prompts (or chats) the base student answers: 3/4 are mixed into training against "
              "forgetting, 1/4 measure forgetting")
+    general: Path | None = option(
+        None, metavar="FILE", default_text="none",
+        help="general prompts with a reference (e.g. prompts/instructions/general.jsonl) both students answer "
+             "at each gate: the new one's pass rate may fall at most --max-general-drop")
 
     def __post_init__(self) -> None:
         from distill.errors import ConfigError

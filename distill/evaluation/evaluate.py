@@ -12,6 +12,9 @@ of paired per-prompt differences (new minus current) with a 95% bootstrap interv
   model is closer to the teacher).
 - `forgetting`: the relative rise in per-token NLL on a replay/general set, and the mean
   per-token KL(current || new) on the current model's own held-out answers.
+- `general`: where general prompts with a reference are given (`--general`), both students'
+  pass rates on them and the `drop` (current minus new): whether answers outside the trained
+  task stay right, which the NLL of the base's answers does not tell.
 
 The gate (`distill.evaluation.gate`) turns these into a promote-or-refuse decision. With
 `--engine server` the held-out answers come from the server serving both students
@@ -120,6 +123,31 @@ def judge_metric(scores: Sequence[float | None]) -> dict[str, Any] | None:
             "delta": bootstrap_ci(valid)}
 
 
+def read_general(path: Any) -> list[Prompt]:
+    """The prompts of `--general FILE`; an InputError when none has a `reference` (nothing to check)."""
+    from distill.errors import InputError
+    from distill.records.prompts import read_prompts
+
+    prompts = read_prompts(path)
+    if not any(p.checks for p in prompts):
+        raise InputError(f"{path}: none of its {len(prompts)} prompt(s) has a `reference`; --general needs prompts "
+                         "whose answers can be checked (e.g. prompts/instructions/general.jsonl)")
+    return prompts
+
+
+def general_metric(current: Student | ServedStudent, new: Student | ServedStudent, general: Sequence[Prompt],
+                   max_new_tokens: int) -> dict[str, Any] | None:
+    """Pass rates of both students on the `general` prompts that have a reference, and their drop."""
+    checked = [p for p in general if p.checks]
+    if not checked:
+        return None
+    metric = checks_metric(check_results(checked, answers_of(current, checked, max_new_tokens),
+                                         answers_of(new, checked, max_new_tokens)))
+    if metric:
+        metric["drop"] = metric["current_pass_rate"] - metric["new_pass_rate"]
+    return metric
+
+
 def per_example_nll(student: Student, examples: Sequence[Any]) -> list[float]:
     """Per-token NLL of each example's completion (rendered exactly as in training)."""
     from distill.training.examples import completion_losses
@@ -169,7 +197,8 @@ def evaluate(current: Student, new: Student, prompts: Sequence[Prompt], *, teach
              prompt_set: PromptSet | None = None, revisions: Sequence[Any] = (), replay: Sequence[Any] = (),
              max_new_tokens: int = default_of(RoundsConfig, "eval_max_new_tokens"),
              teacher_identity: Mapping[str, Any] | None = None,
-             served: tuple[ServedStudent, ServedStudent] | None = None) -> Evaluation:
+             served: tuple[ServedStudent, ServedStudent] | None = None,
+             general: Sequence[Prompt] = ()) -> Evaluation:
     """Compare `new` against `current` on held-out `prompts` (see the module docstring). A
     `teacher` opened by `distill.teachers.stack.open_teacher` is closed once the judge is done.
     With `served` (the current and the new student as a server serves them, `--engine server`)
@@ -198,6 +227,9 @@ def evaluate(current: Student, new: Student, prompts: Sequence[Prompt], *, teach
         result.metrics["fidelity"] = fidelity
     own = [Example(id=p.id, prompt=tuple(p.messages), completion=a) for p, a in zip(prompts, cur_answers)]
     result.metrics["forgetting"] = forgetting_metric(current, new, replay, own)
+    kept = general_metric(cur_answerer, new_answerer, general, max_new_tokens)
+    if kept:
+        result.metrics["general"] = kept
     for p, c, n, s, pass_pair in zip(prompts, cur_answers, new_answers, scores, passed):
         row: dict[str, Any] = {"prompt_id": p.id, "prompt": p.text, "current": c, "new": n, "judge": s}
         if pass_pair is not None:

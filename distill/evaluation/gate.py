@@ -3,9 +3,14 @@
 Each metric is a mean of paired per-prompt differences (new minus current) with a 95% percentile
 bootstrap interval. The gate promotes when the primary metric's lower bound is above the margin
 (default 0: the improvement is unlikely to be noise) and forgetting stays within its limits: the
-relative rise in NLL on the replay/general set, and the mean per-token KL(current || new) on the
-current model's own held-out answers. Otherwise it refuses and says which condition failed, with
-the numbers.
+relative rise in NLL on the replay/general set, the mean per-token KL(current || new) on the
+current model's own held-out answers, and, where general prompts with a reference are given
+(`--general`), the fall in their pass rate. Otherwise it refuses and says which condition failed,
+with the numbers.
+
+The likelihood of the base's answers is not enough on its own: in bench/learning.py with plain
+questions as replay, the replay NLL fell 5.1% while the general-knowledge score fell from 47 to 41
+of 80. A pass rate on checked general prompts measures what a user loses.
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ class Policy:
     max_nll_increase: float = option(0.05, help="allowed relative rise in replay NLL (0.05: 5 percent)")
     max_kl: float | None = option(None, default_text="no limit",
                                   help="allowed mean per-token KL(current || new) on held-out prompts")
+    max_general_drop: float = option(0.025, help="allowed fall in the pass rate on the --general prompts "
+                                                 "(0.025: one prompt in 40)")
 
 
 @dataclass
@@ -88,6 +95,12 @@ def decide(metrics: Mapping[str, Any], policy: Policy) -> Decision:
     kl = forgetting.get("kl")
     if policy.max_kl is not None and kl is not None and kl > policy.max_kl:
         reasons.append(f"forgetting: mean KL(current || new) {kl:.4f} is over the limit {policy.max_kl:.4f}")
+    general = metrics.get("general") or {}
+    drop = general.get("drop")
+    if drop is not None and drop > policy.max_general_drop + 1e-9:  # 2 of 80 is exactly 0.025
+        reasons.append(f"forgetting: the pass rate on general prompts fell from {general['current_pass_rate']:.1%} "
+                       f"to {general['new_pass_rate']:.1%} (n={general['delta'].n}), over the limit "
+                       f"{policy.max_general_drop:.1%}")
     if not reasons:
         reasons.append(f"{policy.primary} improved by {delta.text()}" +
                        (f"; replay NLL {rise:+.1%}" if rise is not None else ""))

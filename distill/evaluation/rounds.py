@@ -13,7 +13,8 @@ adapter, and says why. Everything lands under `runs/NAME/`:
     replay/           the base student's own answers to general prompts (`--replay`): three
                       quarters are mixed into training against forgetting, the other quarter
                       measures forgetting (without `--replay`, the base answers to the held-out
-                      prompts measure it and training has no replay)
+                      prompts measure it and training has no replay); `--general FILE`, prompts
+                      with a reference, adds their pass rate to the gate
     round-K/          the round's artefacts (answers ... manifest.json), adapter/, eval.json,
                       eval_rows.jsonl
     rounds.json       per round: counts, training summary, metrics, decision; resumable state
@@ -102,6 +103,7 @@ def run_rounds(config: RoundsConfig, prompts: Sequence[Prompt]) -> dict[str, Any
 
 
 def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> dict[str, Any]:
+    from distill.evaluation.evaluate import read_general
     from distill.training.config import TrainConfig
     from distill.training.run import log_gate
 
@@ -111,6 +113,7 @@ def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> 
     if overlap:
         raise InputError(f"{config.heldout}: {len(overlap)} held-out prompt(s) also appear in the training prompts "
                          f"(e.g. {overlap[0]!r}); held-out prompts must never be trained on")
+    general = read_general(config.general) if config.general is not None else []
     train_config = TrainConfig.from_mapping(config.train_options, source="--train-option")
     state = load_state(root)
     state.update(name=config.run.name, heldout=str(config.heldout), policy=config.policy.__dict__)
@@ -154,7 +157,7 @@ def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> 
         record.update(adapter=str(adapter), methods=list(config.methods), training=trainings[0],
                       **({"preference_training": trainings[1]} if len(trainings) > 1 else {}))
         evaluation = _evaluate(config, number, current, adapter, heldout, revisions, forgetting_set, round_cfg.run_dir,
-                               judge=not self_only)
+                               judge=not self_only, general=general)
         decision = decide(evaluation.metrics, config.policy)
         log_gate(adapter, evaluation.to_dict()["metrics"], decision.promote)  # to the tracker, if it was trained with one
         record.update(finished=True, metrics=evaluation.to_dict()["metrics"], warnings=evaluation.warnings,
@@ -218,7 +221,7 @@ def _base_answers(config: RoundsConfig, prompts: Sequence[Prompt], output: Path)
 
 def _evaluate(config: RoundsConfig, number: int, current: str | None, adapter: Path, heldout: Sequence[Prompt],
               revisions: Sequence[Any], forgetting_set: Sequence[Any], round_dir: Path, *,
-              judge: bool = True) -> Any:
+              judge: bool = True, general: Sequence[Prompt] = ()) -> Any:
     """Evaluate `adapter` against the current student; the judge runs when `judge` and the config allow it."""
     from distill.evaluation.evaluate import evaluate
     from distill.stages.templates import load_prompt_set
@@ -232,7 +235,7 @@ def _evaluate(config: RoundsConfig, number: int, current: str | None, adapter: P
         identity = teacher.identity()
     result = evaluate(cur, new, heldout, teacher=teacher, prompt_set=load_prompt_set(config.run.prompts_dir),
                       revisions=revisions, replay=forgetting_set, max_new_tokens=config.eval_max_new_tokens,
-                      teacher_identity=identity)
+                      teacher_identity=identity, general=general)
     write_atomic(round_dir / "eval.json", json.dumps({"round": number, "current": current or "base",
                                                       "new": str(adapter), **result.to_dict()}, indent=2) + "\n")
     write_jsonl(round_dir / "eval_rows.jsonl", ({"round": number, **row} for row in result.rows))
