@@ -185,7 +185,7 @@ def test_a_wrong_key_or_type_names_the_file_table_key_and_what_is_allowed(tmp_pa
 
 def test_a_typo_in_a_table_the_command_does_not_use_is_still_an_error(tmp_path: Path) -> None:
     (tmp_path / "distill.toml").write_text("[gate]\nmargn = 0.1\n")
-    with pytest.raises(ConfigError, match=r"\[gate\] unknown key 'margn'; allowed: margin, max_kl"):
+    with pytest.raises(ConfigError, match=r"\[gate\] unknown key 'margn'; allowed: margin, max_general_drop, max_kl"):
         generation_params(parse("answer", "p.jsonl", "-o", "a.jsonl"))
 
 
