@@ -29,7 +29,8 @@ Why it is built this way:
   no GPU, N CPU processes on gloo).
 - Precision: bf16 mixed precision wherever it is faster (GPUs; CPUs with AVX512-BF16 or AMX where
   a probe measures bf16 ahead, as on an EPYC where it trains 2x faster than float32 and learns the
-  same, but not on a Xeon where it ran at 0.78x; see `native_bf16`), float32 elsewhere. No gradient checkpointing by default: a 135M model does not need the memory.
+  same, but not on a Xeon where it ran at 0.78x; see `native_bf16`), float32 elsewhere. No
+  gradient checkpointing by default: a 135M model does not need the memory.
 - Checkpoints (adapter, optimizer, scheduler, step) are written every `save_every` steps and on
   Ctrl-C; running the same command again resumes from the last one. A checkpoint's state file is
   read with torch's weights-only unpickler (tensors and plain containers, nothing callable), so a
