@@ -73,8 +73,5 @@ class Batcher:
         settle(group, results)
 
     def _generate(self, model: str, jobs: list[Job], loop: asyncio.AbstractEventLoop) -> list[Result]:
-        grammars = self.grammars[model]
         with self._lock:
-            tiers = grammars.tiers() if any(j.grammar is not None for j in jobs) else None
-            return generate(self.students[model], jobs,
-                            lambda job, text: loop.call_soon_threadsafe(job.on_delta, text), tiers)
+            return generate(self.grammars[model], jobs, lambda job, text: loop.call_soon_threadsafe(job.on_delta, text))

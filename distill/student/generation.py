@@ -31,7 +31,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from distill.student.grammar import CLOSING_ALLOWANCE, SchemaGuide
+from distill.student.grammar import CLOSING_ALLOWANCE, Grammars, SchemaGuide
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +66,20 @@ class Result:
     token_ids: tuple[int, ...] = ()  # the answer's tokens, end of turn excluded
 
 
-def generate(student: Any, jobs: Sequence[Job], emit: Callable[[Job, str], None], tiers: Any = None) -> list[Result]:
-    """Generate every job in one batch on `student`; `emit(job, text)` for each streamed piece.
-    `tiers` (`Grammars.tiers()`) is needed when a job has a grammar."""
+def generate(grammars: Grammars, jobs: Sequence[Job],
+             emit: Callable[[Job, str], None] | None = None) -> list[Result]:
+    """Generate every job in one batch on `grammars.student` (whose closing tiers a job with a grammar
+    needs); `emit(job, text)` for each streamed piece of a job with an `on_delta`."""
     import torch
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
+    student = grammars.student
     tokenizer = student.tokenizer
     enc = tokenizer([j.text for j in jobs], return_tensors="pt", padding=True,
                     add_special_tokens=False).to(student.device)
     rows = [RowText(job, tokenizer, student.eos_ids) for job in jobs]
-    stops = RowStops(rows, lambda row, text: emit(row.job, text) if row.job.on_delta is not None else None)
-    guide = (SchemaGuide([j.grammar for j in jobs], [j.max_tokens for j in jobs], student.eos_ids, tiers)
+    stops = RowStops(rows, lambda row, text: emit(row.job, text) if emit and row.job.on_delta is not None else None)
+    guide = (SchemaGuide([j.grammar for j in jobs], [j.max_tokens for j in jobs], student.eos_ids, grammars.tiers())
              if any(j.grammar is not None for j in jobs) else None)
     processors = LogitsProcessorList([guide] if guide is not None else [])
     if any(j.temperature > 0 for j in jobs):
@@ -92,7 +94,7 @@ def generate(student: Any, jobs: Sequence[Job], emit: Callable[[Job, str], None]
     results = []
     for i, row in enumerate(rows):
         final = row.finish()
-        if row.job.on_delta is not None and final:
+        if emit and row.job.on_delta is not None and final:
             emit(row.job, final)
         ids = tuple(row.ids)
         if row.job.grammar is not None and guide is not None and guide.truncated[i]:

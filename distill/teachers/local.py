@@ -131,8 +131,7 @@ class _Engine(Grammars):
             except TeacherError as exc:
                 results[i] = exc
         if jobs:
-            tiers = self.tiers() if any(j.grammar is not None for j in jobs.values()) else None
-            done = generate(self.student, list(jobs.values()), lambda job, text: None, tiers)
+            done = generate(self, list(jobs.values()))
             for i, result in zip(jobs, done):
                 results[i] = self._completion(result)
         return [r for r in results if r is not None]
