@@ -143,9 +143,8 @@ def general_metric(current: Student | ServedStudent, new: Student | ServedStuden
         return None
     metric = checks_metric(check_results(checked, answers_of(current, checked, max_new_tokens),
                                          answers_of(new, checked, max_new_tokens)))
-    if metric:
-        metric["drop"] = metric["current_pass_rate"] - metric["new_pass_rate"]
-    return metric
+    assert metric is not None  # every prompt in `checked` has a reference
+    return {**metric, "drop": metric["current_pass_rate"] - metric["new_pass_rate"]}
 
 
 def per_example_nll(student: Student, examples: Sequence[Any]) -> list[float]:
