@@ -172,7 +172,8 @@ class ServingApp:
             raise RequestError(400, f"field 'n': {n} choices per request are not supported; send n=1 (or several "
                                "requests, which are batched together)", param="n")
         return Job(model=served.name, text=text, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
-                   temperature=temperature, top_p=top_p, seed=integer(body, "seed", minimum=SEED_RANGE[0], maximum=SEED_RANGE[1]), stop=stop_strings(body),
+                   temperature=temperature, top_p=top_p,
+                   seed=integer(body, "seed", minimum=SEED_RANGE[0], maximum=SEED_RANGE[1]), stop=stop_strings(body),
                    strip=strip, grammar=self.grammar(served, body), room=window - prompt_tokens)
 
     def grammar(self, served: Served, body: Mapping[str, Any]) -> Any:

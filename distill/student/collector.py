@@ -5,8 +5,8 @@ take requests from many coroutines and generate them in batches on one model. Th
 they share. A `Collector` holds a job queue on the running event loop and one worker task, which
 waits for a first job, lets the jobs that arrive within `wait_s` join it (up to `max_batch`),
 leaves out jobs whose caller has gone (a future already done, e.g. cancelled), and awaits
-`dispatch(batch)`. How a batch is split (by sampling settings, by adapter) and generated is the
-caller's; `settle` hands each job its result or error.
+`dispatch(batch)`. How a batch is split (serve: by adapter) and generated
+(`distill.student.generation`) is the caller's; `settle` hands each job its result or error.
 
 The queue is made on first use and again after its worker has ended, since a queue belongs to the
 event loop it was made on and callers such as `asyncio.run` make a new loop per call.
