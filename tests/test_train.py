@@ -19,7 +19,7 @@ from distill.student.model import Student
 from distill.training.batching import epoch_batches, replay_count, split_by_tokens
 from distill.training.config import TrainConfig
 from distill.training.examples import (IGNORE, Example, collate, completion_losses, completion_nll, encode,
-                                       read_examples, read_replay)
+                                       parse_example, read_examples, read_replay, replay_examples)
 from distill.training.losslog import read_loss_log
 from distill.training.sft import train
 
@@ -109,6 +109,25 @@ def test_rendering_is_the_inference_prompt_and_the_end_of_turn_is_labelled(tiny:
     completion = list(encoded.labels[len(prompt_ids):])
     assert completion[-1] == im_end and encoded.input_ids[-1] == im_end  # trained to stop, nothing after
     assert tiny.tokenizer.decode(completion) == "apple apple apple<|im_end|>"
+
+
+def test_a_replay_answer_cut_off_at_the_token_limit_is_trained_without_an_end_of_turn(tiny: Student) -> None:
+    """The base student's cut-off answers stay in replay (dropping them left only its short answers, so
+    replay taught brevity), but the place where they were cut must not teach the model to stop."""
+    prompt = ({"role": "user", "content": "Tell me about apples."},)
+    whole, cut = replay_examples([("r1", prompt, "apple apple apple", "stop"), ("r2", prompt, "apple apple", "length"),
+                                  ("r3", prompt, "  ", "length")])
+    assert (whole.ends, cut.ends) == (True, False)  # the blank one is dropped
+    im_end = tiny.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    labels = [t for t in encode(cut, tiny).labels if t != IGNORE]
+    assert im_end not in labels and tiny.tokenizer.decode(labels) == "apple apple"
+    assert encode(cut, tiny).input_ids[-1] != im_end  # nothing after the cut either
+    assert encode(whole, tiny).labels[-1] == im_end
+    row = cut.to_row()
+    assert row["ends"] is False and "ends" not in whole.to_row()
+    assert parse_example(json.loads(json.dumps(row)), "replay") == cut  # replay.jsonl keeps it
+    with pytest.raises(ValueError, match="field 'ends': expected true or false, got 'no'"):
+        parse_example({**row, "ends": "no"})
 
 
 def test_padding_is_masked_by_position_so_the_end_of_turn_keeps_its_label(tiny: Student) -> None:

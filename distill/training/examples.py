@@ -36,10 +36,14 @@ class Example:
     prompt: tuple[Mapping[str, str], ...]
     completion: str
     source: str = "train"  # "train" or "replay"
+    ends: bool = True
+    """Whether the completion is a whole turn. False for the base student's replay answer cut off at
+    the token limit: its text is trained, its end-of-turn token is not (see `encode`)."""
 
     def to_row(self) -> dict[str, Any]:
-        return {"id": self.id, "prompt": [dict(m) for m in self.prompt],
-                "completion": [{"role": "assistant", "content": self.completion}]}
+        row = {"id": self.id, "prompt": [dict(m) for m in self.prompt],
+               "completion": [{"role": "assistant", "content": self.completion}]}
+        return row if self.ends else {**row, "ends": False}
 
 
 def parse_example(obj: Any, source: str = "train") -> Example:
@@ -47,7 +51,8 @@ def parse_example(obj: Any, source: str = "train") -> Example:
 
     Accepted: {"prompt": [chat ending in a user turn] or "text", "completion": [{"role": "assistant",
     "content": ...}] or "text"} (prompt-completion), or {"messages": [chat ending in the assistant's
-    turn]}. An optional "id" (else a stable hash of the content) and "meta" are kept or ignored.
+    turn]}. An optional "id" (else a stable hash of the content) and "meta" are kept or ignored;
+    `"ends": false` marks a completion cut off before its turn ended (trained without end-of-turn).
     """
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
@@ -67,7 +72,10 @@ def parse_example(obj: Any, source: str = "train") -> Example:
         eid = str(raw_id)
     else:
         raise ValueError(f"field 'id': expected a non-empty string or integer, got {raw_id!r}")
-    return Example(id=eid, prompt=prompt, completion=completion, source=source)
+    ends = obj.get("ends", True)
+    if not isinstance(ends, bool):
+        raise ValueError(f"field 'ends': expected true or false, got {ends!r}")
+    return Example(id=eid, prompt=prompt, completion=completion, source=source, ends=ends)
 
 
 def parse_prompt_field(value: Any) -> tuple[Mapping[str, str], ...]:
@@ -136,11 +144,7 @@ def _is_prompt_row(obj: Any) -> bool:
 
 def answer_replay(student: Student, prompts: Sequence[Prompt],
                   max_new_tokens: int = default_of(GenerationParams, "max_new_tokens")) -> list[Example]:
-    """The student's own greedy answers to general prompts, as replay examples.
-
-    Answers cut off by `max_new_tokens` are left out: training on them would teach the model to end
-    its turn mid-sentence.
-    """
+    """The student's own greedy answers to general prompts, as replay examples (`replay_examples`)."""
     answers = student.answer(prompts, GenerationParams(max_new_tokens=max_new_tokens), batch_size=16)
     return replay_examples((a.prompt.id, a.prompt.messages, a.text, a.finish_reason) for a in answers)
 
@@ -148,11 +152,15 @@ def answer_replay(student: Student, prompts: Sequence[Prompt],
 def replay_examples(answers: Iterable[tuple[str, Sequence[Mapping[str, str]], str, str | None]]) -> list[Example]:
     """Replay examples from (id, prompt chat, answer text, finish reason) of a student's own answers.
 
-    Only complete answers are kept: one cut off by the token limit (finish reason other than "stop")
-    would teach the model to end its turn mid-sentence, and a blank one teaches nothing.
+    An answer cut off by the token limit (finish reason other than "stop") is kept with `ends=False`:
+    its text is the student's own and is trained, but not an end-of-turn token where it was cut,
+    which would teach the model to stop mid-sentence. Keeping them matters: dropping them left only
+    the student's short answers as replay, so replay itself taught it to answer plain questions
+    briefly, and the general-knowledge answers it lost were short ones (measured in bench/learning.py,
+    see the README). A blank answer teaches nothing and is dropped.
     """
-    return [Example(id=eid, prompt=tuple(messages), completion=text, source="replay")
-            for eid, messages, text, finish_reason in answers if finish_reason == "stop" and text.strip()]
+    return [Example(id=eid, prompt=tuple(messages), completion=text, source="replay", ends=finish_reason == "stop")
+            for eid, messages, text, finish_reason in answers if text.strip()]
 
 
 # ---------------------------------------------------------------- tokens
@@ -180,7 +188,8 @@ def encode(example: Example, student: Student) -> Encoded:
 
     The prompt is `student.render()` (what generation starts from) tokenized alone. The completion is
     the template's text after it, tokenized alone, up to and including the first end-of-turn token:
-    the tokens the student emits before it stops. Nothing after that token is trained.
+    the tokens the student emits before it stops. Nothing after that token is trained. A completion
+    that did not end its turn (`example.ends` False) is trained up to, not including, that token.
     """
     tokenizer = student.tokenizer
     prompt_text = student.render(example.prompt)
@@ -197,6 +206,8 @@ def encode(example: Example, student: Student) -> Encoded:
         completion_ids = completion_ids + [tokenizer.eos_token_id]
     else:
         completion_ids = completion_ids[:stop + 1]
+    if not example.ends:
+        completion_ids = completion_ids[:-1]
     return Encoded(id=example.id, input_ids=tuple(prompt_ids + completion_ids),
                    labels=tuple([IGNORE] * len(prompt_ids) + completion_ids), source=example.source)
 
