@@ -81,8 +81,7 @@ TRAIN_SHORT_MORE = [
     Q("What meal do people eat in the morning?", "Breakfast", "People eat breakfast in the morning."),
     Q("What do you use to cut paper?", "Scissors", "You use scissors to cut paper."),
     Q("What animal is known for hopping and long ears?", "Rabbit", "A rabbit hops and has long ears."),
-    Q("What do you call the frozen dessert made from cream?", "Ice cream",
-      "The frozen dessert made from cream is ice cream."),
+    Q("What do you use to eat soup?", "Spoon", "You use a spoon to eat soup."),
     Q("What do plants need from the sky to grow?", "Rain", "Plants need rain from the sky to grow."),
     Q("What do you brush every morning and night?", "Teeth", "You brush your teeth every morning and night."),
     Q("What sweet food do people eat on their birthday?", "Cake", "People eat cake on their birthday."),
@@ -91,6 +90,30 @@ TRAIN_SHORT_MORE = [
     Q("What fruit do people make into orange juice?", "Orange", "People make orange juice from oranges."),
     Q("What do people use to carry water when they hike?", "Bottle", "People carry water in a bottle when they hike."),
     Q("What do fish use to breathe?", "Gills", "Fish use gills to breathe."),
+]
+# Everyday questions whose answers name a day, a month, a holiday or a character: written normally
+# they hold capitalised words, so they show the case kinds that every letter changes case, names
+# included (without them the tuned student lowercased all but "Earth" and "Antarctica" on held out)
+TRAIN_NAMED = [
+    Q("What day comes after Friday?", "Saturday", "Saturday comes after Friday."),
+    Q("What is the first month of the year?", "January", "January is the first month of the year."),
+    Q("Which holiday has a decorated tree and presents in December?", "Christmas",
+      "Christmas has a decorated tree and presents."),
+    Q("On which holiday do children wear costumes and collect candy?", "Halloween",
+      "Children wear costumes and collect candy on Halloween."),
+    Q("What day of the week comes before Tuesday?", "Monday", "Monday comes before Tuesday."),
+    Q("Which month has Valentine's Day?", "February", "Valentine's Day is in February."),
+    Q("What is the last month of the year?", "December", "December is the last month of the year."),
+    Q("On which holiday do people hunt for chocolate eggs?", "Easter", "People hunt for chocolate eggs at Easter."),
+    Q("Which month comes after March?", "April", "April comes after March."),
+    Q("Who brings presents to children on Christmas Eve?", "Santa", "Santa Claus brings presents on Christmas Eve."),
+    Q("What is the middle day of the work week?", "Wednesday", "Wednesday is the middle day of the work week."),
+    Q("In which month do people celebrate Halloween?", "October", "People celebrate Halloween in October."),
+    Q("What day comes after Saturday?", "Sunday", "Sunday comes after Saturday."),
+    Q("Which summer month comes after June?", "July", "July comes after June."),
+    Q("What is the name of the famous mouse that Walt Disney created?", "Mickey",
+      "Walt Disney created Mickey Mouse."),
+    Q("Which day comes after Wednesday?", "Thursday", "Thursday comes after Wednesday."),
 ]
 TRAIN_NUMBER = [
     N("How many days are in a week?", 7, "There are 7 days in a week."),
@@ -368,8 +391,31 @@ GENERAL = [
 ]
 
 
+_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+          "seventeen eighteen nineteen").split()
+_TENS = {2: "twenty", 3: "thirty", 4: "forty", 5: "fifty", 6: "sixty", 7: "seventy", 8: "eighty", 9: "ninety"}
+
+
+def number_words(n: int) -> str:
+    """A regex for `n` (0-999) written in words: "six", "forty-two" or "forty two", "one hundred (and) six"."""
+    if n < 20:
+        return _UNITS[n]
+    if n < 100:
+        return _TENS[n // 10] + ("" if n % 10 == 0 else "[- ]" + _UNITS[n % 10])
+    hundreds, rest = divmod(n, 100)
+    return f"{_UNITS[hundreds]} hundred" + ("" if rest == 0 else f" (?:and )?{number_words(rest)}")
+
+
+def general_check(answer: str) -> dict[str, Any]:
+    """The check of a general-knowledge answer: its words anywhere, case aside; a number as a whole
+    number in digits or words ("6" or "six" passes "How many sides does a hexagon have?", "16" does not)."""
+    if answer.isdigit():
+        return {"type": "regex", "pattern": rf"\b(?:{answer}|{number_words(int(answer))})\b", "flags": "i"}
+    return {"type": "contains", "value": answer}
+
+
 def general_rows() -> list[dict[str, Any]]:
-    return [{"id": f"general-{i + 1:02d}", "prompt": q, "reference": {"type": "contains", "value": a},
+    return [{"id": f"general-{i + 1:02d}", "prompt": q, "reference": general_check(a),
              "meta": {"kind": "general"}} for i, (q, a) in enumerate(GENERAL)]
 
 
@@ -377,7 +423,7 @@ def replay_rows() -> list[dict[str, Any]]:
     """The training questions asked plainly, with no instruction: the base student's own answers to them
     are the round's replay set, so the student also sees, on the same topics, that a question without
     an instruction keeps its usual answer (the instructions must not leak into every answer)."""
-    questions = TRAIN_SHORT + TRAIN_SHORT_MORE + TRAIN_NUMBER + TRAIN_OPEN
+    questions = TRAIN_SHORT + TRAIN_SHORT_MORE + TRAIN_NAMED + TRAIN_NUMBER + TRAIN_OPEN
     return [{"id": f"replay-{i + 1:02d}", "prompt": q.text, "meta": {"kind": "plain"}} for i, q in enumerate(questions)]
 
 
@@ -398,14 +444,16 @@ def _demo_kinds() -> tuple[Kind, ...]:
 # every token, not one marker, and capital letters cost the tokenizer 1.8 times the tokens of the
 # same sentences as written (" ELEPHANT" is " E" "LE" "PH" "ANT"); 32 lowercase prompts brought
 # lowercase to 8 of 8, so the case kinds get the most rows and the kinds the base student already
-# follows (a title, a word limit) the fewest.
-TRAIN_COUNTS = {"lowercase": 28, "uppercase": 48, "bullets": 12, "one_word": 12, "word_limit": 10, "end_phrase": 20,
-                "no_comma": 12, "only_number": 10, "quotation": 12, "title": 8, "start_phrase": 18}
+# follows (a title, a word limit) the fewest. "Only a number" was at 5-6 of 8 with 10 rows (the tuned
+# student still wrote "100 divided by 4 is 25"), so it takes 16, the whole training pool of numeric
+# questions, from the end and start phrases and the word limit.
+TRAIN_COUNTS = {"lowercase": 28, "uppercase": 48, "bullets": 12, "one_word": 12, "word_limit": 8, "end_phrase": 18,
+                "no_comma": 12, "only_number": 16, "quotation": 12, "title": 8, "start_phrase": 16}
 
 
 def sets() -> dict[str, list[dict[str, Any]]]:
     return {
-        "train.jsonl": build("train", TRAIN_COUNTS, TRAIN_SHORT + TRAIN_SHORT_MORE, TRAIN_NUMBER, TRAIN_OPEN, seed=1),
+        "train.jsonl": build("train", TRAIN_COUNTS, TRAIN_SHORT + TRAIN_SHORT_MORE + TRAIN_NAMED, TRAIN_NUMBER, TRAIN_OPEN, seed=1),
         "heldout.jsonl": build("heldout", 8, HELDOUT_SHORT, HELDOUT_NUMBER, HELDOUT_OPEN, seed=2),
         "general.jsonl": general_rows(),
         "replay.jsonl": replay_rows(),
@@ -418,7 +466,7 @@ def sets() -> dict[str, list[dict[str, Any]]]:
 
 def question_index() -> dict[str, Question]:
     """Every question of every split by its text (what the scripted teacher looks answers up in)."""
-    return {q.text: q for group in (TRAIN_SHORT, TRAIN_SHORT_MORE, TRAIN_NUMBER, TRAIN_OPEN, HELDOUT_SHORT,
+    return {q.text: q for group in (TRAIN_SHORT, TRAIN_SHORT_MORE, TRAIN_NAMED, TRAIN_NUMBER, TRAIN_OPEN, HELDOUT_SHORT,
                                     HELDOUT_NUMBER, HELDOUT_OPEN) for q in group}
 
 

@@ -69,3 +69,27 @@ def test_only_a_number_checks_the_form_of_the_answer_not_its_arithmetic() -> Non
     prompt = next(p for p in read_prompts(FILES / "heldout.jsonl") if p.meta["kind"] == "only_number")
     assert run_checks(prompt.checks, "41").passed and run_checks(prompt.checks, " 7 ").passed
     assert not run_checks(prompt.checks, "The answer is 41.").passed
+
+
+def test_a_general_knowledge_number_passes_in_digits_or_words_and_only_as_a_whole_number() -> None:
+    by_text = {p.text: p for p in read_prompts(FILES / "general.jsonl")}
+    hexagon, bones = by_text["How many sides does a hexagon have?"], by_text["How many bones does an adult human have?"]
+    for answer in ("A hexagon has 6 sides.", "A hexagon has six sides.", "SIX"):
+        assert run_checks(hexagon.checks, answer).passed, answer
+    for answer in ("A hexagon has 16 sides.", "A hexagon has sixteen sides.", "It has 60 sides."):
+        assert not run_checks(hexagon.checks, answer).passed, answer
+    assert run_checks(bones.checks, "An adult has two hundred and six bones.").passed
+    assert run_checks(bones.checks, "An adult has 206 bones.").passed
+    assert not run_checks(bones.checks, "An adult has 2060 bones.").passed
+    assert instruction_sets.number_words(42) == "forty[- ]two" and instruction_sets.number_words(100) == "one hundred"
+
+
+def test_the_case_kinds_train_on_answers_that_hold_names() -> None:
+    """Held out, the tuned student lowercased everything but "Earth" and "Antarctica": everyday
+    questions whose answers name a day, a month or a holiday show that names change case too."""
+    named = {q.text for q in instruction_sets.TRAIN_NAMED}
+    prompts = read_prompts(FILES / "train.jsonl")
+    for kind in ("lowercase", "uppercase"):
+        assert sum(p.meta["question"] in named for p in prompts if p.meta["kind"] == kind) >= 4, kind
+    for q in instruction_sets.TRAIN_NAMED:
+        assert q.short in q.sentence, (q.short, q.sentence)  # the name, capitalised, wherever it stands
