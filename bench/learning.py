@@ -9,7 +9,7 @@ and otherwise rewrites it into a correct answer that follows the instruction; it
 the answer that passes. Everything else is the product as a user runs it:
 
     distill run prompts/instructions/train.jsonl --rounds 1 --heldout prompts/instructions/heldout.jsonl \\
-        --replay prompts/examples/train.jsonl --general prompts/instructions/general.jsonl ...
+        --replay prompts/instructions/replay.jsonl --general prompts/instructions/general.jsonl ...
 
 with the real SmolLM2-135M student, real LoRA training with replay, and the real gate. Then it
 prints the held-out pass rate of the base and the tuned student for every kind, and the
@@ -162,7 +162,7 @@ def main(extra: list[str]) -> int:
     os.chdir(ROOT)  # runs/ and the paths recorded in the report are relative to the repository
     name, extra = run_name(extra, "learning")
     done = one_round(PROMPTS, name, make_teacher,
-                     ["--replay", "prompts/examples/train.jsonl", "--general", str(PROMPTS / "general.jsonl"),
+                     ["--replay", str(PROMPTS / "replay.jsonl"), "--general", str(PROMPTS / "general.jsonl"),
                       "--chain", "quick", *extra], "constraint-teacher")
     if done.code != 0:
         return done.code
