@@ -115,6 +115,7 @@ TRAIN_NAMED = [
       "Walt Disney created Mickey Mouse."),
     Q("Which day comes after Wednesday?", "Thursday", "Thursday comes after Wednesday."),
 ]
+TRAIN_WORDS = TRAIN_SHORT + TRAIN_SHORT_MORE + TRAIN_NAMED  # every training question with a short answer
 TRAIN_NUMBER = [
     N("How many days are in a week?", 7, "There are 7 days in a week."),
     N("What is 7 plus 5?", 12, "7 plus 5 is 12."),
@@ -423,7 +424,7 @@ def replay_rows() -> list[dict[str, Any]]:
     """The training questions asked plainly, with no instruction: the base student's own answers to them
     are the round's replay set, so the student also sees, on the same topics, that a question without
     an instruction keeps its usual answer (the instructions must not leak into every answer)."""
-    questions = TRAIN_SHORT + TRAIN_SHORT_MORE + TRAIN_NAMED + TRAIN_NUMBER + TRAIN_OPEN
+    questions = TRAIN_WORDS + TRAIN_NUMBER + TRAIN_OPEN
     return [{"id": f"replay-{i + 1:02d}", "prompt": q.text, "meta": {"kind": "plain"}} for i, q in enumerate(questions)]
 
 
@@ -453,7 +454,7 @@ TRAIN_COUNTS = {"lowercase": 28, "uppercase": 48, "bullets": 12, "one_word": 12,
 
 def sets() -> dict[str, list[dict[str, Any]]]:
     return {
-        "train.jsonl": build("train", TRAIN_COUNTS, TRAIN_SHORT + TRAIN_SHORT_MORE + TRAIN_NAMED, TRAIN_NUMBER, TRAIN_OPEN, seed=1),
+        "train.jsonl": build("train", TRAIN_COUNTS, TRAIN_WORDS, TRAIN_NUMBER, TRAIN_OPEN, seed=1),
         "heldout.jsonl": build("heldout", 8, HELDOUT_SHORT, HELDOUT_NUMBER, HELDOUT_OPEN, seed=2),
         "general.jsonl": general_rows(),
         "replay.jsonl": replay_rows(),
@@ -466,7 +467,7 @@ def sets() -> dict[str, list[dict[str, Any]]]:
 
 def question_index() -> dict[str, Question]:
     """Every question of every split by its text (what the scripted teacher looks answers up in)."""
-    return {q.text: q for group in (TRAIN_SHORT, TRAIN_SHORT_MORE, TRAIN_NAMED, TRAIN_NUMBER, TRAIN_OPEN, HELDOUT_SHORT,
+    return {q.text: q for group in (TRAIN_WORDS, TRAIN_NUMBER, TRAIN_OPEN, HELDOUT_SHORT,
                                     HELDOUT_NUMBER, HELDOUT_OPEN) for q in group}
 
 
