@@ -225,6 +225,7 @@ def main() -> None:
     parser.add_argument("--gguf", default="q4_1,f32", help="GGUF files for the llama.cpp modes: q4_1, f16, f32")
     parser.add_argument("--lock", default=None, help="hold an flock on this file around each measurement")
     parser.add_argument("--out", default=None, help="also write the table (with the command line) to this file")
+    parser.add_argument("--texts", default=None, help="write run 1's answers per mode to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--ids", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -232,6 +233,7 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args)))
         return
     out = Path(args.out).resolve() if args.out else None
+    texts_file = Path(args.texts).resolve() if args.texts else None
     os.chdir(ROOT)  # the cache (converted student, exported GGUFs) is the checkout's, as for the workers
     names = [m.strip() for m in args.modes.split(",") if m.strip()]
     kinds = [k.strip() for k in args.gguf.split(",") if k.strip()]
@@ -251,6 +253,8 @@ def main() -> None:
     print("\n" + text)
     if out is not None:
         out.write_text(f"`python bench/generate.py {' '.join(sys.argv[1:])}`\n\n{text}\n")
+    if texts_file is not None:
+        texts_file.write_text(json.dumps({mode: runs[0]["texts"] for mode, runs in results.items()}, indent=1))
     if inputs is not None:
         inputs.file.unlink(missing_ok=True)
 
