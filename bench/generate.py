@@ -239,7 +239,7 @@ def main() -> None:
     kinds = [k.strip() for k in args.gguf.split(",") if k.strip()]
     if unknown := [m for m in names if m not in MODES] + [k for k in kinds if k not in ("q4_1", "f16", "f32")]:
         parser.error(f"unknown mode or GGUF kind: {', '.join(unknown)}")
-    modes = [f"{m}:{k}" if m.startswith("llama.cpp") else m for m in names for k in (kinds if m.startswith("llama.cpp") else [""])]
+    modes = [f"{m}:{k}" if k else m for m in names for k in (kinds if m.startswith("llama.cpp") else [""])]
     uses_llamacpp = any(m.startswith("llama.cpp") for m in names)
     inputs = Inputs(args, kinds if uses_llamacpp else []) if uses_llamacpp else None
     results: dict[str, list[dict]] = {mode: [] for mode in modes}

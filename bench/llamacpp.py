@@ -27,7 +27,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 GGUF_KINDS = ("q4_1", "f16", "f32")
@@ -47,7 +50,7 @@ def exported_gguf(kind: str, student: str | None = None) -> Path:
         return shipped_gguf()
     from distill.config import cache_dir
 
-    out = cache_dir() / "bench" / f"gguf-{kind}" if not student else cache_dir() / "bench" / f"gguf-{kind}-{Path(student).name}"
+    out = cache_dir() / "bench" / (f"gguf-{kind}-{Path(student).name}" if student else f"gguf-{kind}")
     path = out / "model.gguf"
     if not path.is_file():
         cmd = [sys.executable, "-m", "distill", "export", "--format", "gguf", "--base-only", "--type", kind,
@@ -116,13 +119,11 @@ class Batched:
 
     def generate(self, prompts: Sequence[Sequence[int]], new_tokens: int, eos: Sequence[int]) -> list[list[int]]:
         """Greedy answers to up to `n_seq` prompts at once (token ids, end of turn included when reached)."""
-        import numpy as np
-
         assert len(prompts) <= self.n_seq
         self.lc.llama_memory_clear(self.lc.llama_get_memory(self.ctx), True)
         # prefill: every prompt's tokens, in chunks of n_batch; logits at each prompt's last token
         entries = [(s, pos, tok, pos == len(p) - 1) for s, p in enumerate(prompts) for pos, tok in enumerate(p)]
-        last: dict[int, np.ndarray] = {}
+        last: dict[int, int] = {}
         for start in range(0, len(entries), self.n_batch):
             chunk = entries[start:start + self.n_batch]
             self._decode(chunk)
@@ -157,7 +158,8 @@ class Batched:
         if code != 0:
             raise RuntimeError(f"llama_decode failed ({code})")
 
-    def _logits(self, n_outputs: int):  # type: ignore[no-untyped-def]
+    def _logits(self, n_outputs: int) -> "np.ndarray":
+        """The logits of the last decode's `n_outputs` outputs, one row each (a view, valid until the next decode)."""
         import numpy as np
 
         pointer = self.lc.llama_get_logits(self.ctx)

@@ -43,6 +43,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -125,7 +129,8 @@ class Server:
         os.unlink(self.log.name)
 
 
-async def one_request(client, url: str, messages: list[dict], prompt: int, max_tokens: int) -> Sample:  # type: ignore[no-untyped-def]
+async def one_request(client: "httpx.AsyncClient", url: str, messages: list[dict], prompt: int,
+                      max_tokens: int) -> Sample:
     body = {"model": "student", "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True}
     sent = time.perf_counter()
     first, parts = math.nan, []
@@ -166,7 +171,7 @@ def nearest_rank(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-def figures(samples: list[Sample], count) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def figures(samples: list[Sample], count: Callable[[str], int]) -> dict[str, float]:
     wall = max(s.done for s in samples) - min(s.sent for s in samples)
     latencies = [s.done - s.sent for s in samples]
     return {"tok_s": sum(count(s.text) for s in samples) / wall,
@@ -175,7 +180,7 @@ def figures(samples: list[Sample], count) -> dict[str, float]:  # type: ignore[n
 
 
 def bench_server(name: str, args: argparse.Namespace, prompts: list[list[dict]], levels: list[int],
-                 count) -> tuple[dict[int, list[dict]], dict[int, str], float, list[str]]:  # type: ignore[no-untyped-def]
+                 count: Callable[[str], int]) -> tuple[dict[int, list[dict]], dict[int, str], float, list[str]]:
     """Every run of every level on one server: (figures per level, answer per prompt, peak RSS, command)."""
     runs: dict[int, list[dict]] = {c: [] for c in levels}
     answers: dict[int, str] = {}
@@ -225,7 +230,10 @@ def main() -> None:
     from distill.student.model import resolve_source
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_source(args.student)[0])
-    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
     prompts = load_messages()
     measured = {name: bench_server(name, args, prompts, levels, count) for name in servers}
     text = table(args, levels, servers, measured)
