@@ -90,3 +90,50 @@ def test_settle_raises_exceptions_in_the_caller_and_skips_done_futures() -> None
             await b.future
 
     asyncio.run(main())
+
+
+def test_jobs_trickling_in_within_a_window_of_each_other_join_one_batch() -> None:
+    """Six jobs, 0.1 s apart: 0.5 s from first to last, longer than the 0.3 s window, but each
+    arrives within a window of the one before, so all six are one batch. Then a job after a quiet
+    window starts a batch of its own."""
+    batches: list[list[int]] = []
+
+    async def dispatch(jobs: list[Job]) -> None:
+        batches.append([j.n for j in jobs])
+        settle(jobs, [None] * len(jobs))
+
+    async def main() -> None:
+        collector: Collector[Job] = Collector(dispatch, max_batch=32, wait_s=0.3)
+        loop = asyncio.get_running_loop()
+        jobs = [Job(i, loop.create_future()) for i in range(7)]
+        for job in jobs[:6]:
+            collector.put(job)
+            await asyncio.sleep(0.1)
+        await asyncio.gather(*(j.future for j in jobs[:6]))
+        collector.put(jobs[6])
+        await jobs[6].future
+
+    asyncio.run(main())
+    assert batches == [[0, 1, 2, 3, 4, 5], [6]]
+
+
+def test_collection_stops_after_windows_windows_however_steady_the_trickle() -> None:
+    from distill.student import collector as collector_module
+
+    batches: list[list[int]] = []
+
+    async def dispatch(jobs: list[Job]) -> None:
+        batches.append([j.n for j in jobs])
+        settle(jobs, [None] * len(jobs))
+
+    async def main() -> None:
+        collector: Collector[Job] = Collector(dispatch, max_batch=1000, wait_s=0.05)
+        loop = asyncio.get_running_loop()
+        jobs = [Job(i, loop.create_future()) for i in range(3 * collector_module.WINDOWS)]
+        for job in jobs:
+            collector.put(job)
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*(j.future for j in jobs))
+
+    asyncio.run(main())
+    assert len(batches) > 1 and sum(len(b) for b in batches) == 3 * collector_module.WINDOWS

@@ -34,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="transformers (default, in this process) or vllm (runs `vllm serve`; needs vLLM and a GPU)")
     p.add_argument("--max-batch", type=int, default=32, help="most requests generated in one batch (default 32)")
     p.add_argument("--batch-wait-ms", type=float, default=5.0,
-                   help="how long the first waiting request waits for others to batch with (default 5 ms)")
+                   help="how long the first waiting request waits for others to batch with (default 5 ms); "
+                        "while more arrive, one more such window (10 at most)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda when available)")
     p.set_defaults(func=run)
 

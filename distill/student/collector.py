@@ -5,8 +5,12 @@ take requests from many coroutines and generate them in batches on one model. Th
 they share. A `Collector` holds a job queue on the running event loop and one worker task, which
 waits for a first job, lets the jobs that arrive within `wait_s` join it (up to `max_batch`),
 leaves out jobs whose caller has gone (a future already done, e.g. cancelled), and awaits
-`dispatch(batch)`. How a batch is split (serve: by adapter) and generated
-(`distill.student.generation`) is the caller's; `settle` hands each job its result or error.
+`dispatch(batch)`.
+
+While a window brings new jobs, the batch waits one more window (up to `WINDOWS` windows in
+all): clients that send together do not arrive together (each request is parsed, rendered and
+tokenized in turn), and with batches generated whole, a request that misses a batch waits for all
+of it, seconds on a CPU, against a few milliseconds per extra window.
 
 The queue is made on first use and again after its worker has ended, since a queue belongs to the
 event loop it was made on and callers such as `asyncio.run` make a new loop per call.
@@ -16,6 +20,9 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any, Awaitable, Callable, Generic, Protocol, Sequence, TypeVar
+
+
+WINDOWS = 10  # most collection windows one batch waits for (a steady trickle of jobs cannot hold it back)
 
 
 class HasFuture(Protocol):
@@ -66,13 +73,24 @@ class Collector(Generic[J]):
         while True:
             jobs = [await queue.get()]
             await asyncio.sleep(self.wait_s)  # the collection window (0: callers already running enqueue too)
-            while len(jobs) < self.max_batch and not queue.empty():
-                jobs.append(queue.get_nowait())
+            await self._collect(queue, jobs)
             live = [j for j in jobs if j.future is not None and not j.future.done()]
             if live:
                 self._in_flight = live
                 await self.dispatch(live)
                 self._in_flight = []
+
+    async def _collect(self, queue: asyncio.Queue[J], jobs: list[J]) -> None:
+        """After the first window: add the jobs that arrived in it to `jobs`; while a window brought
+        some, wait another `wait_s` (at most `WINDOWS` windows, up to `max_batch` jobs)."""
+        for window in range(1, WINDOWS + 1):
+            arrived = 0
+            while len(jobs) < self.max_batch and not queue.empty():
+                jobs.append(queue.get_nowait())
+                arrived += 1
+            if not arrived or len(jobs) >= self.max_batch or self.wait_s <= 0 or window == WINDOWS:
+                return
+            await asyncio.sleep(self.wait_s)
 
 
 def settle(jobs: Sequence[HasFuture], results: Sequence[Any]) -> None:

@@ -73,6 +73,8 @@ def generate(grammars: Grammars, jobs: Sequence[Job],
     import torch
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
+    from distill.student.kv_cache import growing_cache
+
     student = grammars.student
     tokenizer = student.tokenizer
     enc = tokenizer([j.text for j in jobs], return_tensors="pt", padding=True,
@@ -90,7 +92,7 @@ def generate(grammars: Grammars, jobs: Sequence[Job],
                               pad_token_id=tokenizer.pad_token_id, eos_token_id=list(student.eos_ids))
     with torch.inference_mode():
         student.model.generate(**enc, generation_config=config, logits_processor=processors,
-                               stopping_criteria=StoppingCriteriaList([stops]))
+                               stopping_criteria=StoppingCriteriaList([stops]), cache=growing_cache(student.model))
     results = []
     for i, row in enumerate(rows):
         final = row.finish()

@@ -15,7 +15,8 @@ rewrites weights in place (`distill merge`; adapters whose initialisation rewrit
 as PiSSA) gets weights of its own (`private=True`).
 
 Generation renders each chat with the model's own chat template, sorts prompts by length to cut
-padding, pads on the left, and decodes greedily unless a temperature is given. Sampled runs are
+padding, pads on the left, and decodes greedily unless a temperature is given, with a KV cache that
+grows in place (`distill.student.kv_cache`; the same numbers as transformers' own cache). Sampled runs are
 seeded per batch from `seed` and the batch's prompt ids, so a resumed run draws the same samples.
 """
 
@@ -385,6 +386,8 @@ class Student(Answerer):
         import torch
         from transformers import GenerationConfig
 
+        from distill.student.kv_cache import growing_cache
+
         texts = [self.render(p.messages) for p, _ in batch]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         config = GenerationConfig(
@@ -399,7 +402,7 @@ class Student(Answerer):
         if not params.greedy:
             torch.manual_seed(int(content_hash([params.seed, [(p.id, k) for p, k in batch]]), 16) % (2**63))
         with torch.inference_mode():
-            output = self.model.generate(**enc, generation_config=config)
+            output = self.model.generate(**enc, generation_config=config, cache=growing_cache(self.model))
         generated = output[:, enc["input_ids"].shape[1]:].tolist()
         prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
         return [self._to_answer(p, k, ids, n, params)
