@@ -235,7 +235,7 @@ def _evaluate(config: RoundsConfig, number: int, current: str | None, adapter: P
         identity = teacher.identity()
     result = evaluate(cur, new, heldout, teacher=teacher, prompt_set=load_prompt_set(config.run.prompts_dir),
                       revisions=revisions, replay=forgetting_set, max_new_tokens=config.eval_max_new_tokens,
-                      teacher_identity=identity, general=general)
+                      teacher_identity=identity, general=general, batch_size=config.run.batch_size)
     write_atomic(round_dir / "eval.json", json.dumps({"round": number, "current": current or "base",
                                                       "new": str(adapter), **result.to_dict()}, indent=2) + "\n")
     write_jsonl(round_dir / "eval_rows.jsonl", ({"round": number, **row} for row in result.rows))
