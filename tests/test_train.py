@@ -426,4 +426,9 @@ def test_config_rejects_unknown_and_bad_values() -> None:
         TrainConfig(learning_rate=3.0)
     with pytest.raises(ConfigError, match="replay_fraction"):
         TrainConfig(replay_fraction=1.0)
+    # a number written as a string (a TOML or JSON file, the Python API) names its option, not a TypeError
+    with pytest.raises(ConfigError, match=r"cfg.json: training option learning_rate: expected a number, got '8e-4'"):
+        TrainConfig.from_mapping({"learning_rate": "8e-4"}, source="cfg.json")
+    with pytest.raises(ConfigError, match=r"training option kl_weight: expected a number, got True"):
+        TrainConfig(kl_weight=True)
     assert TrainConfig.from_mapping({"target_modules": ["q_proj"]}).target_modules == ("q_proj",)

@@ -141,6 +141,12 @@ class TrainConfig:
     """How many of the newest checkpoints to keep while training; all are removed at the end."""
 
     def __post_init__(self) -> None:
+        numbers = ("alpha", "dropout", "learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm",
+                   "replay_fraction", "kl_weight", "beta", "jsd_beta", "onpolicy_temperature")
+        for name in numbers:  # before any comparison: a string from a config file would raise a bare TypeError
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"training option {name}: expected a number, got {value!r}")
         positive = ("rank", "epochs", "batch_size", "grad_accum", "micro_batch_tokens", "max_length", "save_every",
                     "keep_checkpoints")
         for name in positive:
@@ -200,7 +206,7 @@ class TrainConfig:
                               f"known options: {', '.join(sorted(known))}")
         try:
             return cls(**values)
-        except TypeError as exc:
+        except (TypeError, ConfigError) as exc:
             raise ConfigError(f"{source}: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
