@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -312,6 +314,23 @@ def repaired(kind: str, n: int | None, phrase: str | None, question: Question) -
     if kind == "start_phrase":
         return f"{phrase} {s}"
     raise ValueError(kind)
+
+
+def answers_the_question(kind: str, phrase: str | None, question: Question, text: str) -> bool:
+    """What the scripted teacher asks of an answer beyond its instruction, as a real teacher would:
+    it names the question's known answer (questions with a short answer or a number; an open
+    question has none to name), it says something besides the phrase the instruction asked for
+    (at least three words, one for the one-word and number kinds), and it does not repeat itself (no three words in a row three times).
+    Without this the teacher accepted "That is all." and "In short: In short: In short: ..." as
+    answers that follow the instruction, and "December is the holiday of the Chinese New Year" as
+    an answer in fewer than 25 words, and they became training rows."""
+    from distill.checks.reference import parse_reference, run_checks
+
+    if not question.facts and not run_checks(parse_reference(general_check(question.short)), text).passed:
+        return False
+    words = re.findall(r"[\w']+", (text.replace(phrase, " ") if phrase else text).casefold())
+    runs = Counter(zip(words, words[1:], words[2:]))
+    return len(words) >= (1 if kind in ("one_word", "only_number") else 3) and max(runs.values(), default=0) < 3
 
 
 def _pool(fits: str, short: list[Question], number: list[Question], open_: list[Question]) -> list[Question]:

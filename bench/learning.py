@@ -5,8 +5,9 @@ instruction of eleven kinds (lowercase, capital letters, N bullet points, one wo
 an end phrase, no commas, only a number, double quotation marks, a <<title>>, a start phrase),
 checked by the prompt's `reference`. The teacher is scripted behind a real OpenAI-compatible HTTP
 server on 127.0.0.1 (tests/loopback_server.py): it accepts an answer that already passes its check
-and otherwise rewrites it into a correct answer that follows the instruction; its judge prefers
-the answer that passes. Everything else is the product as a user runs it:
+and answers the question (`instruction_sets.answers_the_question`: the known answer named, no
+repetition, more than the asked-for phrase), and otherwise rewrites it into a correct answer that
+follows the instruction; its judge prefers the answer that passes. Everything else is the product as a user runs it:
 
     distill run prompts/instructions/train.jsonl --rounds 1 --heldout prompts/instructions/heldout.jsonl \\
         --replay prompts/instructions/replay.jsonl --general prompts/instructions/general.jsonl ...
@@ -40,7 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from fakes import between, critique_reply, judge_reply  # noqa: E402
-from instruction_sets import question_index, repaired  # noqa: E402
+from instruction_sets import answers_the_question, question_index, repaired  # noqa: E402
 from loopback_server import LoopbackRequest, LoopbackServer  # noqa: E402
 
 PROMPTS = Path("prompts/instructions")
@@ -72,13 +73,14 @@ def make_teacher(rows: list[dict[str, Any]]):  # type: ignore[no-untyped-def]
             return judge_reply("A" if a and not b else "B" if b and not a else "tie",
                                reason="follows the instruction" if a != b else "no difference in compliance")
         answer = between(user, "ANSWER")
-        row, _ = by_prompt[prompt]
-        if passes(prompt, answer):
+        meta = by_prompt[prompt][0]["meta"]
+        question = questions[meta["question"]]
+        follows = passes(prompt, answer)
+        if follows and answers_the_question(meta["kind"], meta.get("phrase"), question, answer):
             return critique_reply(answer, verdict="acceptable", critique="It follows the instruction.", issues=())
-        meta = row["meta"]
-        fixed = repaired(meta["kind"], meta.get("n"), meta.get("phrase"), questions[meta["question"]])
-        return critique_reply(fixed, critique=f"The answer does not follow the instruction ({meta['kind']}).",
-                              issues=(f"breaks the {meta['kind']} instruction",))
+        fixed = repaired(meta["kind"], meta.get("n"), meta.get("phrase"), question)
+        problem = "does not answer the question" if follows else f"does not follow the instruction ({meta['kind']})"
+        return critique_reply(fixed, critique=f"The answer {problem}.", issues=(problem,))
     return teacher
 
 

@@ -53,6 +53,30 @@ def test_every_scripted_repair_follows_its_instruction() -> None:
             text = instruction_sets.repaired(meta["kind"], meta.get("n"), meta.get("phrase"), questions[meta["question"]])
             result = run_checks(p.checks, text)
             assert result.passed, (p.id, text, result.failures)
+            # the teacher accepts its own repairs by the standard it holds the student's answers to
+            assert instruction_sets.answers_the_question(meta["kind"], meta.get("phrase"),
+                                                         questions[meta["question"]], text), (p.id, text)
+
+
+def test_the_teacher_refuses_answers_that_follow_the_instruction_but_do_not_answer() -> None:
+    questions = instruction_sets.question_index()
+
+    def accepted(kind: str, phrase: str | None, question: str, text: str) -> bool:
+        return instruction_sets.answers_the_question(kind, phrase, questions[question], text)
+
+    # the wrong answer, in fewer than 25 words (what the round used to train on)
+    assert not accepted("word_limit", None, "Which month has Valentine's Day?", "The month with Valentine's Day is December.")
+    assert accepted("word_limit", None, "Which month has Valentine's Day?", "Valentine's Day is in February.")
+    # only the asked-for phrase, or the phrase over and over
+    assert not accepted("end_phrase", "That is all.", "What do bees make?", "That is all.")
+    assert not accepted("start_phrase", "In short:", "Describe a forest.", "In short: In short: In short: In short:")
+    assert not accepted("bullets", None, "Describe a forest.", "- Trees are tall and trees are tall and trees are tall and green.")
+    # an open question has no one right answer: any answer that says something passes
+    assert accepted("start_phrase", "In short:", "Describe a forest.", "In short: a forest is full of old trees.")
+    # the one-word and number kinds need one word: the right one
+    assert accepted("one_word", None, "What do bees make?", "Honey.")
+    assert not accepted("one_word", None, "What do bees make?", "Milk")
+    assert accepted("only_number", None, "How many days are in a week?", "7")
 
 
 def test_the_training_set_fits_one_round_of_at_most_200_rows_with_no_prompt_twice() -> None:
