@@ -37,12 +37,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from learning import make_teacher  # noqa: E402  (also puts tests/ on the path)
+from learning import TEACHER, make_teacher  # noqa: E402  (also puts tests/ on the path)
 from loopback_server import LoopbackServer  # noqa: E402
 
 PROMPTS = Path("prompts/instructions")
 COMMON = {"max_new_tokens": 64, "chain": "quick", "eval_max_new_tokens": 64}
-TRAIN = {"learning_rate": 5e-4}  # as bench/learning.py
+TRAIN = {"learning_rate": 5e-4}  # bench/learning.py's learning rate when results/methods.md was measured
 GENTLE = {"learning_rate": 5e-5, "epochs": 1}
 RESULTS = Path("bench/results/methods.md")
 
@@ -138,7 +138,7 @@ def main() -> int:
     started = time.monotonic()
     rows = _rows(PROMPTS / "demo-train.jsonl") + _rows(PROMPTS / "demo-heldout.jsonl")
     with LoopbackServer(responder=make_teacher(rows)) as server:
-        os.environ.update(DISTILL_TEACHER="openai:constraint-teacher", DISTILL_TEACHER_BASE_URL=server.openai_url,
+        os.environ.update(DISTILL_TEACHER=f"openai:{TEACHER}", DISTILL_TEACHER_BASE_URL=server.openai_url,
                           DISTILL_TEACHER_API_KEY="sk-loopback-bench")
         adapters = train_adapters()
         head, body = compare(adapters, forgetting_set(Path("runs/methods/forgetting.jsonl")))
