@@ -7,7 +7,7 @@ checked by the prompt's `reference`. The teacher is scripted behind a real OpenA
 server on 127.0.0.1 (tests/loopback_server.py): it accepts an answer that already passes its check
 and answers the question (`instruction_sets.answers_the_question`: the known answer named, no
 repetition, more than the asked-for phrase), and otherwise rewrites it into a correct answer that
-follows the instruction; its judge prefers the answer that passes. Everything else is the product as a user runs it:
+follows the instruction; its judge prefers the answer that passes and answers. Everything else is the product as a user runs it:
 
     distill run prompts/instructions/train.jsonl --rounds 1 --heldout prompts/instructions/heldout.jsonl \\
         --replay prompts/instructions/replay.jsonl --general prompts/instructions/general.jsonl ...
@@ -54,8 +54,10 @@ TRAIN_OPTIONS = ["--train-option", "learning_rate=7e-4", "--train-option", "batc
 
 # The scripted teacher's model name: the teacher cache (cache/ by default) keys every call by it, so it
 # changes whenever the teacher's behaviour does, or a re-run would be served the old teacher's replies.
-# v2: an answer must also answer the question (`instruction_sets.answers_the_question`).
-TEACHER = "constraint-teacher-v2"
+# v3: an answer must also answer the question (`instruction_sets.answers_the_question`), for the
+# critique and for the judge (v2 had it for the critique only, so the judge tied every revision of a
+# compliant but wrong answer and the round dropped it).
+TEACHER = "constraint-teacher-v3"
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -72,18 +74,23 @@ def make_teacher(rows: list[dict[str, Any]]):  # type: ignore[no-untyped-def]
     def passes(prompt: str, text: str) -> bool:
         return run_checks(by_prompt[prompt][1], text).passed
 
+    def good(prompt: str, text: str) -> bool:
+        meta = by_prompt[prompt][0]["meta"]
+        return passes(prompt, text) and answers_the_question(meta["kind"], meta.get("phrase"),
+                                                             questions[meta["question"]], text)
+
     def teacher(request: LoopbackRequest) -> str:
         user = next(m["content"] for m in request.messages if m["role"] == "user")
         prompt = between(user, "USER")
         if "winner" in json.dumps(request.schema or {}):
-            a, b = passes(prompt, between(user, "A")), passes(prompt, between(user, "B"))
+            a, b = good(prompt, between(user, "A")), good(prompt, between(user, "B"))
             return judge_reply("A" if a and not b else "B" if b and not a else "tie",
-                               reason="follows the instruction" if a != b else "no difference in compliance")
+                               reason="follows the instruction and answers" if a != b else "no difference")
         answer = between(user, "ANSWER")
         meta = by_prompt[prompt][0]["meta"]
         question = questions[meta["question"]]
         follows = passes(prompt, answer)
-        if follows and answers_the_question(meta["kind"], meta.get("phrase"), question, answer):
+        if good(prompt, answer):
             return critique_reply(answer, verdict="acceptable", critique="It follows the instruction.", issues=())
         fixed = repaired(meta["kind"], meta.get("n"), meta.get("phrase"), question)
         problem = "does not answer the question" if follows else f"does not follow the instruction ({meta['kind']})"
