@@ -490,11 +490,16 @@ def question_index() -> dict[str, Question]:
                                     HELDOUT_NUMBER, HELDOUT_OPEN) for q in group}
 
 
+def set_text(rows: list[dict[str, Any]]) -> str:
+    """A set's file: one JSON row a line (byte for byte the same on every run)."""
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
 def write_sets(out: Path, found: dict[str, list[dict[str, Any]]]) -> int:
-    """Write each set as OUT/NAME, one JSON row a line (byte for byte the same on every run)."""
+    """Write each set as OUT/NAME (`set_text`)."""
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in found.items():
-        (out / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        (out / name).write_text(set_text(rows), encoding="utf-8")
         print(f"{out / name}: {len(rows)} prompts", file=sys.stderr)
     return 0
 

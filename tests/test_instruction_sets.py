@@ -22,9 +22,7 @@ FILES = ROOT / "prompts" / "instructions"
 
 def test_the_files_are_what_the_generator_writes() -> None:
     for name, rows in instruction_sets.sets().items():
-        import json
-
-        expected = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        expected = instruction_sets.set_text(rows)
         assert (FILES / name).read_text(encoding="utf-8") == expected, "rebuild with python bench/instruction_sets.py"
 
 

@@ -4,7 +4,6 @@ student, not a broken teacher."""
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -15,6 +14,7 @@ from distill.records.prompts import read_prompts
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
+import instruction_sets  # noqa: E402
 import redteam_sets  # noqa: E402
 
 FILES = ROOT / "prompts" / "redteam"
@@ -22,7 +22,7 @@ FILES = ROOT / "prompts" / "redteam"
 
 def test_the_files_are_what_the_generator_writes() -> None:
     for name, rows in redteam_sets.sets().items():
-        expected = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        expected = instruction_sets.set_text(rows)
         assert (FILES / name).read_text(encoding="utf-8") == expected, "rebuild with python bench/redteam_sets.py"
 
 
