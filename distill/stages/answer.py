@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from distill.records.jsonl import JsonlSink
 from distill.records.prompts import Prompt
-from distill.student.model import GenerationParams, ModelIdentity, Student, model_identity
+from distill.student.model import ANSWER_BATCH, GenerationParams, ModelIdentity, Student, model_identity
 from distill.teachers.served_student import Server, ServedStudent, connect
 
 
@@ -36,7 +36,7 @@ def _reusable(rows: Any, prompts: Sequence[Prompt], identity: ModelIdentity,
 
 def answer_to_file(prompts: Sequence[Prompt], output: Path, params: GenerationParams, *,
                    student: Student | ServedStudent | None = None, source: str | None = None,
-                   adapter: str | None = None, batch_size: int = 32, progress: bool = True,
+                   adapter: str | None = None, batch_size: int = ANSWER_BATCH, progress: bool = True,
                    round_: int | None = None, server: Server | None = None,
                    require_verified: bool = False) -> list[dict]:
     """Answer every prompt `params.samples` times into `output`; returns the rows in input order.

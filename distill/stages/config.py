@@ -14,7 +14,7 @@ from typing import Any
 
 from distill.config import option
 from distill.records.rundir import RunDir
-from distill.student.model import GenerationParams
+from distill.student.model import ANSWER_BATCH, GenerationParams
 
 
 @dataclass
@@ -29,7 +29,7 @@ class RunConfig:
     adapter: str | None = option(None, help="a LoRA adapter directory (from `distill train`) to apply", toml=False)
     generation: GenerationParams = field(default_factory=GenerationParams)
     """How the student decodes (`distill.student.model.GenerationParams`: flags of the same names)."""
-    batch_size: int = option(32, help="prompts generated together (with --engine server: requests in flight)")
+    batch_size: int = option(ANSWER_BATCH, help="prompts generated together (with --engine server: requests in flight)")
     engine: str = option("local", choices=("local", "server"),
                          help="where the student's answers come from: local (in process) or server (an "
                               "OpenAI-compatible server serving the student: vLLM, llama.cpp, distill serve)")

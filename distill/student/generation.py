@@ -31,6 +31,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from distill.student.decode import nucleus
 from distill.student.grammar import CLOSING_ALLOWANCE, Grammars, SchemaGuide
 
 log = logging.getLogger(__name__)
@@ -221,14 +222,3 @@ class RowSampler:
             scores[i].fill_(float("-inf"))
             scores[i, token] = 0.0
         return scores
-
-
-def nucleus(probs: Any, top_p: float) -> Any:
-    """The smallest set of most likely tokens whose mass reaches `top_p`, renormalised."""
-    import torch
-
-    ordered, order = torch.sort(probs, descending=True)
-    before = torch.cumsum(ordered, dim=-1) - ordered  # mass of the tokens ranked above each one
-    ordered[before >= top_p] = 0.0
-    kept = torch.zeros_like(probs).scatter_(-1, order, ordered)
-    return kept / kept.sum()

@@ -8,8 +8,9 @@ positions; a step copies only its new position into the buffer, and attention re
 filled part. The numbers are the same as `DynamicCache`'s (the same values, in the same order), so
 greedy answers do not change.
 
-Anything that replaces a layer's tensors (beam reordering, batch selection) is noticed at the next
-update: the buffer is rebuilt from the replaced tensors.
+Dropping finished rows (`batch_select_indices`, `distill.student.decode`) selects the rows of the
+buffers, room and all. Anything else that replaces a layer's tensors (beam reordering) is noticed
+at the next update: the buffer is rebuilt from the replaced tensors.
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ class GrowingLayer(DynamicLayer):
     def reset(self) -> None:
         self._buffers = None
         super().reset()
+
+    def batch_select_indices(self, indices: Any) -> None:
+        """Keep only the rows `indices` (a decoding loop dropping finished rows): the buffers keep their room."""
+        if self._buffers is None:
+            super().batch_select_indices(indices)
+            return
+        filled = self.get_seq_length()
+        keys, values = (buffer[indices] for buffer in self._buffers)
+        self._buffers = (keys, values)
+        self.keys, self.values = keys[:, :, :filled], values[:, :, :filled]
 
     def _fits(self, key_states: Any, wanted: int) -> bool:
         """Whether the buffers still back the layer's tensors (nothing replaced them) and have room."""

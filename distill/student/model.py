@@ -268,17 +268,24 @@ def _device_name(device: str) -> str:
 
 # ---------------------------------------------------------------- the student
 
+# Prompts decoding together (continuous batching, `distill.student.decode`) by default. Measured on 2
+# CPU cores, the 168 held-out and general prompts of prompts/instructions at 64 tokens: 71 s at 32,
+# 60 s at 64, 53 s at 96 (fixed batches through `generate`: 96 s, 74 s, 67 s), the same 168 greedy
+# answers in every case. 64 keeps most of the gain at half the key/value memory of 96.
+ANSWER_BATCH = 64
+
+
 class Answerer:
     """What answers prompts in batches: the local `Student` and the served one
     (`distill.teachers.served_student.ServedStudent`). Each yields batches from `iter_answers`;
     `answer` collects them in input order."""
 
-    def iter_answers(self, prompts: Sequence[Prompt], params: GenerationParams, *, batch_size: int = 32,
+    def iter_answers(self, prompts: Sequence[Prompt], params: GenerationParams, *, batch_size: int = ANSWER_BATCH,
                      skip: frozenset[tuple[str, int]] = frozenset(), progress: bool = False) -> Iterator[list[Answer]]:
         raise NotImplementedError
 
     def answer(self, prompts: Sequence[Prompt | str], params: GenerationParams | None = None, *,
-               batch_size: int = 32, progress: bool = False) -> list[Answer]:
+               batch_size: int = ANSWER_BATCH, progress: bool = False) -> list[Answer]:
         """Answer every prompt (`params.samples` times each); results in input order."""
         items = as_prompts(prompts)
         params = params or GenerationParams()
@@ -362,51 +369,49 @@ class Student(Answerer):
                              "Shorten them or lower --max-new-tokens.")
         return lengths
 
-    def iter_answers(self, prompts: Sequence[Prompt], params: GenerationParams, *, batch_size: int = 32,
+    def iter_answers(self, prompts: Sequence[Prompt], params: GenerationParams, *, batch_size: int = ANSWER_BATCH,
                      skip: frozenset[tuple[str, int]] = frozenset(), progress: bool = False) -> Iterator[list[Answer]]:
-        """Yield answers batch by batch, longest prompts first; (prompt id, sample) pairs in `skip` are not redone."""
+        """Yield answers `batch_size` at a time as they are finished, `batch_size` generated together
+        (continuous batching, `distill.student.decode`), longest prompts first; (prompt id, sample)
+        pairs in `skip` are not redone."""
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         lengths = dict(zip((p.id for p in prompts), self.check_lengths(prompts, params.max_new_tokens)))
         work = [(p, k) for p in prompts for k in range(params.samples) if (p.id, k) not in skip]
         work.sort(key=lambda item: (-lengths[item[0].id], item[0].id, item[1]))
         bar = progress_bar(len(work), enabled=progress)
-        started, produced = time.monotonic(), 0
+        started, produced, ready = time.monotonic(), 0, []
         try:
-            for start in range(0, len(work), batch_size):
-                answers = self._generate(work[start:start + batch_size], params)
-                produced += sum(a.completion_tokens for a in answers)
-                bar.update(len(answers))
+            for answer in self._generate(work, params, batch_size):
+                ready.append(answer)
+                produced += answer.completion_tokens
+                bar.update(1)
                 bar.set_postfix_str(f"{produced / max(time.monotonic() - started, 1e-9):.1f} tok/s", refresh=False)
-                yield answers
+                if len(ready) == batch_size:
+                    yield ready
+                    ready = []
+            if ready:
+                yield ready
         finally:
             bar.close()
 
-    def _generate(self, batch: list[tuple[Prompt, int]], params: GenerationParams) -> list[Answer]:
+    def _generate(self, work: list[tuple[Prompt, int]], params: GenerationParams, slots: int) -> Iterator[Answer]:
+        """Each (prompt, sample) of `work` answered, as it is finished, `slots` decoding at a time."""
         import torch
-        from transformers import GenerationConfig
 
-        from distill.student.kv_cache import growing_cache
+        from distill.student.decode import Sampling, stream
 
-        texts = [self.render(p.messages) for p, _ in batch]
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        config = GenerationConfig(
-            max_new_tokens=params.max_new_tokens,
-            do_sample=not params.greedy,
-            temperature=params.temperature if not params.greedy else None,
-            top_p=params.top_p if not params.greedy else None,
-            top_k=None,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.eos_ids,
-        )
+        if not work:
+            return
+        encoded = [self.tokenizer(self.render(p.messages), add_special_tokens=False)["input_ids"] for p, _ in work]
+        sampling = Sampling() if params.greedy else Sampling(params.temperature, params.top_p)
         if not params.greedy:
-            torch.manual_seed(int(content_hash([params.seed, [(p.id, k) for p, k in batch]]), 16) % (2**63))
+            torch.manual_seed(int(content_hash([params.seed, [(p.id, k) for p, k in work]]), 16) % (2**63))
         with torch.inference_mode():
-            output = self.model.generate(**enc, generation_config=config, cache=growing_cache(self.model))
-        generated = output[:, enc["input_ids"].shape[1]:].tolist()
-        prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
-        return [self._to_answer(p, k, ids, n, params)
-                for (p, k), ids, n in zip(batch, generated, prompt_tokens)]
+            for i, ids in stream(self.model, encoded, slots=slots, max_new_tokens=params.max_new_tokens,
+                                 eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_token_id, sampling=sampling):
+                prompt, sample = work[i]
+                yield self._to_answer(prompt, sample, ids, len(encoded[i]), params)
 
     def _to_answer(self, prompt: Prompt, sample: int, ids: list[int], prompt_tokens: int,
                    params: GenerationParams) -> Answer:

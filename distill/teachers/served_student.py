@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from distill.errors import ConfigError, ModelError, TeacherError
 from distill.records.ids import content_hash
 from distill.records.prompts import Prompt
-from distill.student.model import (Answer, Answerer, GenerationParams, ModelIdentity, model_identity,
+from distill.student.model import (ANSWER_BATCH, Answer, Answerer, GenerationParams, ModelIdentity, model_identity,
                                    progress_bar)
 from distill.teachers.base import Completion, Request
 from distill.teachers.openai_api import served_models
@@ -242,7 +242,7 @@ class ServedStudent(Answerer):
         """Where it answers: the served model at the server (printed as the local student's device is)."""
         return f"{self.shown} as {self.settings.model!r}"
 
-    def iter_answers(self, prompts: Sequence[Prompt], params: GenerationParams, *, batch_size: int = 32,
+    def iter_answers(self, prompts: Sequence[Prompt], params: GenerationParams, *, batch_size: int = ANSWER_BATCH,
                      skip: frozenset[tuple[str, int]] = frozenset(), progress: bool = False) -> Iterator[list[Answer]]:
         """Yield answers `batch_size` at a time as they come back, with up to the settings' concurrency
         requests in flight throughout; (prompt id, sample) pairs in `skip` are not asked again."""
