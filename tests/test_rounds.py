@@ -46,8 +46,13 @@ def test_two_rounds_promote_then_refuse_and_report(loopback_teacher, peaked_mode
             "--heldout", str(heldout), "--eval-max-new-tokens", "6", "--max-nll-increase", "100",
             "--train-option", "learning_rate=0.01", "--train-option", "epochs=4", "--dedup-threshold", "0"]
     assert main(args) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     root = tmp_path / "runs" / "multi"
+    # the gate reuses the base student's greedy held-out answers from the held-out round
+    assert "the current student's 8 held-out answers are reused from" in captured.err
+    base = {r["prompt_id"]: r["answer"] for r in map(json.loads, (root / "heldout" / "answers.jsonl").open())}
+    assert {r["prompt_id"]: r["current"] for r in map(json.loads, (root / "round-1" / "eval_rows.jsonl").open())} == base
     state = json.loads((root / "rounds.json").read_text())
     assert [r["decision"]["promote"] for r in state["rounds"]] == [True, False]
     first, second = state["rounds"]
@@ -251,3 +256,39 @@ def test_a_check_decides_a_pair_without_asking_the_judge() -> None:
     decided = asyncio.run(decide(both_pass, teacher, prompts, Settings()))
     assert (decided.by, len(teacher.requests)) == ("judge", 2)
     assert decided.winner is None  # "B" in both orders is the first answer once and the second once: no preference
+
+
+def test_the_gate_reuses_current_answers_only_when_they_are_what_it_would_generate(tmp_path) -> None:
+    from distill.evaluation.config import RoundsConfig
+    from distill.evaluation.rounds import _known_answers
+    from distill.records.prompts import Prompt
+    from distill.stages.config import RunConfig
+
+    heldout = [Prompt.from_text("Is water wet?"), Prompt.from_text("Is fire hot?")]
+    config = RoundsConfig(run=RunConfig(name="r", runs_dir=tmp_path), rounds=2, heldout=tmp_path / "h.jsonl",
+                          eval_max_new_tokens=6)
+    folder = config.run.folder
+    (folder / "heldout").mkdir(parents=True)
+
+    def base_answers(**generation: object) -> None:
+        rows = [{"id": f"a{i}", "prompt_id": p.id, "sample": 0, "messages": list(p.messages), "answer": f"yes {i}",
+                 "model": {"key": "base@1"}, "generation": {"max_new_tokens": 6, "temperature": 0.0, **generation}}
+                for i, p in enumerate(heldout)]
+        write(folder.heldout / "answers.jsonl", rows)
+
+    base_answers()
+    assert _known_answers(config, 1, None, heldout, "base@1") == ["yes 0", "yes 1"]
+    assert _known_answers(config, 1, None, heldout, "other@2") is None  # another model's answers
+    assert _known_answers(config, 1, None, [*heldout, Prompt.from_text("New?")], "base@1") is None  # one missing
+    base_answers(max_new_tokens=12)
+    assert _known_answers(config, 1, None, heldout, "base@1") is None  # longer than the evaluation's
+    base_answers(temperature=0.7)
+    assert _known_answers(config, 1, None, heldout, "base@1") is None  # sampled
+    # round 2 starts from round 1's adapter: its answers in round 1's evaluation are the current ones
+    (folder / "round-1").mkdir()
+    write(folder.round(1) / "eval_rows.jsonl", [{"prompt_id": p.id, "current": "no", "new": f"yes {i}"}
+                                                 for i, p in enumerate(heldout)])
+    (folder.round(1) / "eval.json").write_text(json.dumps({"new": "runs/r/round-1/adapter"}))
+    assert _known_answers(config, 2, "runs/r/round-1/adapter", heldout, "x") == ["yes 0", "yes 1"]
+    assert _known_answers(config, 2, "elsewhere/adapter", heldout, "x") is None
+

@@ -37,15 +37,11 @@ from distill.stages.accounting import Ledger
 from distill.stages.protocol import ProtocolFailure, Settings, judge_both_orders
 from distill.stages.runner import run_rows
 from distill.stages.templates import PromptSet
-from distill.student.model import GenerationParams, Student
+from distill.student.model import ANSWER_BATCH, GenerationParams, Student
 from distill.teachers.base import Teacher
 from distill.teachers.served_student import ServedStudent
 from distill.teachers.stack import TeacherHandle
 
-# Prompts generated together when answering held-out and general prompts: the answer stage's default.
-# Measured once on 2 CPU cores, the 168 held-out and general prompts of prompts/instructions at 64
-# tokens: 118.5 s at 32 against 168.1 s at 16, and the same 168 greedy answers.
-ANSWER_BATCH = 32
 
 
 @dataclass
@@ -54,6 +50,7 @@ class Evaluation:
 
     metrics: dict[str, Any] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    general_rows: list[dict[str, Any]] = field(default_factory=list)  # per general prompt: both answers, both checks
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,15 +141,19 @@ def read_general(path: Any) -> list[Prompt]:
 
 
 def general_metric(current: Student | ServedStudent, new: Student | ServedStudent, general: Sequence[Prompt],
-                   max_new_tokens: int, batch_size: int = ANSWER_BATCH) -> dict[str, Any] | None:
-    """Pass rates of both students on the `general` prompts that have a reference, and their drop."""
+                   max_new_tokens: int, batch_size: int = ANSWER_BATCH) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Pass rates of both students on the `general` prompts that have a reference, and their drop;
+    and per prompt, both answers and whether each passed."""
     checked = [p for p in general if p.checks]
     if not checked:
-        return None
-    metric = checks_metric(check_results(checked, answers_of(current, checked, max_new_tokens, batch_size),
-                                         answers_of(new, checked, max_new_tokens, batch_size)))
+        return None, []
+    cur, nxt = answers_of(current, checked, max_new_tokens, batch_size), answers_of(new, checked, max_new_tokens, batch_size)
+    passed = check_results(checked, cur, nxt)
+    metric = checks_metric(passed)
     assert metric is not None  # every prompt in `checked` has a reference
-    return {**metric, "drop": metric["current_pass_rate"] - metric["new_pass_rate"]}
+    rows = [{"prompt_id": p.id, "prompt": p.text, "current": c, "new": n, "current_passed": ok[0], "new_passed": ok[1]}
+            for p, c, n, ok in zip(checked, cur, nxt, passed) if ok is not None]
+    return {**metric, "drop": metric["current_pass_rate"] - metric["new_pass_rate"]}, rows
 
 
 def per_example_nll(student: Student, examples: Sequence[Any]) -> list[float]:
@@ -205,16 +206,20 @@ def evaluate(current: Student, new: Student, prompts: Sequence[Prompt], *, teach
              max_new_tokens: int = default_of(RoundsConfig, "eval_max_new_tokens"),
              teacher_identity: Mapping[str, Any] | None = None,
              served: tuple[ServedStudent, ServedStudent] | None = None,
-             general: Sequence[Prompt] = (), batch_size: int = ANSWER_BATCH) -> Evaluation:
+             general: Sequence[Prompt] = (), batch_size: int = ANSWER_BATCH,
+             current_answers: Sequence[str] | None = None) -> Evaluation:
     """Compare `new` against `current` on held-out `prompts` (see the module docstring). A
     `teacher` opened by `distill.teachers.stack.open_teacher` is closed once the judge is done.
     With `served` (the current and the new student as a server serves them, `--engine server`)
-    the held-out answers come from the server; the log-probabilities are the local models'."""
+    the held-out answers come from the server; the log-probabilities are the local models'.
+    `current_answers`: the current student's greedy answers to `prompts` where the caller has them
+    (`max_new_tokens` long at most), instead of generating them again."""
     from distill.training.examples import Example
 
     result = Evaluation()
     cur_answerer, new_answerer = served if served is not None else (current, new)
-    cur_answers = answers_of(cur_answerer, prompts, max_new_tokens, batch_size)
+    cur_answers = (list(current_answers) if current_answers is not None
+                   else answers_of(cur_answerer, prompts, max_new_tokens, batch_size))
     new_answers = answers_of(new_answerer, prompts, max_new_tokens, batch_size)
     passed = check_results(prompts, cur_answers, new_answers)
     checks = checks_metric(passed)
@@ -234,7 +239,7 @@ def evaluate(current: Student, new: Student, prompts: Sequence[Prompt], *, teach
         result.metrics["fidelity"] = fidelity
     own = [Example(id=p.id, prompt=tuple(p.messages), completion=a) for p, a in zip(prompts, cur_answers)]
     result.metrics["forgetting"] = forgetting_metric(current, new, replay, own)
-    kept = general_metric(cur_answerer, new_answerer, general, max_new_tokens, batch_size)
+    kept, result.general_rows = general_metric(cur_answerer, new_answerer, general, max_new_tokens, batch_size)
     if kept:
         result.metrics["general"] = kept
     for p, c, n, s, pass_pair in zip(prompts, cur_answers, new_answers, scores, passed):

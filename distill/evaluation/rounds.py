@@ -16,11 +16,16 @@ adapter, and says why. Everything lands under `runs/NAME/`:
                       prompts measure it and training has no replay); `--general FILE`, prompts
                       with a reference, adds their pass rate to the gate
     round-K/          the round's artefacts (answers ... manifest.json), adapter/, eval.json,
-                      eval_rows.jsonl
+                      eval_rows.jsonl (per held-out prompt), general_rows.jsonl (per `--general`
+                      prompt: both answers and checks)
     rounds.json       per round: counts, training summary, metrics, decision; resumable state
     report.md + *.png the report (`distill report NAME`)
 
 A re-run continues from the first round not recorded as finished in rounds.json.
+
+The gate does not generate again what the run already has: the current student's greedy held-out
+answers come from the held-out round (the base student) or from the evaluation that promoted the
+current adapter, where they were generated as the evaluation would (greedy, same model, same length).
 
 With `--engine server` the server answers the held-out round, the replay prompts and each round's
 prompts (`distill.teachers.served_student`); a round whose student has a promoted adapter finds it
@@ -229,14 +234,46 @@ def _evaluate(config: RoundsConfig, number: int, current: str | None, adapter: P
 
     cur = Student.load(config.run.student, adapter=current)
     new = Student.load(config.run.student, adapter=adapter)
+    known = _known_answers(config, number, current, heldout, cur.identity.key)
     teacher = identity = None
     if judge and config.judge:
         teacher, _ = open_round_teacher(config.run.offline, config.run.teacher)
         identity = teacher.identity()
     result = evaluate(cur, new, heldout, teacher=teacher, prompt_set=load_prompt_set(config.run.prompts_dir),
                       revisions=revisions, replay=forgetting_set, max_new_tokens=config.eval_max_new_tokens,
-                      teacher_identity=identity, general=general, batch_size=config.run.batch_size)
+                      teacher_identity=identity, general=general, batch_size=config.run.batch_size,
+                      current_answers=known)
     write_atomic(round_dir / "eval.json", json.dumps({"round": number, "current": current or "base",
                                                       "new": str(adapter), **result.to_dict()}, indent=2) + "\n")
     write_jsonl(round_dir / "eval_rows.jsonl", ({"round": number, **row} for row in result.rows))
+    if result.general_rows:
+        write_jsonl(round_dir / "general_rows.jsonl", ({"round": number, **row} for row in result.general_rows))
     return result
+
+
+def _known_answers(config: RoundsConfig, number: int, current: str | None, heldout: Sequence[Prompt],
+                   current_key: str) -> list[str] | None:
+    """The current student's greedy held-out answers where the run already has them, else None: the
+    base student's from the held-out round (when they were greedy, as long as the evaluation's, and
+    by the same model), a promoted adapter's from the evaluation of the round that promoted it."""
+    if config.run.engine != "local":
+        return None  # the held-out round's answers came from a server; the evaluation answers locally
+    wanted = config.eval_max_new_tokens
+    if current is None:
+        path = config.run.folder.heldout / "answers.jsonl"
+        rows = read_answers(path) if path.exists() else []
+        by_id = {r["prompt_id"]: r["answer"] for r in rows
+                 if r.get("sample", 0) == 0 and r.get("model", {}).get("key") == current_key
+                 and r.get("generation", {}).get("temperature", 1) == 0
+                 and r.get("generation", {}).get("max_new_tokens") == wanted}
+    else:
+        folder = config.run.folder.round(number - 1)
+        path, told = folder / "eval_rows.jsonl", folder / "eval.json"
+        promoted = told.exists() and json.loads(told.read_text(encoding="utf-8")).get("new") == current
+        rows = ([json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+                if promoted and path.exists() else [])
+        by_id = {r["prompt_id"]: r["new"] for r in rows}
+    if not all(p.id in by_id for p in heldout):
+        return None
+    _log(f"evaluation: the current student's {len(heldout)} held-out answers are reused from {path}")
+    return [by_id[p.id] for p in heldout]
