@@ -98,17 +98,11 @@ def make_teacher(rows: list[dict[str, Any]]):  # type: ignore[no-untyped-def]
     return teacher
 
 
-def general_scores(adapter: Path | None, rows: list[dict[str, Any]], max_new_tokens: int) -> list[bool]:
-    """Per general-knowledge prompt, whether the (base or tuned) student's greedy answer passes its check."""
-    from distill.records.prompts import parse_prompt
-    from distill.student.model import GenerationParams, Student
-
-    prompts = [parse_prompt(r) for r in rows]
-    student = Student.load(adapter=adapter)
-    answers = student.answer(prompts, GenerationParams(max_new_tokens=max_new_tokens), batch_size=32)
-    from distill.checks.reference import run_checks
-
-    return [run_checks(p.checks, a.text).passed for p, a in zip(prompts, answers)]
+def general_scores(run: Path) -> tuple[list[dict[str, Any]], list[bool], list[bool]]:
+    """The round's general-knowledge prompts (`--general`), and per prompt whether the base and the
+    tuned student's greedy answers passed, as the gate's evaluation found them."""
+    rows = _rows(run / "round-1" / "general_rows.jsonl")
+    return rows, [r["current_passed"] for r in rows], [r["new_passed"] for r in rows]
 
 
 def per_kind_table(run: Path, heldout: list[dict[str, Any]], train_rows: list[dict[str, Any]]) -> str:
@@ -183,11 +177,7 @@ def main(extra: list[str]) -> int:
     if done.code != 0:
         return done.code
     run, heldout, sft, requests, round_seconds = done.run, done.heldout, done.sft, done.requests, done.seconds
-    adapter = run / "round-1" / "adapter"
-    t0 = time.monotonic()
-    general = _rows(PROMPTS / "general.jsonl")
-    base_gk, tuned_gk = general_scores(None, general, 64), general_scores(adapter, general, 64)
-    gk_seconds = time.monotonic() - t0
+    general, base_gk, tuned_gk = general_scores(run)
     print(f"\n## Held-out pass rate per kind (one round, {len(sft)} training rows)\n")
     print(per_kind_table(run, heldout, sft))
     print("\n## General knowledge (forgetting)\n")
@@ -199,8 +189,7 @@ def main(extra: list[str]) -> int:
     print(f"\nlost {len(lost)}, gained {len(won)} (limit: {len(general) // 40} below base)")
     for prompt in lost:
         print(f"  lost: {prompt}")
-    print(f"\nround (answer, teach, train, evaluate): {round_seconds / 60:.1f} min; general-knowledge check "
-          f"{gk_seconds / 60:.1f} min; teacher HTTP requests: {requests}")
+    print(f"\nround (answer, teach, train, evaluate): {round_seconds / 60:.1f} min; teacher HTTP requests: {requests}")
     return 0
 
 
