@@ -333,20 +333,35 @@ def answers_the_question(kind: str, phrase: str | None, question: Question, text
     return len(words) >= (1 if kind in ("one_word", "only_number") else 3) and max(runs.values(), default=0) < 3
 
 
+def spells_a_name(question: str) -> bool:
+    """Whether a question has a capitalised word after its first ("What day comes after Friday?"):
+    the answer repeats it, so a lowercase answer must change the case of a word the question spells."""
+    return any(word[:1].isupper() for word in question.split()[1:])
+
+
 def _pool(fits: str, short: list[Question], number: list[Question], open_: list[Question]) -> list[Question]:
     return {"short": short, "number": number, "open": open_, "any": short + open_}[fits]
 
 
 def build(split: str, per_kind: int | dict[str, int], short: list[Question], number: list[Question],
-          open_: list[Question], seed: int, kinds: tuple[Kind, ...] = KINDS) -> list[dict[str, Any]]:
+          open_: list[Question], seed: int, kinds: tuple[Kind, ...] = KINDS,
+          names_first: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """`per_kind` prompts of every kind (a number, or one per kind name) over the split's questions,
-    each with its check and meta."""
+    each with its check and meta; the kinds in `names_first` draw first the questions that spell a
+    name with a capital letter (`spells_a_name`)."""
     rng = random.Random(seed)
     rows = []
     for kind in kinds:
         pool = _pool(kind.fits, short, number, open_)
         count = per_kind if isinstance(per_kind, int) else per_kind[kind.name]
-        chosen = rng.sample(pool, count) if count <= len(pool) else [pool[i % len(pool)] for i in range(count)]
+        if kind.name in names_first:
+            named = [q for q in pool if spells_a_name(q.text)]
+            rest = [q for q in pool if not spells_a_name(q.text)]
+            chosen = rng.sample(named, min(count, len(named)))
+            chosen += rng.sample(rest, count - len(chosen))
+            rng.shuffle(chosen)
+        else:
+            chosen = rng.sample(pool, count) if count <= len(pool) else [pool[i % len(pool)] for i in range(count)]
         for i, question in enumerate(chosen):
             n = {"bullets": rng.choice((2, 3, 4)), "word_limit": rng.choice((15, 20, 25))}.get(kind.name)
             phrase = {"end_phrase": rng.choice(END_PHRASES), "start_phrase": rng.choice(START_PHRASES)}.get(kind.name)
@@ -458,7 +473,7 @@ def _demo_kinds() -> tuple[Kind, ...]:
     return (bullets, by_name["one_word"], by_name["no_comma"], by_name["word_limit"])
 
 
-# Training prompts per kind (190 in all). Not uniform: measured on the held-out set, 16 prompts of
+# Training prompts per kind (200 in all). Not uniform: measured on the held-out set, 16 prompts of
 # each kind (176) taught the formatting kinds (bullets, quotation marks, a title, no commas) but left
 # lowercase at 0-1 of 8 and capital letters at 0 of 8. Changing the case of a whole answer moves
 # every token, not one marker, and capital letters cost the tokenizer 1.8 times the tokens of the
@@ -466,14 +481,19 @@ def _demo_kinds() -> tuple[Kind, ...]:
 # lowercase to 8 of 8, so the case kinds get the most rows and the kinds the base student already
 # follows (a title, a word limit) the fewest. "Only a number" was at 5-6 of 8 with 10 rows (the tuned
 # student still wrote "100 divided by 4 is 25"), so it takes 16, the whole training pool of numeric
-# questions, from the end and start phrases and the word limit.
-TRAIN_COUNTS = {"lowercase": 28, "uppercase": 48, "bullets": 12, "one_word": 12, "word_limit": 8, "end_phrase": 18,
+# questions, from the end and start phrases and the word limit. With 28 lowercase and 12 one-word
+# prompts (190 in all) both kinds stayed at 6 of 8: the lowercase answers kept the capital of a name
+# the question spelled ("Earth"; lowercase now takes every training question with one: `names_first`)
+# and the one-word answers grew into sentences ("The piano has black and white keys."), so they take
+# 10 more prompts, up to the round's 200.
+TRAIN_COUNTS = {"lowercase": 32, "uppercase": 48, "bullets": 12, "one_word": 18, "word_limit": 8, "end_phrase": 18,
                 "no_comma": 12, "only_number": 16, "quotation": 12, "title": 8, "start_phrase": 16}
 
 
 def sets() -> dict[str, list[dict[str, Any]]]:
     return {
-        "train.jsonl": build("train", TRAIN_COUNTS, TRAIN_WORDS, TRAIN_NUMBER, TRAIN_OPEN, seed=1),
+        "train.jsonl": build("train", TRAIN_COUNTS, TRAIN_WORDS, TRAIN_NUMBER, TRAIN_OPEN, seed=1,
+                             names_first=("lowercase",)),
         "heldout.jsonl": build("heldout", 8, HELDOUT_SHORT, HELDOUT_NUMBER, HELDOUT_OPEN, seed=2),
         "general.jsonl": general_rows(),
         "replay.jsonl": replay_rows(),

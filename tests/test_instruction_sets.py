@@ -85,6 +85,14 @@ def test_the_training_set_fits_one_round_of_at_most_200_rows_with_no_prompt_twic
     assert by_kind == Counter(instruction_sets.TRAIN_COUNTS)
     # the case kinds, the hardest to learn, get the most rows
     assert {kind for kind, _ in by_kind.most_common(2)} == {"uppercase", "lowercase"}
+    # lowercase takes every training question that spells a name with a capital letter (the held-out
+    # failures kept the capital of a name the question spelled: "Earth")
+    lowercase = {p.meta["question"] for p in prompts if p.meta["kind"] == "lowercase"}
+    named = {q.text for q in instruction_sets.TRAIN_WORDS + instruction_sets.TRAIN_OPEN
+             if instruction_sets.spells_a_name(q.text)}
+    assert len(named) >= 10 and named <= lowercase
+    assert instruction_sets.spells_a_name("What day comes after Friday?")
+    assert not instruction_sets.spells_a_name("What animal says moo?")
 
 
 def test_only_a_number_checks_the_form_of_the_answer_not_its_arithmetic() -> None:
