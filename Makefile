@@ -29,7 +29,8 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/distill run prompts/instructions/demo-train.jsonl --name demo --teacher none \
 	  --samples 8 --temperature 1.0 --max-new-tokens 64 \
-	  --rounds 1 --heldout prompts/instructions/demo-heldout.jsonl --eval-max-new-tokens 64
+	  --rounds 1 --heldout prompts/instructions/demo-heldout.jsonl --eval-max-new-tokens 64 \
+	  --replay prompts/instructions/replay.jsonl
 
 test: setup
 	$(BIN)/python -m pytest -q
