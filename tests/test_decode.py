@@ -120,3 +120,16 @@ def test_a_sliding_window_model_decodes_in_whole_batches() -> None:
     assert got == expected
     assert [rows for rows, new, width in counting.calls if new == width] == [2, 2]  # no refill: a new batch when one ends
 
+
+
+def test_samples_of_one_prompt_are_prefilled_once_and_drawn_apart(tiny: Any, ends: list[int]) -> None:
+    prompts = [PROMPTS[1], PROMPTS[1], PROMPTS[2], PROMPTS[1]]
+    counting = Counting(tiny)
+    with torch.inference_mode():
+        greedy = decode(counting, prompts, slots=4, max_new_tokens=STEPS, eos_ids=ends, pad_id=PAD)
+    assert greedy == [alone(tiny, ids, ends) for ids in prompts]
+    assert [rows for rows, new, width in counting.calls if new == width] == [2]  # two distinct prompts computed
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        sampled = decode(tiny, prompts, slots=4, max_new_tokens=8, eos_ids=[], pad_id=PAD, sampling=Sampling(1.0))
+    assert len({tuple(row) for row in (sampled[0], sampled[1], sampled[3])}) == 3  # each sample draws its own tokens

@@ -10,7 +10,8 @@ against a 64-token paragraph; on the held-out prompts of prompts/instructions th
 `stream` keeps up to `slots` rows decoding. When enough rows have ended, the next prompts are
 prefilled together (their own forward pass, the last position's logits only) and their keys and
 values are written into the freed rows of the shared cache, right-aligned at the current length
-with the columns before them masked out, so every row stays left-padded as in `generate`. Rows
+with the columns before them masked out, so every row stays left-padded as in `generate` (several
+samples of one prompt are prefilled once, their rows copied). Rows
 that ended and are not refilled are dropped from the batch once no prompt waits. The numbers of
 each row are those of greedy `generate` (its position ids from the attention mask, the model's
 own causal mask from the 2D attention mask and the cache), up to the order of floating-point sums
@@ -198,11 +199,20 @@ def stream(model: Any, prompts: Sequence[Sequence[int]], *, slots: int, max_new_
 
 
 def _prefill(model: Any, prompts: Sequence[Sequence[int]], pad_id: int, cache: Any) -> tuple[_Batch, Any]:
-    """A new batch of `prompts`, its cache filled by one forward pass; and its last-position logits."""
-    input_ids, mask = _left_padded(prompts, pad_id, model.device)
+    """A new batch of `prompts`, its cache filled by one forward pass; and its last-position logits.
+    A prompt given several times (several samples of it) is computed once and its rows copied."""
+    import torch
+
+    distinct: dict[tuple[int, ...], int] = {}
+    source = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+    input_ids, mask = _left_padded(list(distinct), pad_id, model.device)
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
     logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
                    use_cache=True, logits_to_keep=1).logits[:, -1]
+    if len(distinct) < len(prompts):
+        index = torch.tensor(source, device=mask.device)
+        cache.batch_select_indices(index)
+        mask, positions, logits = mask[index], positions[index], logits[index]
     return _Batch(cache, mask, positions[:, -1] + 1, [None] * len(prompts)), logits
 
 
