@@ -229,7 +229,10 @@ def post_round(client, label: str, row_id: str):
 def test_the_cli_serves_on_localhost_prints_the_url_and_stops_on_ctrl_c(run_dir: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "distill", "review", str(run_dir), "--serve", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            # Ctrl-C as in a terminal, even where this test runs as a background job
+                            # (which starts with SIGINT ignored, and a child inherits that)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:") and "/?token=" in url

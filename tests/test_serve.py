@@ -394,7 +394,10 @@ def test_the_cli_serves_the_student_and_its_adapter_until_ctrl_c(embedded_dir: P
            "DISTILL_SERVE_API_KEY": KEY}
     proc = subprocess.Popen([sys.executable, "-m", "distill", "serve", "--student", str(embedded_dir), "--port", "0",
                              "--adapter", f"mine={adapter_dir}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env,
+                            # Ctrl-C as in a terminal, even where this test runs as a background job
+                            # (which starts with SIGINT ignored, and a child inherits that)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
