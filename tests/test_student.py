@@ -54,6 +54,25 @@ def test_left_padding_and_length_sorting(tiny: Student) -> None:
     assert seen == sorted(seen, reverse=True)
 
 
+def test_each_prompt_is_tokenised_once_however_many_samples(tiny_model_dir: Path) -> None:
+    student = Student.load(tiny_model_dir)
+    tokenizer, texts = student.tokenizer, []
+
+    class Counting:
+        """The tokenizer, recording every text it is asked to tokenise."""
+
+        def __call__(self, text, **kwargs):  # type: ignore[no-untyped-def]
+            texts.extend([text] if isinstance(text, str) else text)
+            return tokenizer(text, **kwargs)
+
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(tokenizer, name)
+
+    student.tokenizer = Counting()
+    answers = student.answer(PROMPTS[:2], GenerationParams(max_new_tokens=3, temperature=1.0, samples=3, seed=1))
+    assert len(answers) == 6 and len(texts) == 2
+
+
 def test_sampling_is_seeded_and_gives_one_row_per_sample(tiny: Student) -> None:
     params = GenerationParams(max_new_tokens=6, temperature=1.0, samples=3, seed=5)
     first = tiny.answer(PROMPTS[:2], params)

@@ -353,21 +353,21 @@ class Student(Answerer):
         return self.tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False,
                                                   add_generation_prompt=True)
 
-    def prompt_lengths(self, prompts: Sequence[Prompt]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer([self.render(p.messages) for p in prompts],
-                                                   add_special_tokens=False)["input_ids"]]
+    def encode(self, prompts: Sequence[Prompt]) -> list[list[int]]:
+        """Each prompt's token ids, as the model reads it (rendered with the chat template)."""
+        return self.tokenizer([self.render(p.messages) for p in prompts], add_special_tokens=False)["input_ids"]
 
-    def check_lengths(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[int]:
-        """Token length of each prompt; InputError naming every prompt that cannot fit the context."""
-        lengths = self.prompt_lengths(prompts)
+    def check_lengths(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[list[int]]:
+        """Each prompt's token ids; InputError naming every prompt that cannot fit the context."""
+        encoded = self.encode(prompts)
         limit = self.context_window - max_new_tokens
-        too_long = [(p.id, n) for p, n in zip(prompts, lengths) if n > limit]
+        too_long = [(p.id, len(ids)) for p, ids in zip(prompts, encoded) if len(ids) > limit]
         if too_long:
             shown = ", ".join(f"{pid} ({n} tokens)" for pid, n in too_long[:10])
             raise InputError(f"{len(too_long)} prompt(s) do not fit the context window of {self.context_window} "
                              f"tokens with max_new_tokens={max_new_tokens} (limit {limit} prompt tokens): {shown}. "
                              "Shorten them or lower --max-new-tokens.")
-        return lengths
+        return encoded
 
     def iter_answers(self, prompts: Sequence[Prompt], params: GenerationParams, *, batch_size: int = ANSWER_BATCH,
                      skip: frozenset[tuple[str, int]] = frozenset(), progress: bool = False) -> Iterator[list[Answer]]:
@@ -376,13 +376,13 @@ class Student(Answerer):
         pairs in `skip` are not redone."""
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-        lengths = dict(zip((p.id for p in prompts), self.check_lengths(prompts, params.max_new_tokens)))
+        encoded = dict(zip((p.id for p in prompts), self.check_lengths(prompts, params.max_new_tokens)))
         work = [(p, k) for p in prompts for k in range(params.samples) if (p.id, k) not in skip]
-        work.sort(key=lambda item: (-lengths[item[0].id], item[0].id, item[1]))
+        work.sort(key=lambda item: (-len(encoded[item[0].id]), item[0].id, item[1]))
         bar = progress_bar(len(work), enabled=progress)
         started, produced, ready = time.monotonic(), 0, []
         try:
-            for answer in self._generate(work, params, batch_size):
+            for answer in self._generate(work, [encoded[p.id] for p, _ in work], params, batch_size):
                 ready.append(answer)
                 produced += answer.completion_tokens
                 bar.update(1)
@@ -395,15 +395,16 @@ class Student(Answerer):
         finally:
             bar.close()
 
-    def _generate(self, work: list[tuple[Prompt, int]], params: GenerationParams, slots: int) -> Iterator[Answer]:
-        """Each (prompt, sample) of `work` answered, as it is finished, `slots` decoding at a time."""
+    def _generate(self, work: list[tuple[Prompt, int]], encoded: list[list[int]], params: GenerationParams,
+                  slots: int) -> Iterator[Answer]:
+        """Each (prompt, sample) of `work` (its prompt's token ids in `encoded`) answered, as it is
+        finished, `slots` decoding at a time."""
         import torch
 
         from distill.student.decode import Sampling, stream
 
         if not work:
             return
-        encoded = [self.tokenizer(self.render(p.messages), add_special_tokens=False)["input_ids"] for p, _ in work]
         sampling = Sampling() if params.greedy else Sampling(params.temperature, params.top_p)
         if not params.greedy:
             torch.manual_seed(int(content_hash([params.seed, [(p.id, k) for p, k in work]]), 16) % (2**63))
