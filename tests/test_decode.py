@@ -133,3 +133,52 @@ def test_samples_of_one_prompt_are_prefilled_once_and_drawn_apart(tiny: Any, end
     with torch.inference_mode():
         sampled = decode(tiny, prompts, slots=4, max_new_tokens=8, eos_ids=[], pad_id=PAD, sampling=Sampling(1.0))
     assert len({tuple(row) for row in (sampled[0], sampled[1], sampled[3])}) == 3  # each sample draws its own tokens
+
+
+class Arrivals:
+    """A `Feed` whose prompts arrive while the loop decodes: prompt k becomes available after the
+    loop has taken `at[k]` tokens in all (counted by `Ending`, the rules)."""
+
+    def __init__(self, prompts: list[list[int]], at: list[int]):
+        self.prompts, self.at, self.next, self.tokens = prompts, at, 0, 0
+
+    def waiting(self) -> int:
+        return sum(1 for k in range(self.next, len(self.prompts)) if self.at[k] <= self.tokens)
+
+    def take(self, n: int) -> list[tuple[Any, list[int]]]:
+        taken = []
+        while len(taken) < min(n, self.waiting()):
+            taken.append((f"p{self.next}", self.prompts[self.next]))
+            self.next += 1
+        return taken
+
+
+class Ending:
+    """Rules that decode greedily and end a row at one of `ends`, counting tokens for `Arrivals`."""
+
+    def __init__(self, ends: list[int], feed: Arrivals):
+        self.ends, self.feed, self.seen = set(ends), feed, []
+
+    def pick(self, owners: Any, logits: Any) -> Any:
+        self.seen.append(list(owners))
+        return logits.argmax(dim=-1)
+
+    def ended(self, owner: Any, token: int) -> bool:
+        self.feed.tokens += 1
+        return token in self.ends
+
+
+def test_prompts_that_arrive_while_rows_decode_join_the_running_batch(tiny: Any, ends: list[int]) -> None:
+    prompts = [PROMPTS[1], PROMPTS[0], PROMPTS[2], PROMPTS[3], PROMPTS[4]]  # the first answer is the longest
+    expected = {f"p{k}": alone(tiny, ids, ends) for k, ids in enumerate(prompts)}
+    assert len(expected["p0"]) > 4
+    feed = Arrivals(prompts, at=[0, 1, 2, 3, 4])
+    rules = Ending(ends, feed)
+    counting = Counting(tiny)
+    with torch.inference_mode():
+        done = dict(stream(counting, feed, slots=4, max_new_tokens=STEPS, eos_ids=[], pad_id=PAD, rules=rules))
+    assert done == expected
+    assert max(len(owners) for owners in rules.seen) > 1  # several prompts decoded in one step
+    prefills = [c for c in counting.calls if c[1] == c[2]]
+    assert len(prefills) >= 3  # later arrivals were prefilled on their own and placed into the batch
+    assert max(rows for rows, _, _ in counting.calls) <= 4  # never more than `slots` rows

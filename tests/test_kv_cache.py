@@ -66,3 +66,19 @@ def test_sliding_window_models_keep_transformers_cache() -> None:
     config = MistralConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                            num_attention_heads=2, num_key_value_heads=1, sliding_window=8)
     assert kv_cache.growing_cache(MistralForCausalLM(config)) is None
+
+
+def test_selecting_rows_after_the_tensors_were_replaced_selects_the_replaced_tensors() -> None:
+    """A decoding loop that widens or grows a batch replaces the layer's tensors; dropping rows
+    before the next update must drop them from those tensors, not from the stale buffers."""
+    layer = kv_cache.GrowingLayer()
+    keys = torch.arange(2 * 1 * 3 * 2, dtype=torch.float32).reshape(2, 1, 3, 2)
+    layer.update(keys, keys.clone())
+    widened = torch.cat([torch.zeros(2, 1, 2, 2), layer.keys], dim=2)  # two masked-out columns on the left
+    grown = torch.cat([widened, torch.full((1, 1, 5, 2), 7.0)])  # and a third row
+    layer.keys, layer.values = grown, grown.clone()
+    layer.batch_select_indices(torch.tensor([2, 0]))
+    assert torch.equal(layer.keys, grown[[2, 0]]) and torch.equal(layer.values, grown[[2, 0]])
+    step = torch.ones(2, 1, 1, 2)
+    keys_now, _ = layer.update(step, step.clone())
+    assert torch.equal(keys_now, torch.cat([grown[[2, 0]], step], dim=2))

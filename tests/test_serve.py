@@ -270,13 +270,39 @@ def test_requests_that_arrive_together_are_generated_together(server, students) 
     with batcher._lock:
         thread = threading.Thread(target=lambda: results.append(asyncio.run(ask_all())))
         thread.start()
-        while sum(n for _, n in batcher.batches[before:]) + batcher.collector.pending() < 4:
+        while sum(n for _, n in batcher.batches[before:]) + batcher.pending() < 4:
             thread.join(0.05)
     thread.join(120)
     sizes = [n for _, n in batcher.batches[before:]]
     assert sum(sizes) == 4 and max(sizes) > 1
     expected = students["student"].answer(PROMPTS, GenerationParams(max_new_tokens=8), batch_size=4)
     assert results == [[a.text for a in expected]]
+
+
+@pytest.mark.slow
+def test_a_request_sent_while_another_decodes_joins_its_batch(server, students) -> None:
+    """A long streamed answer is decoding when a short request arrives: the short one is prefilled
+    into the running batch (continuous batching) instead of waiting for the long one to end, and
+    both answers are still greedy's own."""
+    import openai
+
+    from distill.student.model import GenerationParams
+
+    batcher = server.app.batcher
+    joined = batcher.joined
+    story = "Write a short story about a cat who learns to fly."
+    client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+    chunks = iter(client.chat.completions.create(model="student", messages=[{"role": "user", "content": story}],
+                                                 max_tokens=48, stream=True))
+    text = ""
+    while not text:  # the long answer has begun
+        text = next(chunks).choices[0].delta.content or ""
+    short = chat(client, PROMPTS[3], max_tokens=6).choices[0].message.content
+    long = text + "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert batcher.joined == joined + 1
+    own = students["student"].answer([story, PROMPTS[3]], GenerationParams(max_new_tokens=48))
+    assert long == own[0].text
+    assert short == students["student"].answer([PROMPTS[3]], GenerationParams(max_new_tokens=6))[0].text
 
 
 def post(server, path: str, body: Any, key: str | None = None) -> tuple[int, dict[str, Any]]:

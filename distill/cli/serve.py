@@ -1,7 +1,7 @@
 """`distill serve [--adapter DIR | NAME=DIR ...] [--port 8000]`: the student as an OpenAI-compatible server.
 
-The base student is served as model `student`, each adapter under its name; requests arriving
-together are generated together (`distill.serving.batching`). `--engine vllm` hands the same base
+The base student is served as model `student`, each adapter under its name; a request joins the
+batch that is already decoding (continuous batching, `distill.serving.batching`). `--engine vllm` hands the same base
 and adapters to `vllm serve` instead (`distill.serving.vllm`).
 """
 
@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Serve the student over the OpenAI API: /v1/chat/completions (stream: true as server-sent "
                     "events), /v1/completions and /v1/models. The base is model 'student'; each --adapter is "
                     "served under its directory name (or NAME=DIR) and chosen per request by the model name. "
-                    "Concurrent requests are generated together in batches. Binds 127.0.0.1 unless --host says "
+                    "Concurrent requests decode together: a request that arrives while others decode joins their batch. Binds 127.0.0.1 unless --host says "
                     f"otherwise. The API key comes from --api-key, else ${KEY_ENV}; without one, none is required.")
     p.add_argument("--adapter", action="append", default=[], metavar="DIR|NAME=DIR",
                    help="a LoRA adapter directory to serve (repeatable); its model name is the directory's name "
@@ -32,10 +32,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", default=None, help=f"require this key as 'Authorization: Bearer KEY' (or set ${KEY_ENV})")
     p.add_argument("--engine", choices=("transformers", "vllm"), default="transformers",
                    help="transformers (default, in this process) or vllm (runs `vllm serve`; needs vLLM and a GPU)")
-    p.add_argument("--max-batch", type=int, default=32, help="most requests generated in one batch (default 32)")
+    p.add_argument("--max-batch", type=int, default=32, help="most requests decoding together, per served model (default 32)")
     p.add_argument("--batch-wait-ms", type=float, default=5.0,
-                   help="how long the first waiting request waits for others to batch with (default 5 ms); "
-                        "while more arrive, one more such window (10 at most)")
+                   help="when nothing is decoding, how long the first request waits for others to start with "
+                        "(default 5 ms); while more arrive, one more such window (10 at most)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda when available)")
     p.set_defaults(func=run)
 

@@ -1,8 +1,8 @@
 """Requests that arrive together are generated together: one asyncio queue and its one worker.
 
-The local teacher (`distill.teachers.local`) and `distill serve` (`distill.serving.batching`) both
-take requests from many coroutines and generate them in batches on one model. This is the part
-they share. A `Collector` holds a job queue on the running event loop and one worker task, which
+The local teacher (`distill.teachers.local`) takes requests from many coroutines and generates
+them in batches on one model. (`distill serve` keeps a batch decoding and lets requests join it,
+`distill.serving.batching`; it shares `WINDOWS`, the wait for requests sent together.) A `Collector` holds a job queue on the running event loop and one worker task, which
 waits for a first job, lets the jobs that arrive within `wait_s` join it (up to `max_batch`),
 leaves out jobs whose caller has gone (a future already done, e.g. cancelled), and awaits
 `dispatch(batch)`.

@@ -18,15 +18,20 @@ own causal mask from the 2D attention mask and the cache), up to the order of fl
 in attention over more padding, which the tests compare with `generate` answer for answer.
 
 A sampled row draws from softmax(logits / temperature) within its top-p nucleus, from the global
-generator. Refilling needs a cache whose layers all keep every position (`GrowingCache`); with any
+generator. Rows that differ in how they decode (`distill serve` and the local teacher: each request
+its own sampling, JSON grammar, stop strings and stream) pass `rules` instead, which picks each
+row's token and says when its answer has ended (`distill.student.generation.JobRules`).
+
+The prompts are a list, or a `Feed` that may grow while the loop runs (`distill serve`: requests
+that arrive while others decode join the running batch, in rows that ended or in new rows up to
+`slots`). Refilling needs a cache whose layers all keep every position (`GrowingCache`); with any
 other cache the loop takes new prompts only when the whole batch has ended.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Hashable, Iterator, Protocol, Sequence
 
 # Refill when at least this share of the slots is free: each refill is one more forward pass (one
 # more read of the weights), so refilling one row at a time would cost a step per prompt.
@@ -66,11 +71,45 @@ def nucleus(probs: Any, top_p: float) -> Any:
     return kept / kept.sum(dim=-1, keepdim=True)
 
 
+class Rules(Protocol):
+    """Per-row decoding: each row's next token, and whether its answer has ended."""
+
+    def pick(self, owners: Sequence[Hashable], logits: Any) -> Any:
+        """The next token of each row ([rows] longs) from its logits ([rows, vocab]; may be changed in place)."""
+
+    def ended(self, owner: Hashable, token: int) -> bool:
+        """Take `owner`'s next token; True when its answer has ended."""
+
+
+class Feed(Protocol):
+    """Prompts that may keep arriving while the loop decodes."""
+
+    def waiting(self) -> int:
+        """How many prompts wait now."""
+
+    def take(self, n: int) -> list[tuple[Hashable, Sequence[int]]]:
+        """Up to `n` waiting prompts, oldest first, as (owner, token ids); may be fewer than `waiting()` said."""
+
+
+class _Listed:
+    """A list of prompts as a `Feed`: each prompt's owner is its index."""
+
+    def __init__(self, prompts: Sequence[Sequence[int]]):
+        self.prompts, self.next = prompts, 0
+
+    def waiting(self) -> int:
+        return len(self.prompts) - self.next
+
+    def take(self, n: int) -> list[tuple[Hashable, Sequence[int]]]:
+        start, self.next = self.next, min(len(self.prompts), self.next + n)
+        return [(i, self.prompts[i]) for i in range(start, self.next)]
+
+
 class _Batch:
     """The rows decoding together: the shared cache, its 2D attention mask, and per row the next
     position id, the next input token and which prompt it answers (None: free)."""
 
-    def __init__(self, cache: Any, mask: Any, position: Any, owner: list[int | None]):
+    def __init__(self, cache: Any, mask: Any, position: Any, owner: list[Hashable | None]):
         self.cache, self.mask, self.position, self.owner = cache, mask, position, owner
         self.pending = position.new_zeros(len(owner))
         self.logits: Any = None
@@ -105,6 +144,18 @@ class _Batch:
                                       layer.values], dim=2)
         self.mask = torch.cat([self.mask.new_zeros((self.mask.shape[0], columns)), self.mask], dim=1)
 
+    def grow(self, rows: int) -> None:
+        """Add `rows` free rows at the end (masked out everywhere until a prompt is placed in them)."""
+        import torch
+
+        for layer in self.cache.layers:
+            layer.keys = torch.cat([layer.keys, layer.keys.new_zeros((rows, *layer.keys.shape[1:]))])
+            layer.values = torch.cat([layer.values, layer.values.new_zeros((rows, *layer.values.shape[1:]))])
+        self.mask = torch.cat([self.mask, self.mask.new_zeros((rows, self.mask.shape[1]))])
+        self.position = torch.cat([self.position, self.position.new_zeros(rows)])
+        self.pending = torch.cat([self.pending, self.pending.new_zeros(rows)])
+        self.owner += [None] * rows
+
     def place(self, rows: Sequence[int], prefill: Any, mask: Any, position: Any) -> None:
         """Write a prefilled batch (its cache, mask and next positions) into `rows`, right-aligned."""
         import torch
@@ -138,13 +189,14 @@ class _Batch:
         self.mask = self.mask[:, cut:]
 
 
-def stream(model: Any, prompts: Sequence[Sequence[int]], *, slots: int, max_new_tokens: int, eos_ids: Sequence[int],
-           pad_id: int, sampling: Sampling = Sampling(), trim_columns: int = TRIM_COLUMNS,
-           ) -> Iterator[tuple[int, list[int]]]:
-    """Decode every prompt (token ids, taken in the given order), at most `slots` at a time; yields
-    (prompt index, its new tokens, end-of-turn token included where it said one) as each row ends,
-    at an end-of-turn token or `max_new_tokens`. Once `trim_columns` leading columns are masked
-    out in every row, they are dropped."""
+def stream(model: Any, prompts: Sequence[Sequence[int]] | Feed, *, slots: int, max_new_tokens: int,
+           eos_ids: Sequence[int], pad_id: int, sampling: Sampling = Sampling(), rules: Rules | None = None,
+           trim_columns: int = TRIM_COLUMNS) -> Iterator[tuple[Any, list[int]]]:
+    """Decode every prompt (token ids, a list taken in order or a `Feed`), at most `slots` at a time;
+    yields (owner, its new tokens, end-of-turn token included where it said one) as each row ends:
+    at an end-of-turn token (or where `rules` says so) or at `max_new_tokens`. A list's owners are
+    the prompts' indices. Once `trim_columns` leading columns are masked out in every row, they are
+    dropped. The loop returns when no prompt waits and every row has ended."""
     from transformers.cache_utils import DynamicCache
 
     from distill.student.kv_cache import growing_cache
@@ -155,46 +207,53 @@ def stream(model: Any, prompts: Sequence[Sequence[int]], *, slots: int, max_new_
         cache = growing_cache(model)  # (an empty cache has no layers yet, so it is falsy: no `or` here)
         return cache if cache is not None else DynamicCache()
 
-    eos, waiting = set(eos_ids), deque(range(len(prompts)))
-    out: dict[int, list[int]] = {}
+    feed: Feed = prompts if hasattr(prompts, "take") else _Listed(prompts)  # type: ignore[arg-type]
+    eos = set(eos_ids)
+    out: dict[Any, list[int]] = {}
     batch: _Batch | None = None
 
-    def took(tokens: Any, rows: Sequence[int]) -> Iterator[tuple[int, list[int]]]:
+    def pick(logits: Any, rows: Sequence[int]) -> Any:
+        assert batch is not None
+        return sampling.pick(logits) if rules is None else rules.pick([batch.owner[r] for r in rows], logits)
+
+    def took(tokens: Any, rows: Sequence[int]) -> Iterator[tuple[Any, list[int]]]:
         """Record each row's token; yield and free the rows that ended."""
         assert batch is not None
         batch.pending[list(rows)] = tokens
         for row, token in zip(rows, tokens.tolist()):
             who = batch.owner[row]
-            assert who is not None
             out[who].append(token)
-            if token in eos or len(out[who]) >= max_new_tokens:
+            ended = token in eos if rules is None else rules.ended(who, token)
+            if ended or len(out[who]) >= max_new_tokens:
                 batch.owner[row] = None
                 yield who, out.pop(who)
 
-    while waiting or (batch is not None and batch.busy()):
+    while feed.waiting() or (batch is not None and batch.busy()):
         idle = batch is None or not batch.busy()
-        free = list(range(slots)) if idle else batch.free()  # type: ignore[union-attr]
-        if waiting and (idle or (refill and len(free) >= max(1, slots // REFILL_SHARE))):
-            admitted = [waiting.popleft() for _ in range(min(len(free), len(waiting)))]
-            texts = [prompts[i] for i in admitted]
-            if idle:
-                batch, logits = _prefill(model, texts, pad_id, new_cache())
-                rows = list(range(len(admitted)))
-            else:
-                rows = free[:len(admitted)]
-                logits = _refill(model, batch, rows, texts, pad_id, new_cache())  # type: ignore[arg-type]
-            for row, who in zip(rows, admitted):
-                batch.owner[row], out[who] = who, []  # type: ignore[union-attr]
-            yield from took(sampling.pick(logits), rows)
-        assert batch is not None
+        free = list(range(slots)) if idle else batch.free() + list(range(len(batch.owner), slots))  # type: ignore[union-attr]
+        if feed.waiting() and (idle or (refill and len(free) >= max(1, slots // REFILL_SHARE))):
+            admitted = feed.take(len(free))
+            if admitted:
+                if idle:
+                    batch, logits = _prefill(model, [ids for _, ids in admitted], pad_id, new_cache())
+                    rows = list(range(len(admitted)))
+                else:
+                    rows = free[:len(admitted)]
+                    logits = _refill(model, batch, rows, [ids for _, ids in admitted], pad_id,  # type: ignore[arg-type]
+                                     new_cache())
+                for row, (who, _) in zip(rows, admitted):
+                    batch.owner[row], out[who] = who, []  # type: ignore[union-attr]
+                yield from took(pick(logits, rows), rows)
+        if batch is None:
+            continue
         busy = batch.busy()
         if not busy:
             continue
-        if not waiting and len(busy) < len(batch.owner):
+        if not feed.waiting() and len(busy) < len(batch.owner):
             batch.select(busy)  # nothing left to refill with: decode only the rows still answering
             busy = list(range(len(busy)))
         batch.step(model)
-        yield from took(sampling.pick(batch.logits[busy]), busy)
+        yield from took(pick(batch.logits[busy], busy), busy)
         batch.trim(trim_columns)
 
 
@@ -218,8 +277,11 @@ def _prefill(model: Any, prompts: Sequence[Sequence[int]], pad_id: int, cache: A
 
 def _refill(model: Any, batch: _Batch, rows: Sequence[int], prompts: Sequence[Sequence[int]], pad_id: int,
             cache: Any) -> Any:
-    """Prefill `prompts` and write them into the free `rows` of `batch`; returns their last-position logits."""
+    """Prefill `prompts` and write them into the free `rows` of `batch` (rows past its end are added);
+    returns their last-position logits."""
     fresh, logits = _prefill(model, prompts, pad_id, cache)
+    if max(rows) >= len(batch.owner):
+        batch.grow(max(rows) + 1 - len(batch.owner))
     if fresh.width > batch.width:
         batch.widen(fresh.width - batch.width)
     batch.place(rows, fresh.cache, fresh.mask, fresh.position)

@@ -1,22 +1,24 @@
-"""Batched generation with per-row settings: one `model.generate` call for rows that differ in everything.
+"""Generation with per-row settings: requests that differ in everything decode in one batch.
 
-A batch of `Job`s (prompt text plus how to decode it) is generated in one call on a `Student`; the
-local teacher (`distill.teachers.local`) and `distill serve` (`distill.serving.batching`) both
-generate through `generate`, so an answer does not depend on which of them asked for it.
+`Job`s (prompt text plus how to decode it) decode together on a `Student` through the continuous
+batching loop (`distill.student.decode.stream`), with `JobRules` deciding each row's token and
+end. The local teacher (`distill.teachers.local`, a whole batch at a time through `generate`) and
+`distill serve` (`distill.serving.batching`, requests joining a running batch) both decode this
+way, so an answer does not depend on which of them asked for it, nor on the other rows it shared
+a batch with.
 
-Within a batch every row keeps its own settings:
-- decoding: greedy rows are left to `generate`'s own argmax, exactly as `Student.answer` decodes,
-  so a greedy answer is the same text; a sampled row draws its token with its own temperature,
-  top-p and `torch.Generator` (seeded by the job's `seed`, else at random), and the processor
-  leaves only that token possible (`RowSampler`), so rows with different settings share a batch
-  and a seeded job draws the same tokens whatever else is in its batch;
-- stopping (`RowStops`, a per-row stopping criterion): its end-of-turn token, its `max_tokens`,
-  or one of its `stop` strings (the text is cut before it, as OpenAI does), or its caller having
-  gone (a job whose `future` is already done: finish reason "cancelled");
+Each row keeps its own settings:
+- decoding: a greedy row takes the argmax, exactly as `Student.answer` decodes, so a greedy answer
+  is the same text; a sampled row draws its token with its own temperature, top-p and
+  `torch.Generator` (seeded by the job's `seed`, else at random), so a seeded job draws the same
+  tokens whatever else is in its batch;
+- stopping: its end-of-turn token, its `max_tokens`, or one of its `stop` strings (the text is cut
+  before it, as OpenAI does), or its caller having gone (a job whose `future` is already done:
+  finish reason "cancelled");
 - a JSON schema: the row's grammar (`distill.student.grammar`) allows only tokens that keep the
   text a valid prefix of the schema, and at `max_tokens` the row closes its JSON in at most
   `CLOSING_ALLOWANCE` more tokens (finish reason `length`), so the text always parses; stop strings
-  do not apply to it;
+  do not apply to it; temperature and top-p apply to the tokens the grammar allows;
 - text: after every token each row's text so far is decoded and the part that can no longer
   change (not a partial UTF-8 character, not a possible start of a stop string, and when the job
   strips, not trailing whitespace) goes to `emit`, so streamed deltas concatenate to exactly the
@@ -31,8 +33,9 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from distill.student.decode import nucleus
-from distill.student.grammar import CLOSING_ALLOWANCE, Grammars, SchemaGuide
+from distill.errors import ModelError
+from distill.student.decode import nucleus, stream
+from distill.student.grammar import CLOSING_ALLOWANCE, Grammars, close_row
 
 log = logging.getLogger(__name__)
 
@@ -72,41 +75,107 @@ def generate(grammars: Grammars, jobs: Sequence[Job],
     """Generate every job in one batch on `grammars.student` (whose closing tiers a job with a grammar
     needs); `emit(job, text)` for each streamed piece of a job with an `on_delta`."""
     import torch
-    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
-
-    from distill.student.kv_cache import growing_cache
 
     student = grammars.student
-    tokenizer = student.tokenizer
-    enc = tokenizer([j.text for j in jobs], return_tensors="pt", padding=True,
-                    add_special_tokens=False).to(student.device)
-    rows = [RowText(job, tokenizer, student.eos_ids) for job in jobs]
-    stops = RowStops(rows, lambda row, text: emit(row.job, text) if emit and row.job.on_delta is not None else None)
-    guide = (SchemaGuide([j.grammar for j in jobs], [j.max_tokens for j in jobs], student.eos_ids, grammars.tiers())
-             if any(j.grammar is not None for j in jobs) else None)
-    processors = LogitsProcessorList([guide] if guide is not None else [])
-    if any(j.temperature > 0 for j in jobs):
-        processors.append(RowSampler(jobs))
-    room = student.context_window - enc["input_ids"].shape[1]
-    config = GenerationConfig(max_new_tokens=max(1, min(max(row.limit for row in rows), room)), do_sample=False,
-                              temperature=None, top_p=None, top_k=None,
-                              pad_token_id=tokenizer.pad_token_id, eos_token_id=list(student.eos_ids))
+    rules = JobRules(grammars, emit)
+    prompts = [rules.add(i, job) for i, job in enumerate(jobs)]
     with torch.inference_mode():
-        student.model.generate(**enc, generation_config=config, logits_processor=processors,
-                               stopping_criteria=StoppingCriteriaList([stops]), cache=growing_cache(student.model))
-    results = []
-    for i, row in enumerate(rows):
-        final = row.finish()
-        if emit and row.job.on_delta is not None and final:
-            emit(row.job, final)
-        ids = tuple(row.ids)
-        if row.job.grammar is not None and guide is not None and guide.truncated[i]:
-            # closed after max_tokens: finish reason length, and the forced end is not output
-            results.append(Result(row.final_text(), "length", row.job.prompt_tokens, len(ids), ids))
+        for _ in stream(student.model, prompts, slots=len(jobs), max_new_tokens=student.context_window,
+                        eos_ids=student.eos_ids, pad_id=student.tokenizer.pad_token_id, rules=rules):
+            pass
+    return [rules.result(i) for i in range(len(jobs))]
+
+
+class JobRules:
+    """Each job's own decoding within a batch (`decode.Rules`): its grammar and token budget, its
+    sampling, its stops and its stream. Jobs are added under an owner key as they join."""
+
+    def __init__(self, grammars: Grammars, emit: Callable[[Job, str], None] | None = None):
+        self.grammars, self.emit = grammars, emit
+        self.rows: dict[Any, RowText] = {}
+        self.matchers: dict[Any, Any] = {}  # owner -> xgrammar matcher, for jobs with a JSON schema
+        self.generators: dict[Any, Any] = {}  # owner -> torch.Generator, for sampled jobs
+        self.truncated: set[Any] = set()  # owners whose JSON was closed after max_tokens
+
+    def add(self, owner: Any, job: Job) -> list[int]:
+        """Take `job` under `owner`; returns its prompt's token ids."""
+        import torch
+
+        student = self.grammars.student
+        self.rows[owner] = RowText(job, student.tokenizer, student.eos_ids)
+        if job.grammar is not None:
+            import xgrammar as xgr
+
+            self.matchers[owner] = xgr.GrammarMatcher(job.grammar)
+        if job.temperature > 0:
+            seed = job.seed if job.seed is not None else secrets.randbits(63)
+            self.generators[owner] = torch.Generator().manual_seed(seed)
+        return student.tokenizer(job.text, add_special_tokens=False)["input_ids"]
+
+    def pick(self, owners: Sequence[Any], logits: Any) -> Any:
+        """Each row's next token: its grammar's mask (or, past its budget, the way out of its JSON),
+        then argmax, or a draw from its own generator."""
+        import torch
+
+        self._mask(owners, logits)
+        tokens = logits.argmax(dim=-1)
+        for i, owner in enumerate(owners):
+            generator = self.generators.get(owner)
+            if generator is None:
+                continue
+            job = self.rows[owner].job
+            probs = torch.softmax(logits[i].float().cpu() / job.temperature, dim=-1)
+            if job.top_p < 1:
+                probs = nucleus(probs, job.top_p)
+            tokens[i] = int(torch.multinomial(probs, 1, generator=generator))
+        return tokens
+
+    def ended(self, owner: Any, token: int) -> bool:
+        """Feed `owner`'s row its token (its grammar, its text, its stream); True once it has ended."""
+        row = self.rows[owner]
+        matcher = self.matchers.get(owner)
+        if matcher is not None and token not in row.eos and not matcher.accept_token(token):
+            raise ModelError(f"constrained decoding: a row produced token {token}, which its grammar rejects")
+        if row.job.future is not None and row.job.future.done():
+            row.finish_reason = "cancelled"  # its caller has gone: free the row for the others
         else:
-            results.append(Result(row.final_text(), row.finish_reason or "length", row.job.prompt_tokens,
-                                  row.completion_tokens, ids))
-    return results
+            self._send(row, row.add(token))
+        if row.finish_reason is None:
+            return False
+        self._send(row, row.finish())
+        return True
+
+    def result(self, owner: Any) -> Result:
+        """The ended row's result; the row is forgotten."""
+        row = self.rows.pop(owner)
+        self.matchers.pop(owner, None)
+        self.generators.pop(owner, None)
+        ids = tuple(row.ids)
+        if owner in self.truncated:  # closed after max_tokens: finish reason length, the forced end not output
+            self.truncated.discard(owner)
+            return Result(row.final_text(), "length", row.job.prompt_tokens, len(ids), ids)
+        return Result(row.final_text(), row.finish_reason or "length", row.job.prompt_tokens,
+                      row.completion_tokens, ids)
+
+    def _mask(self, owners: Sequence[Any], logits: Any) -> None:
+        import xgrammar as xgr
+
+        guided = [i for i, owner in enumerate(owners) if owner in self.matchers]
+        if guided:
+            bitmask = xgr.allocate_token_bitmask(logits.shape[0], logits.shape[1])
+            for i in guided:
+                self.matchers[owners[i]].fill_next_token_bitmask(bitmask, i)
+            xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device), indices=guided,
+                                            backend="cpu" if logits.device.type == "cpu" else "auto")
+        for i in guided:  # a JSON row past its budget: the quickest way out of its JSON
+            row = self.rows[owners[i]]
+            if row.completion_tokens >= row.job.max_tokens:
+                self.truncated.add(owners[i])
+                close_row(logits[i], self.grammars.tiers())
+
+    def _send(self, row: RowText, text: str) -> None:
+        if text and self.emit is not None and row.job.on_delta is not None:
+            self.emit(row.job, text)
 
 
 class RowText:
@@ -117,6 +186,8 @@ class RowText:
         self.stops = job.stop if job.grammar is None else ()
         self.limit = (job.max_tokens if job.grammar is None
                       else max(job.max_tokens, min(job.max_tokens + CLOSING_ALLOWANCE, job.room)))
+        if job.room > 0:  # never past the context window
+            self.limit = min(self.limit, job.room)
         self.ids: list[int] = []
         self.completion_tokens = 0
         self.finish_reason: str | None = None
@@ -175,50 +246,3 @@ def stop_prefix(text: str, stops: Sequence[str]) -> int:
                 longest = n
                 break
     return longest
-
-
-class RowStops:
-    """A per-row stopping criterion: feeds each row its new token and reports which rows are done."""
-
-    def __init__(self, rows: list[RowText], on_text: Callable[[RowText, str], None]):
-        self.rows, self.on_text = rows, on_text
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        done = []
-        for row, token in zip(self.rows, input_ids[:, -1].tolist()):
-            if row.finish_reason is None and row.job.future is not None and row.job.future.done():
-                row.finish_reason = "cancelled"  # its caller has gone: free the batch for the others
-            if row.finish_reason is None:
-                text = row.add(int(token))
-                if text:
-                    self.on_text(row, text)
-            done.append(row.finish_reason is not None)
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-class RowSampler:
-    """A logits processor that samples each sampled row with its own temperature, top-p and seed, and
-    leaves that token the only one possible (so `generate`'s greedy pick takes it); greedy rows pass."""
-
-    def __init__(self, jobs: Sequence[Job]):
-        import torch
-
-        self.jobs = list(jobs)
-        self.generators = [torch.Generator().manual_seed(j.seed if j.seed is not None else secrets.randbits(63))
-                           if j.temperature > 0 else None for j in jobs]
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        for i, (job, generator) in enumerate(zip(self.jobs, self.generators)):
-            if generator is None:
-                continue
-            probs = torch.softmax(scores[i].float().cpu() / job.temperature, dim=-1)
-            if job.top_p < 1:
-                probs = nucleus(probs, job.top_p)
-            token = int(torch.multinomial(probs, 1, generator=generator))
-            scores[i].fill_(float("-inf"))
-            scores[i, token] = 0.0
-        return scores

@@ -11,7 +11,8 @@ complete JSON document that follows the schema, and closing mode gets at most `C
 extra tokens.
 
 Both the local teacher (a judge's verdict as JSON) and `distill serve` (an OpenAI `response_format`)
-decode through this module, by way of `distill.student.generation`.
+decode through this module, by way of `distill.student.generation.JobRules`, which holds one
+xgrammar matcher per row and applies the masks of a step's rows together.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from functools import lru_cache
 from importlib import metadata
 from typing import Any, Mapping, Sequence
 
-from distill.errors import ModelError, SchemaError
+from distill.errors import SchemaError
 
 CLOSING_ALLOWANCE = 128  # extra tokens a constrained row may use to close its JSON after its budget
 
@@ -88,65 +89,14 @@ def closing_tiers(tokenizer: Any, vocab_size: int, eos_ids: Sequence[int]) -> li
     return [torch.tensor(ids, dtype=torch.long) for ids in tiers]
 
 
-class SchemaGuide:
-    """A logits processor that applies each row's grammar and enforces each row's token budget.
-    It runs before the row sampler (`generation.RowSampler`), so temperature and top-p apply to the
-    tokens the grammar allows (top-p before the grammar could leave a row no allowed token at all)."""
-
-    def __init__(self, grammars: Sequence[Any], budgets: Sequence[int], eos_ids: Sequence[int],
-                 tiers: list[Any] | None):
-        import xgrammar as xgr
-
-        self.matchers = [xgr.GrammarMatcher(g) if g is not None else None for g in grammars]
-        self.budgets = list(budgets)
-        self.eos = list(eos_ids)
-        self.tiers = tiers
-        self.bitmask: Any = None
-        self.finished = [False] * len(budgets)
-        self.truncated = [False] * len(budgets)
-        self.step = 0
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import xgrammar as xgr
-
-        if self.step > 0:
-            self._accept(input_ids[:, -1].tolist())
-        rows = [i for i, m in enumerate(self.matchers) if m is not None and not self.finished[i]]
-        if rows and self.bitmask is None:
-            self.bitmask = xgr.allocate_token_bitmask(scores.shape[0], scores.shape[1])
-        if rows:
-            for i in rows:
-                self.matchers[i].fill_next_token_bitmask(self.bitmask, i)
-            xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device), indices=rows,
-                                            backend="cpu" if scores.device.type == "cpu" else "auto")
-        for i, budget in enumerate(self.budgets):
-            if not self.finished[i] and self.step >= budget:
-                self.truncated[i] = True
-                self._close(i, scores)
-        self.step += 1
-        return scores
-
-    def _accept(self, last: list[int]) -> None:
-        for i, token in enumerate(last):
-            if self.finished[i]:
-                continue
-            if token in self.eos:
-                self.finished[i] = True
-            elif self.matchers[i] is not None and not self.matchers[i].accept_token(token):
-                raise ModelError(f"constrained decoding: row {i} produced token {token}, which its grammar "
-                                 "rejects")
-
-    def _close(self, i: int, scores: Any) -> None:
-        """Steer row `i` to its end: EOS at once when free, else the quickest way out of the JSON."""
-        if self.matchers[i] is None or self.tiers is None:
-            scores[i].fill_(float("-inf"))
-            scores[i, self.eos] = 0.0
+def close_row(scores: Any, tiers: list[Any]) -> None:
+    """Steer one row ([vocab] logits, changed in place) out of its JSON: among the tokens its grammar
+    still allows, only the first tier (`closing_tiers`) that has any stays possible."""
+    for tier in tiers:
+        tier = tier.to(scores.device)
+        candidates = tier[scores[tier] > float("-inf")]
+        if candidates.numel():
+            kept = scores[candidates]
+            scores.fill_(float("-inf"))
+            scores[candidates] = kept
             return
-        for tier in self.tiers:
-            tier = tier.to(scores.device)
-            candidates = tier[scores[i, tier] > float("-inf")]
-            if candidates.numel():
-                kept = scores[i, candidates]
-                scores[i].fill_(float("-inf"))
-                scores[i, candidates] = kept
-                return

@@ -9,8 +9,9 @@ filled part. The numbers are the same as `DynamicCache`'s (the same values, in t
 greedy answers do not change.
 
 Dropping finished rows (`batch_select_indices`, `distill.student.decode`) selects the rows of the
-buffers, room and all. Anything else that replaces a layer's tensors (beam reordering) is noticed
-at the next update: the buffer is rebuilt from the replaced tensors.
+buffers, room and all. Anything else that replaces a layer's tensors (beam reordering, a decoding
+loop adding columns or rows) is noticed at the next update or selection: the buffer is rebuilt
+from the replaced tensors.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class GrowingLayer(DynamicLayer):
 
     def batch_select_indices(self, indices: Any) -> None:
         """Keep only the rows `indices` (a decoding loop dropping finished rows): the buffers keep their room."""
-        if self._buffers is None:
+        if not self._backs_tensors():  # the tensors were replaced (a batch widened or grew): select them
+            self._buffers = None
             super().batch_select_indices(indices)
             return
         filled = self.get_seq_length()
@@ -56,13 +58,17 @@ class GrowingLayer(DynamicLayer):
         self._buffers = (keys, values)
         self.keys, self.values = keys[:, :, :filled], values[:, :, :filled]
 
-    def _fits(self, key_states: Any, wanted: int) -> bool:
-        """Whether the buffers still back the layer's tensors (nothing replaced them) and have room."""
+    def _backs_tensors(self) -> bool:
+        """Whether the buffers still hold the layer's tensors (nothing replaced them)."""
         if self._buffers is None:
             return False
         keys = self._buffers[0]
-        return (keys.shape[-2] >= wanted and keys.shape[:2] == key_states.shape[:2]
-                and (self.keys.numel() == 0 or self.keys.data_ptr() == keys.data_ptr()))
+        return keys.shape[:2] == self.keys.shape[:2] and (self.keys.numel() == 0 or self.keys.data_ptr() == keys.data_ptr())
+
+    def _fits(self, key_states: Any, wanted: int) -> bool:
+        """Whether the buffers still back the layer's tensors and have room for `wanted` positions."""
+        return (self._backs_tensors() and self._buffers[0].shape[-2] >= wanted  # type: ignore[index]
+                and self._buffers[0].shape[:2] == key_states.shape[:2])  # type: ignore[index]
 
     def _regrow(self, key_states: Any, value_states: Any, filled: int, capacity: int) -> None:
         import torch

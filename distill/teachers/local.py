@@ -7,8 +7,8 @@ run fully offline; `local:/models/qwen` uses any local model directory. The mode
 student already read (one copy per process, `distill.student.weights`).
 
 Concurrent `complete()` calls are batched: they queue, and a single worker takes whatever is
-waiting (up to `batch_size`) and generates it in one `model.generate` call in a thread, through
-`distill.student.generation` (the same per-row batching `distill serve` uses): rows may differ in
+waiting (up to `batch_size`) and generates it as one batch in a thread, through
+`distill.student.generation` (the same per-row decoding `distill serve` uses): rows may differ in
 length, `max_tokens`, sampling settings and schema. A sampled request is seeded from its own
 content (seed, sample index, messages, budget, schema), so it draws the same answer whatever else
 shares its batch.
