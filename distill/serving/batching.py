@@ -63,7 +63,7 @@ class Batcher:
             if self._closed:
                 raise ModelError("the server is shutting down; send the request again")
             self._queue.append(job)
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():  # first use, or the engine died
                 self._thread = threading.Thread(target=self._run, name="distill-batcher", daemon=True)
                 self._thread.start()
             self._ready.notify()
