@@ -31,7 +31,7 @@ from collections import deque
 from typing import Any, Hashable, Mapping, Sequence
 
 from distill.errors import DistillError, ModelError
-from distill.student.collector import WINDOWS
+from distill.student.collector import WINDOWS, settle
 from distill.student.generation import Job, JobRules, Result
 from distill.student.grammar import Grammars
 
@@ -190,20 +190,10 @@ def _emit(job: Job, text: str) -> None:
 
 
 def _deliver(job: Job, outcome: Result | BaseException) -> None:
-    """Settle the job's future on its event loop (unless its caller has gone)."""
+    """Settle the job's future on its event loop (`collector.settle`: unless its caller has gone)."""
     if job.future is None:
         return
-    future = job.future
-
-    def settle() -> None:
-        if future.done():
-            return
-        if isinstance(outcome, BaseException):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
-
     try:
-        future.get_loop().call_soon_threadsafe(settle)
+        job.future.get_loop().call_soon_threadsafe(settle, [job], [outcome])
     except RuntimeError:  # its event loop has closed: nobody waits for it
         pass

@@ -95,7 +95,6 @@ class JobRules:
         self.rows: dict[Any, RowText] = {}
         self.matchers: dict[Any, Any] = {}  # owner -> xgrammar matcher, for jobs with a JSON schema
         self.generators: dict[Any, Any] = {}  # owner -> torch.Generator, for sampled jobs
-        self.truncated: set[Any] = set()  # owners whose JSON was closed after max_tokens
 
     def add(self, owner: Any, job: Job) -> list[int]:
         """Take `job` under `owner`; returns its prompt's token ids."""
@@ -151,8 +150,8 @@ class JobRules:
         self.matchers.pop(owner, None)
         self.generators.pop(owner, None)
         ids = tuple(row.ids)
-        if owner in self.truncated:  # closed after max_tokens: finish reason length, the forced end not output
-            self.truncated.discard(owner)
+        if row.job.grammar is not None and row.completion_tokens > row.job.max_tokens:
+            # closed after max_tokens (`_mask`): finish reason length, the forced end not output
             return Result(row.final_text(), "length", row.job.prompt_tokens, len(ids), ids)
         return Result(row.final_text(), row.finish_reason or "length", row.job.prompt_tokens,
                       row.completion_tokens, ids)
@@ -170,7 +169,6 @@ class JobRules:
         for i in guided:  # a JSON row past its budget: the quickest way out of its JSON
             row = self.rows[owners[i]]
             if row.completion_tokens >= row.job.max_tokens:
-                self.truncated.add(owners[i])
                 close_row(logits[i], self.grammars.tiers())
 
     def _send(self, row: RowText, text: str) -> None:
