@@ -4,8 +4,11 @@ Every mode answers the same prompts (the first N of prompts/examples) with the s
 embedded SmolLM2-135M-Instruct unless --student), the same chat template, the same number of new
 tokens and greedy decoding:
 
-- `plain`: transformers' `model.generate`, one prompt at a time (the baseline of every ratio);
+- `plain`: transformers' `model.generate`, one prompt at a time, with PyTorch's own linear layers
+  (`DISTILL_PACKED=0`; the baseline of every ratio);
 - `distill`: `Student.answer` (what `distill answer` runs) at --batch-size;
+- `distill-unpacked`: the same with `DISTILL_PACKED=0`, to show what the oneDNN-packed weights of
+  `distill/student/packed.py` bring;
 - `llama.cpp`: llama-cpp-python's `Llama.generate`, one prompt at a time (its high-level API, and
   what its server does with concurrent requests);
 - `llama.cpp-batched`: llama.cpp's own batched decoding at --batch-size (one `llama_decode` per step
@@ -46,8 +49,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402  (bench/machine.py)
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ("plain", "distill", "llama.cpp", "llama.cpp-batched")
+MODES = ("plain", "distill", "distill-unpacked", "llama.cpp", "llama.cpp-batched")
+UNPACKED = ("plain", "distill-unpacked")  # run with DISTILL_PACKED=0: PyTorch's own linear layers
 LABELS = {"plain": "plain model.generate, one by one", "distill": "distill answer",
+          "distill-unpacked": "distill answer, DISTILL_PACKED=0",
           "llama.cpp": "llama.cpp (llama-cpp-python), one by one", "llama.cpp-batched": "llama.cpp, batched decoding"}
 
 
@@ -74,7 +79,7 @@ def worker(mode: str, args: argparse.Namespace) -> dict:
     student = Student.load(args.student)
     params = GenerationParams(max_new_tokens=args.new_tokens)
     started = time.perf_counter()
-    if mode == "distill":
+    if mode.startswith("distill"):
         answers = student.answer(prompts, params, batch_size=args.batch_size)
         texts = [a.text for a in answers]
         tokens = sum(a.completion_tokens for a in answers)
@@ -158,8 +163,9 @@ def measure(mode: str, args: argparse.Namespace, inputs: Inputs | None) -> dict:
         cmd += ["--student", args.student]
     if inputs is not None:
         cmd += ["--ids", str(inputs.file)]
+    env = {**os.environ, "DISTILL_PACKED": "0"} if mode in UNPACKED else None
     with machine.turn(args.lock):
-        result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if result.returncode != 0:
         raise SystemExit(f"{mode} failed:\n{result.stderr[-3000:]}")
     r = json.loads(result.stdout.strip().splitlines()[-1])
@@ -197,7 +203,7 @@ def table(args: argparse.Namespace, modes: list[str], results: dict[str, list[di
         row, kind = rows[mode], mode.split(":")[1] if ":" in mode else "safetensors (f32)"
         kind = f"GGUF {kind}" if ":" in mode else kind
         name = mode.split(":")[0]
-        batch = args.batch_size if name in ("distill", "llama.cpp-batched") else 1
+        batch = args.batch_size if name in ("distill", "distill-unpacked", "llama.cpp-batched") else 1
         if reference is None or mode == reference:
             same_text, prefix_text = "-", "-"
         else:

@@ -1,7 +1,8 @@
 """Benchmark: `distill serve` against llama.cpp's OpenAI-compatible server under concurrent clients.
 
 Each server runs as a subprocess on a free 127.0.0.1 port, one at a time (so they never share the
-cores), serving the same student: `distill serve` (the embedded SmolLM2-135M-Instruct, float32) and
+cores), serving the same student: `distill serve` (the embedded SmolLM2-135M-Instruct, float32;
+`distill-unpacked` is the same with `DISTILL_PACKED=0`, PyTorch's own linear layers) and
 `python -m llama_cpp.server` (llama-cpp-python) on the student's GGUF (--gguf: the shipped q4_1
 file, or f32/f16 as `distill export --format gguf` writes it), both with as many threads as there
 are cores. For each concurrency level (--concurrency, default 1, 8 and 32) that many clients send
@@ -53,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402  (bench/machine.py)
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVERS = ("distill", "llama.cpp")
+SERVERS = ("distill", "distill-unpacked", "llama.cpp")
 STARTUP_S = 300
 
 
@@ -88,15 +89,16 @@ class Server:
         import llamacpp
 
         self.name, self.port = name, free_port()
-        if name == "distill":
+        env = {**os.environ, "DISTILL_PACKED": "0"} if name == "distill-unpacked" else None
+        if name.startswith("distill"):
             cmd = [sys.executable, "-m", "distill", "serve", "--port", str(self.port),
                    *shlex.split(args.distill_args)] + (["--student", args.student] if args.student else [])
         else:
             cmd = llamacpp.server_command(llamacpp.exported_gguf(args.gguf, args.student), self.port,
                                           llamacpp.threads())
-        self.command = cmd
+        self.command = (["DISTILL_PACKED=0"] if env else []) + cmd
         self.log = tempfile.NamedTemporaryFile(prefix=f"bench-serve-{name}-", suffix=".log", delete=False)
-        self.process = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.process = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         self.url = f"http://127.0.0.1:{self.port}/v1"
 
     def wait_ready(self) -> None:
@@ -212,7 +214,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16, help="requests per level, at least 2 per client (16)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--servers", default=",".join(SERVERS), help="distill, llama.cpp or both")
+    parser.add_argument("--servers", default="distill,llama.cpp",
+                        help=f"comma-separated, from {', '.join(SERVERS)} (distill,llama.cpp)")
     parser.add_argument("--gguf", default="q4_1", choices=("q4_1", "f16", "f32"), help="llama.cpp's model file")
     parser.add_argument("--student", default=None)
     parser.add_argument("--distill-args", default="", help="more flags for `distill serve`, e.g. '--max-batch 64'")
@@ -243,7 +246,8 @@ def main() -> None:
 
 
 def table(args: argparse.Namespace, levels: list[int], servers: list[str], measured: dict) -> str:  # type: ignore[type-arg]
-    labels = {"distill": "distill serve (float32)", "llama.cpp": f"llama_cpp.server (GGUF {args.gguf})"}
+    labels = {"distill": "distill serve (float32)", "distill-unpacked": "distill serve, DISTILL_PACKED=0",
+              "llama.cpp": f"llama_cpp.server (GGUF {args.gguf})"}
     lines = [f"streaming chat completions, max_tokens {args.max_tokens}, temperature 0, median of {args.runs} run(s); "
              f"{machine.cpu()}; {machine.versions('torch', 'transformers', 'llama_cpp_python')}", "",
              "| server | clients | requests | tokens/s | vs llama.cpp | TTFT p50 ms | latency p50 s | latency p99 s "
@@ -257,11 +261,11 @@ def table(args: argparse.Namespace, levels: list[int], servers: list[str], measu
                      if other is not None else "-")
             lines.append(f"| {labels[name]} | {clients} | {max(args.requests, 2 * clients)} | {med['tok_s']:.1f} "
                          f"| {ratio} | {med['ttft'] * 1000:.0f} | {med['p50']:.2f} | {med['p99']:.2f} | {rss:.0f} |")
-    if len(servers) == 2:
-        a, b = measured[servers[0]][1], measured[servers[1]][1]
+    for first, second in zip(servers, servers[1:]):
+        a, b = measured[first][1], measured[second][1]
         shared = sorted(set(a) & set(b))
         same = sum(a[i] == b[i] for i in shared)
-        lines += ["", f"same greedy answer from both servers: {same}/{len(shared)} prompts"]
+        lines += ["", f"same greedy answer from {first} and {second}: {same}/{len(shared)} prompts"]
     lines += ["", "servers: " + "; ".join(f"`{shown(measured[n][3])}`" for n in servers)]
     return "\n".join(lines)
 

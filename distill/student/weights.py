@@ -6,7 +6,10 @@ them once per (model directory, weights hash, device, dtype) and hands out views
 module tree (config, buffers, modules) whose parameters are the shared tensors, frozen. PEFT
 injects LoRA layers into a view's own modules, so an adapter or a training run on one view leaves
 the others as they were. It holds the most recent key only, so a long-lived process that moves to
-another student (or calls `release()`) does not keep the old weights.
+another student (or calls `release()`) does not keep the old weights. On a CPU the shared base's
+linear layers multiply by oneDNN-packed weights where no gradient is recorded
+(`distill.student.packed`); a read of its own (`read`, for code that changes the weights in place,
+as merging does) is left plain.
 
 Why views and not PEFT's several adapters on one model: evaluation holds the current and the new
 student at once and calls their modules directly, and a local teacher generates in a worker
@@ -72,6 +75,10 @@ class SharedWeights:
             if self._key != key:
                 self._drop()
                 self._base, self._key = self.read(directory, torch_dtype, device), key
+                if device == "cpu":  # shared weights never change in place, so a packed copy cannot go stale
+                    from distill.student.packed import pack
+
+                    pack(self._base)
             base = self._base
             shared = {id(p): p for p in base.parameters()}
             return copy.deepcopy(base, shared)  # modules, config and buffers copied; parameters shared
