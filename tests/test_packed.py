@@ -89,6 +89,14 @@ def test_inputs_of_another_dtype_use_the_plain_linear() -> None:
     assert not hasattr(twin.weight, packed.HELD)
 
 
+def test_autocast_computes_the_plain_linear_in_its_own_dtype() -> None:
+    plain, twin = packed_pair()
+    x = torch.randn(2, 48)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, got = plain(x), twin(x)
+    assert got.dtype == expected.dtype == torch.bfloat16 and torch.equal(got, expected)
+
+
 def test_packing_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(packed.ENV, "0")
     layer = torch.nn.Linear(4, 4)

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -376,6 +377,36 @@ def test_an_api_key_is_required_when_given(students) -> None:
             openai.OpenAI(base_url=keyed.url, api_key="sk-wrong", max_retries=0).models.list()
         good = openai.OpenAI(base_url=keyed.url, api_key=KEY, max_retries=0)
         assert [m.id for m in good.models.list().data] == ["student", "tuned"]
+
+
+@pytest.mark.slow
+def test_stopping_the_server_ends_a_running_answer_and_its_engine(students) -> None:
+    """Ctrl-C while an answer decodes: when `stop` returns, the engine thread has ended (a process must
+    not exit with it inside the model) and the caller has its outcome, not a wait."""
+    import httpx
+    import openai
+
+    from distill.serving.api import StudentServer
+
+    outcome: dict[str, Any] = {}
+
+    def ask(client: Any) -> None:
+        try:
+            outcome["answer"] = streamed(client, "Tell a long story about a dragon and a king.", max_tokens=2000)
+        except (openai.APIError, httpx.HTTPError) as exc:
+            outcome["error"] = exc
+
+    with StudentServer(students, port=0) as running:
+        asker = threading.Thread(target=ask, args=(openai.OpenAI(base_url=running.url, api_key="unused",
+                                                                 max_retries=0),))
+        asker.start()
+        while running.app.batcher.running() == 0 and asker.is_alive():
+            time.sleep(0.05)
+        assert running.app.batcher.alive  # decoding when the server stops
+    assert not running.app.batcher.alive
+    asker.join(60)
+    assert not asker.is_alive()
+    assert "shutting down" in str(outcome.get("error")), outcome  # told so, not cut off silently
 
 
 @pytest.mark.slow

@@ -441,3 +441,9 @@ class StudentServer(ThreadedServer):
     def url(self) -> str:
         """The OpenAI base URL (ending in /v1)."""
         return f"{self.origin}/v1"
+
+    def stop(self) -> None:
+        """Stop the engine and wait for it (`Batcher.close`: requests still running get an error on
+        the live event loop, so their rows end at the next step), then the HTTP server."""
+        self.app.batcher.close()
+        super().stop()

@@ -74,8 +74,24 @@ class Batcher:
         with self._ready:
             return len(self._queue)
 
+    def running(self) -> int:
+        """Requests taken into a batch and not yet answered."""
+        with self._ready:
+            return len(self._in_flight)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the engine thread is running."""
+        return self._thread is not None and self._thread.is_alive()
+
     async def aclose(self) -> None:
-        """Stop the engine; every request not yet answered gets an error, so no caller waits forever."""
+        """`close`, without blocking the event loop."""
+        await asyncio.to_thread(self.close)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop the engine; every request not yet answered gets an error, so no caller waits forever.
+        Waits for the engine thread to end, so the process never exits while it is inside the model
+        (a thread left in native code while the interpreter shuts down can abort the process)."""
         with self._ready:
             self._closed = True
             left = list(self._queue) + list(self._in_flight.values())
@@ -84,8 +100,8 @@ class Batcher:
         error = ModelError("the server is shutting down; send the request again")
         for job in left:
             _deliver(job, error)
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 60)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     # ------------------------------------------------------------------ the engine thread
 

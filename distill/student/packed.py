@@ -15,8 +15,8 @@ the weight goes. It is made again when the weight was replaced or changed in pla
 tensor (its storage or version counter moved). A change through `weight.data` (PEFT's merge) moves
 neither, which is why only the shared weights, never changed in place, are packed; a student
 loaded to be merged (`private=True`) is read plain. The packed copy is never used while gradients
-are recorded (training), nor for inputs of another device or dtype: there the layer is a plain
-linear. `DISTILL_PACKED=0` turns packing off (for comparisons, and as a way out should a CPU's
+are recorded (training), under autocast (which computes a plain linear in its own dtype), nor for
+inputs of another device or dtype: there the layer is a plain linear. `DISTILL_PACKED=0` turns packing off (for comparisons, and as a way out should a CPU's
 oneDNN misbehave).
 """
 
@@ -50,8 +50,8 @@ class PackedLinear(torch.nn.Linear):
 
 def packed_weight(weight: Any, x: Any) -> Any:
     """The packed copy of `weight` (made or remade here), or None where the plain linear must run."""
-    if (torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32
-            or weight.dtype != torch.float32 or weight.device.type != "cpu"):
+    if (torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or x.device.type != "cpu"
+            or x.dtype != torch.float32 or weight.dtype != torch.float32 or weight.device.type != "cpu"):
         return None
     try:
         stamp = (weight.data_ptr(), weight._version)
