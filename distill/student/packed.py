@@ -16,8 +16,8 @@ tensor (its storage or version counter moved). A change through `weight.data` (P
 neither, which is why only the shared weights, never changed in place, are packed; a student
 loaded to be merged (`private=True`) is read plain. The packed copy is never used while gradients
 are recorded (training), under autocast (which computes a plain linear in its own dtype), nor for
-inputs of another device or dtype: there the layer is a plain linear. `DISTILL_PACKED=0` turns packing off (for comparisons, and as a way out should a CPU's
-oneDNN misbehave).
+inputs of another device or dtype: there the layer is a plain linear. `DISTILL_PACKED=0` turns
+packing off (for comparisons, and as a way out should a CPU's oneDNN misbehave).
 """
 
 from __future__ import annotations
