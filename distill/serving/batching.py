@@ -84,10 +84,6 @@ class Batcher:
         """Whether the engine thread is running."""
         return self._thread is not None and self._thread.is_alive()
 
-    async def aclose(self) -> None:
-        """`close`, without blocking the event loop."""
-        await asyncio.to_thread(self.close)
-
     def close(self, timeout: float = 60.0) -> None:
         """Stop the engine; every request not yet answered gets an error, so no caller waits forever.
         Waits for the engine thread to end, so the process never exits while it is inside the model
@@ -100,7 +96,7 @@ class Batcher:
         error = ModelError("the server is shutting down; send the request again")
         for job in left:
             _deliver(job, error)
-        if self._thread is not None and self._thread is not threading.current_thread():
+        if self._thread is not None:
             self._thread.join(timeout)
 
     # ------------------------------------------------------------------ the engine thread
