@@ -27,6 +27,10 @@ from distill.stages import filters
     ({"type": "lowercase"}, "apples and pears", "Apples and pears"),
     ({"type": "uppercase"}, "STOP NOW", "Stop now"),
     ({"type": "bullets", "count": 3}, "- a\n- b\n* c", "- a\n- b"),
+    # a prompt that names its marker ("each line starting with '- '") is not followed by a '*' list
+    ({"type": "bullets", "count": 2, "marker": "-"}, "- a\n- b", "* a\n* b"),
+    ({"type": "bullets", "count": 2, "marker": "-"}, "Two:\n- a\n- b", "- a\n* b"),
+    ({"type": "bullets", "count": 2, "marker": "*"}, "* a\n* b", "- a\n- b"),
     ({"type": "max_words", "value": 3}, "one two three", "one two three four"),
     ({"type": "min_words", "value": 2}, "one two", "one"),
     ({"type": "starts_with", "value": "Yes"}, "yes it is", "Well, yes"),
@@ -113,6 +117,7 @@ def test_failures_name_the_check() -> None:
     ({"type": "placeholders", "count": -1}, "reference.count: expected a non-negative integer"),
     ({"type": "highlighted", "count": 2.5}, "reference.count: expected a non-negative integer"),
     ({"type": "bullets", "count": True}, "reference.count: expected a non-negative integer"),
+    ({"type": "bullets", "count": 2, "marker": "+"}, "reference.marker: expected one of '-', '.', '•', got '.'"),
     ({"type": "max_sentences", "value": "3"}, "reference.value: expected a non-negative integer"),
     ({"type": "sections", "count": 2, "splitter": " "}, "reference.splitter: expected non-empty text"),
     ({"type": "sections", "count": 2, "relation": "more than"}, "reference.relation: expected one of"),

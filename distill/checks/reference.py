@@ -23,7 +23,8 @@ one catastrophic pattern cannot stall a filter stage or an evaluation.
 | numeric              | value, tolerance (0)                 | the last number in the answer is within tolerance    |
 | lowercase            |                                      | the answer has no upper-case letter                  |
 | uppercase            |                                      | the answer has no lower-case letter                  |
-| bullets              | count                                | exactly `count` lines start with -, * or •           |
+| bullets              | count, marker (any)                  | exactly `count` lines start with -, * or •; with a   |
+|                      |                                      | `marker` (one of those), every bullet line uses it   |
 | max_words            | value                                | at most `value` words                                |
 | min_words            | value                                | at least `value` words                               |
 | starts_with          | value                                | the stripped answer starts with value, ignoring case |
@@ -86,8 +87,9 @@ REGEX_TIMEOUT_S = 1.0
 MAX_REGEX_TIMEOUT_S = 10.0
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-_BULLET = re.compile(r"^\s*(?:[-*•])\s+\S", re.MULTILINE)
-_WORD = re.compile(r"\b[\w'-]+\b")
+BULLET_LINE = re.compile(r"^\s*([-*•])\s+\S", re.MULTILINE)
+BULLET_MARKERS = ("-", "*", "•")
+WORD = re.compile(r"\b[\w'-]+\b")
 
 
 @dataclass(frozen=True)
@@ -171,15 +173,18 @@ def _uppercase(answer: str, p: Mapping[str, Any]) -> bool:
 
 
 def _bullets(answer: str, p: Mapping[str, Any]) -> bool:
-    return len(_BULLET.findall(answer)) == p["count"]
+    """A prompt that names its marker ("lines starting with '- '") is not followed by a '*' list."""
+    markers = BULLET_LINE.findall(answer)
+    marker = p.get("marker")
+    return len(markers) == p["count"] and (marker is None or all(m == marker for m in markers))
 
 
 def _max_words(answer: str, p: Mapping[str, Any]) -> bool:
-    return len(_WORD.findall(answer)) <= p["value"]
+    return len(WORD.findall(answer)) <= p["value"]
 
 
 def _min_words(answer: str, p: Mapping[str, Any]) -> bool:
-    return len(_WORD.findall(answer)) >= p["value"]
+    return len(WORD.findall(answer)) >= p["value"]
 
 
 def _starts_with(answer: str, p: Mapping[str, Any]) -> bool:
@@ -245,6 +250,12 @@ def _literal(v: Any) -> str | None:
     if _is_number(v):
         return _number(v)
     return f"expected text or a number, got {v!r}"
+
+
+def _marker(v: Any) -> str | None:
+    if v is None or v in BULLET_MARKERS:
+        return None
+    return f"expected one of {', '.join(repr(m) for m in BULLET_MARKERS)}, got {v!r}"
 
 
 def _text(v: Any) -> str | None:
@@ -330,7 +341,7 @@ _TYPES: dict[str, CheckType] = {
     "numeric": _type(_numeric, value=(_number, R), tolerance=(_tolerance, 0)),
     "lowercase": _type(_lowercase),
     "uppercase": _type(_uppercase),
-    "bullets": _type(_bullets, count=(_count, R)),
+    "bullets": _type(_bullets, count=(_count, R), marker=(_marker, None)),
     "max_words": _type(_max_words, value=(_count, R)),
     "min_words": _type(_min_words, value=(_count, R)),
     "starts_with": _type(_starts_with, value=(_literal, R)),
