@@ -130,3 +130,36 @@ def test_rounds_with_teacher_none_answer_heldout_greedily_and_need_no_teacher(pe
     assert record["rejected"] == {"unverified": 4}
     assert (record["counts"]["self"]["in"], record["counts"]["self"]["out"]) == (4, 0)
     assert "round 1 refused" in capsys.readouterr().out
+
+
+def test_a_sample_stopped_early_is_never_the_rejected_side_of_a_pair() -> None:
+    rows = samples("q", ["paris is the capital", "Paris", "paris, Fr", "PARIS IS"], LOWER,
+                   finish=["stop", "failed", "failed", "stop"])
+    out = self_training.select(rows, SelfPolicy(keep=2))
+    assert [r.text for r in out.sft] == ["paris is the capital"]
+    assert [(p.chosen, p.rejected) for p in out.prefs] == [("paris is the capital", "PARIS IS")]
+    only_stopped = self_training.select(samples("q", ["paris", "Paris"], LOWER, finish=["stop", "failed"]))
+    assert len(only_stopped.sft) == 1 and not only_stopped.prefs
+
+
+def test_a_round_with_no_teacher_stops_samples_that_fail_for_good(peaked_model_dir, tmp_path: Path) -> None:
+    from distill.records.prompts import read_prompts
+    from distill.stages.round import run_round
+    from distill.student.model import GenerationParams
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"id": f"t{i}", "prompt": f"Question {i}?", "reference": {"type": "lowercase"}})
+                            + "\n" for i in range(3)), encoding="utf-8")
+    params = GenerationParams(samples=4, temperature=1.0, max_new_tokens=16)
+    stopping = RunConfig(name="stop", runs_dir=tmp_path, teacher="none", student=str(peaked_model_dir),
+                         generation=params)
+    run_round(stopping, read_prompts(path))
+    rows = read(stopping.run_dir / "answers.jsonl")
+    assert len(rows) == 12 and all(r["generation"]["stop_failing"] for r in rows)
+    failed = [r for r in rows if r["finish_reason"] == "failed"]
+    assert failed and all(any(c.isupper() for c in r["answer"]) for r in failed)
+    whole = RunConfig(name="whole", runs_dir=tmp_path, teacher="none", student=str(peaked_model_dir),
+                      generation=params, self_stop=False)
+    run_round(whole, read_prompts(path))
+    rows = read(whole.run_dir / "answers.jsonl")
+    assert len(rows) == 12 and not any(r["finish_reason"] == "failed" or "stop_failing" in r["generation"] for r in rows)

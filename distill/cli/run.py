@@ -60,7 +60,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     add_options(f, RunConfig, only=("filters", "keep_acceptable", "verified_positives", "max_length_ratio",
                                     "unchanged_threshold", "dedup_threshold", "skip_consistent"))
     s = p.add_argument_group("self-training (--teacher none, or --self-first with a teacher)")
-    add_options(s, RunConfig, only=("self_first", "self_keep", "self_agreement"))
+    add_options(s, RunConfig, only=("self_first", "self_keep", "self_agreement", "self_stop"))
 
 
 def _rounds(p: argparse.ArgumentParser) -> None:

@@ -140,9 +140,11 @@ def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> 
         _log(f"round {finished[-1]['round']} was refused earlier; nothing more to do")
         return state
     for number in range(len(finished) + 1, config.rounds + 1):
-        # a served student for a promoted adapter is found by its hashes, not by the name given for the base
+        # a served student for a promoted adapter is found by its hashes, not by the name given for the base;
+        # a preference method needs failing samples whole (the rejected side of its pairs)
         round_cfg = config.run.inside(config.run.folder.round(number), adapter=current, round=number,
-                                      **({"student_model": None} if current is not None else {}))
+                                      **({"student_model": None} if current is not None else {}),
+                                      **({"self_stop": False} if set(config.methods) - {"sft"} else {}))
         _log(f"round {number}: student {'base' if current is None else 'base + ' + current}")
         summary = run_round(round_cfg, prompts)
         fresh = _kept(summary)

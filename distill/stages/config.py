@@ -64,6 +64,11 @@ class RunConfig:
         False, help="with a teacher and --samples K: samples that pass their prompt's check become training rows "
                     "directly; the teacher is asked only about prompts where no sample passes")
     self_keep: int = option(2, help="distinct passing samples kept per prompt")
+    self_stop: bool = option(
+        True, flag="--no-self-stop",
+        help="with --teacher none: decode every sample to its end (on: a sample stops at the first token after "
+             "which its prompt's check can no longer pass, since it could not become a training row; its "
+             "finish_reason is 'failed', and it is never the rejected side of a preference pair)")
     self_agreement: float = option(
         0.6, help="prompts without a reference: keep the majority answer when at least this share of the samples "
                   "agrees with it")

@@ -22,7 +22,7 @@ import asyncio
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -39,6 +39,7 @@ from distill.stages.critique import critique_stage, teacher_key
 from distill.stages.filters import Selection
 from distill.stages.protocol import Settings
 from distill.stages.templates import PromptSet, load_prompt_set
+from distill.student.model import GenerationParams
 from distill.teachers.base import Teacher
 from distill.teachers.batch.book import batch_summary, open_batches, summary_line
 from distill.teachers.batch.queue import BatchMode
@@ -189,11 +190,20 @@ def run_round(config: RunConfig, prompts: Sequence[Prompt], teacher: Teacher | N
         kept, rejected = dedup_stage(prompts, config.dedup_threshold)
         summary.counts["prompts"] = {"in": len(prompts), "out": len(kept), "seconds": time.monotonic() - started}
         t0 = time.monotonic()
-        answers = answer_to_file(kept, config.run_dir / "answers.jsonl", config.generation, source=config.student,
+        answers = answer_to_file(kept, config.run_dir / "answers.jsonl", _generation(config, handle),
+                                 source=config.student,
                                  adapter=config.adapter, batch_size=config.batch_size, round_=config.round,
                                  server=config.server, require_verified=trained_here(config))
         summary.counts["answer"] = {"in": len(kept), "out": len(answers), "seconds": time.monotonic() - t0}
         return _critique_and_filter(config, answers, prompt_set, chain, handle, settings, summary, rejected, started)
+
+
+def _generation(config: RunConfig, teacher: TeacherHandle | None) -> GenerationParams:
+    """The round's decoding: with no teacher, samples stop once they fail their check for good (`--no-self-stop`:
+    never). A local student only: a served one answers whole."""
+    if teacher is None and config.self_stop and config.engine == "local":
+        return replace(config.generation, stop_failing=True)
+    return config.generation
 
 
 def trained_here(config: RunConfig) -> bool:

@@ -11,7 +11,9 @@ Two rules from the seeds, applied per prompt to the K answers the student sample
   `min_agreement` (answers compared as in `distill.stages.consistency`).
 
 Only complete samples count (the student ended its turn; an answer cut off at the token limit is
-never a training target). A prompt that yields no row is *unresolved*: with no teacher
+never a training target). With no teacher, a sample stops as soon as it fails its check for good
+(`distill.student.rejection`, finish_reason "failed"); such a prefix is never the rejected side of
+a pair. A prompt that yields no row is *unresolved*: with no teacher
 (`--teacher none`) it is recorded in rejected.jsonl with the reason; with a teacher and
 `--self-first` it is the only kind of prompt the teacher is asked about.
 """
@@ -24,6 +26,7 @@ from typing import Any, Mapping, Sequence
 from distill.checks.reference import parse_reference, run_checks
 from distill.records.rows import PrefRow, SftRow
 from distill.stages.consistency import agreement
+from distill.student.rejection import FAILED
 
 
 @dataclass(frozen=True)
@@ -86,10 +89,11 @@ def _verified(rows: Sequence[Mapping[str, Any]], policy: SelfPolicy, out: SelfOu
         reason = failing[0][1] if failing else ("every passing sample was cut off at the token limit",)
         out.unresolved[pid] = f"none of {len(rows)} samples passes its check (e.g. fails {', '.join(reason)})"
         return
+    whole = [(r, why) for r, why in failing if r.get("finish_reason") != FAILED]  # a stopped sample is a prefix
     for i, row in enumerate(distinct(passing, policy.keep)):
         out.sft.append(_sft_row(row, "self", verified=True, pass_rate=out.pass_rates[pid]))
-        if failing:
-            bad, failures = failing[i % len(failing)]
+        if whole:
+            bad, failures = whole[i % len(whole)]
             out.prefs.append(_pref_row(row, bad, failures))
 
 

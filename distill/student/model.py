@@ -71,6 +71,9 @@ class GenerationParams:
     top_p: float = option(1.0, help="nucleus sampling mass when sampling")
     samples: int = option(1, help="answers per prompt; needs --temperature > 0")
     seed: int = option(0, help="seed for sampling")
+    stop_failing: bool = option(False, cli=False, toml=False,
+                                help="stop an answer once its prompt's check can no longer pass (self-training "
+                                     "sets it: such a sample is thrown away; `distill.student.rejection`)")
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -90,7 +93,11 @@ class GenerationParams:
         return self.temperature == 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, without `stop_failing` when it is off (so answers made before it keep their ids)."""
+        fields = asdict(self)
+        if not self.stop_failing:
+            del fields["stop_failing"]
+        return fields
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,7 @@ class Answer:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" (end-of-turn token) or "length" (hit max_new_tokens)
+    finish_reason: str  # "stop" (end-of-turn token), "length" (hit max_new_tokens) or "failed" (stop_failing)
     model: ModelIdentity = field(repr=False)
     params: GenerationParams = field(repr=False)
 
@@ -402,26 +409,33 @@ class Student(Answerer):
         import torch
 
         from distill.student.decode import Sampling, stream
+        from distill.student.rejection import FAILED, StopFailing
 
         if not work:
             return
         sampling = Sampling() if params.greedy else Sampling(params.temperature, params.top_p)
         if not params.greedy:
             torch.manual_seed(int(content_hash([params.seed, [(p.id, k) for p, k in work]]), 16) % (2**63))
+        rules = None
+        if params.stop_failing:
+            rules = StopFailing(sampling, self.eos_ids, self.tokenizer,
+                                {i: p.checks for i, (p, _) in enumerate(work) if p.checks})
         with torch.inference_mode():
             for i, ids in stream(self.model, encoded, slots=slots, max_new_tokens=params.max_new_tokens,
-                                 eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_token_id, sampling=sampling):
+                                 eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_token_id, sampling=sampling,
+                                 rules=rules):
                 prompt, sample = work[i]
-                yield self._to_answer(prompt, sample, ids, len(encoded[i]), params)
+                failed = rules is not None and i in rules.failed
+                yield self._to_answer(prompt, sample, ids, len(encoded[i]), params, FAILED if failed else None)
 
     def _to_answer(self, prompt: Prompt, sample: int, ids: list[int], prompt_tokens: int,
-                   params: GenerationParams) -> Answer:
+                   params: GenerationParams, reason: str | None = None) -> Answer:
         stop = next((i for i, t in enumerate(ids) if t in self.eos_ids), None)
         kept = ids if stop is None else ids[:stop]
         text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
         return Answer(prompt=prompt, sample=sample, text=text, prompt_tokens=int(prompt_tokens),
                       completion_tokens=len(kept) + (stop is not None), model=self.identity, params=params,
-                      finish_reason="length" if stop is None else "stop")
+                      finish_reason=reason or ("length" if stop is None else "stop"))
 
 
 def head_logits(model: Any, input_ids: Any, attention_mask: Any, picked: Any) -> Any:
