@@ -184,6 +184,52 @@ TRAIN_OPEN = [
       "The sand is cool", "Waves roll gently onto the shore", "Seagulls fly overhead", "Few people are around"),
 ]
 
+# More open training questions, for the kinds that draw half their questions from open ones (`balanced`).
+# Not in the demo's prompts nor in the replay set (both keep TRAIN_OPEN only). Their one-sentence
+# answers list things with commas, as the student's own answers do: the no-comma repair of such a
+# sentence shows a list without commas. (With sentences that had no comma to remove, the no-comma
+# kind fell from 8 of 8 held out to 4 of 8: its repairs showed nothing.)
+TRAIN_OPEN_MORE = [
+    O("Describe a kitchen.", "A kitchen has a stove, an oven, a fridge and a sink.",
+      "It has a stove and an oven", "Food is kept in the fridge", "Dishes are washed in the sink",
+      "Pots and pans hang on the wall"),
+    O("Why do people go camping?", "People go camping for fresh air, quiet nights and time in nature.",
+      "They enjoy fresh air", "They sleep in tents under the stars", "They cook over a campfire",
+      "They take a break from busy life"),
+    O("Explain how to make a sandwich.", "Take two slices of bread, add cheese, ham and lettuce, then close it.",
+      "Take two slices of bread", "Spread butter on them", "Add cheese and ham", "Close the sandwich and cut it"),
+    O("Describe a playground.", "A playground has swings, slides, a sandbox and benches for parents.",
+      "Children swing on the swings", "They go down the slide", "There is a sandbox", "Parents sit on benches"),
+    O("Why should you wash your hands?", "Washing your hands removes germs, stops illness and keeps food clean.",
+      "It removes germs", "It stops illness from spreading", "It keeps food clean", "It is easy and quick"),
+    O("Give tips for a good night's sleep.", "Keep a regular bedtime, a dark room and no screens before bed.",
+      "Keep a regular bedtime", "Keep the bedroom dark", "Avoid screens before bed", "Do not drink coffee late"),
+    O("Explain why plants need water.", "Plants need water to make food, carry nutrients and keep leaves firm.",
+      "Water helps plants make food", "It carries nutrients from the soil", "It keeps leaves firm",
+      "Without water plants wilt"),
+    O("Describe a birthday party.", "At a birthday party friends share cake, sing songs and give presents.",
+      "There is a cake with candles", "Friends sing happy birthday", "The guest of honor opens presents",
+      "People play games"),
+    O("What makes a good teacher?", "A good teacher is patient, clear, fair and cares about the students.",
+      "A good teacher is patient", "They explain things clearly", "They listen to questions",
+      "They encourage their students"),
+    O("Describe a snowy morning.", "On a snowy morning everything is white, cold, quiet and bright.",
+      "Snow covers the ground", "The air is cold", "Children build snowmen", "Footprints show in the snow"),
+    O("Why do people drink water?", "People drink water to stay cool, digest food and keep the body working.",
+      "The body is mostly water", "Water keeps you cool", "It helps digest food", "It prevents headaches"),
+    O("Give advice for a first day at a new job.", "Arrive early, be friendly, take notes and ask questions when unsure.",
+      "Arrive a little early", "Introduce yourself to coworkers", "Ask questions when unsure",
+      "Take notes as you learn"),
+    O("Explain how to plant a tree.", "Dig a hole, set the tree in it, cover the roots and water it.",
+      "Dig a wide hole", "Place the tree in the hole", "Cover the roots with soil", "Water it well"),
+    O("Describe a bakery.", "A bakery bakes and sells bread, rolls, cakes and pastries.",
+      "It smells of fresh bread", "Cakes sit in glass cases", "Bakers start work early", "People buy rolls and pastries"),
+    O("Why do people ride bicycles?", "People ride bicycles to save money, get exercise and enjoy the outdoors.",
+      "Bicycles are cheap to use", "Riding is good exercise", "They do not pollute the air", "Riding is fun"),
+    O("What should you do before crossing a street?", "Stop at the curb, look both ways and cross when it is clear.",
+      "Stop at the curb", "Look left and right", "Wait for cars to pass", "Cross at a crosswalk"),
+]
+
 # ---------------------------------------------------------------- held-out topics: space, geography, history, technology, art, money
 
 HELDOUT_SHORT = [
@@ -271,12 +317,22 @@ END_PHRASES = ("Is there anything else I can help with?", "Have a nice day.", "T
 START_PHRASES = ("In short:", "Quick answer:", "Here is my answer:")
 
 
-def check_of(kind: str, n: int | None, phrase: str | None) -> Any:
-    """The reference check of one prompt."""
+_NAMED_MARKER = re.compile(r'starting with "([-*•]) "')
+
+
+def named_marker(phrasing: str) -> str | None:
+    """The bullet marker a phrasing asks for by name ('each line starting with "- "'), or None
+    where any markdown bullet does (IFEval's "such as: * This is point 1." accepts '-' too)."""
+    found = _NAMED_MARKER.search(phrasing)
+    return found.group(1) if found else None
+
+
+def check_of(kind: str, n: int | None, phrase: str | None, marker: str | None = None) -> Any:
+    """The reference check of one prompt; `marker` is the bullet its phrasing names, if any."""
     return {
         "lowercase": {"type": "lowercase"},
         "uppercase": {"type": "uppercase"},
-        "bullets": {"type": "bullets", "count": n},
+        "bullets": {"type": "bullets", "count": n, **({"marker": marker} if marker else {})},
         "one_word": [{"type": "min_words", "value": 1}, {"type": "max_words", "value": 1}],
         "word_limit": [{"type": "min_words", "value": 1}, {"type": "max_words", "value": (n or 0) - 1}],
         "end_phrase": {"type": "ends_with", "value": phrase},
@@ -345,32 +401,47 @@ def _pool(fits: str, short: list[Question], number: list[Question], open_: list[
 
 def build(split: str, per_kind: int | dict[str, int], short: list[Question], number: list[Question],
           open_: list[Question], seed: int, kinds: tuple[Kind, ...] = KINDS,
-          names_first: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+          names_first: tuple[str, ...] = (), balanced: tuple[str, ...] = (),
+          more_open: list[Question] | None = None) -> list[dict[str, Any]]:
     """`per_kind` prompts of every kind (a number, or one per kind name) over the split's questions,
     each with its check and meta; the kinds in `names_first` draw first the questions that spell a
-    name with a capital letter (`spells_a_name`)."""
+    name with a capital letter (`spells_a_name`). The kinds in `balanced` (of those that fit short
+    and open questions alike) draw half of their questions from each, as the held-out set has them;
+    `more_open` questions are drawn only by those and by the kinds that take open questions alone."""
     rng = random.Random(seed)
     rows = []
     for kind in kinds:
-        pool = _pool(kind.fits, short, number, open_)
         count = per_kind if isinstance(per_kind, int) else per_kind[kind.name]
-        if kind.name in names_first:
-            named = [q for q in pool if spells_a_name(q.text)]
-            rest = [q for q in pool if not spells_a_name(q.text)]
-            chosen = rng.sample(named, min(count, len(named)))
-            chosen += rng.sample(rest, count - len(chosen))
+        first = names_first if kind.name in names_first else ()
+        wide = open_ + (more_open or [])
+        if kind.name in balanced and kind.fits == "any":
+            chosen = _draw(rng, short, count // 2, first) + _draw(rng, wide, count - count // 2, first)
             rng.shuffle(chosen)
         else:
-            chosen = rng.sample(pool, count) if count <= len(pool) else [pool[i % len(pool)] for i in range(count)]
+            chosen = _draw(rng, _pool(kind.fits, short, number, wide if kind.fits == "open" else open_), count, first)
         for i, question in enumerate(chosen):
             n = {"bullets": rng.choice((2, 3, 4)), "word_limit": rng.choice((15, 20, 25))}.get(kind.name)
             phrase = {"end_phrase": rng.choice(END_PHRASES), "start_phrase": rng.choice(START_PHRASES)}.get(kind.name)
-            prompt = kind.phrasings[i % len(kind.phrasings)].format(q=question.text, n=n, p=phrase)
+            phrasing = kind.phrasings[i % len(kind.phrasings)]
+            prompt = phrasing.format(q=question.text, n=n, p=phrase)
             rows.append({"id": f"{split}-{kind.name}-{i + 1:02d}", "prompt": prompt,
-                         "reference": check_of(kind.name, n, phrase),
+                         "reference": check_of(kind.name, n, phrase, named_marker(phrasing)),
                          "meta": {"kind": kind.name, "question": question.text,
                                   **({"n": n} if n is not None else {}), **({"phrase": phrase} if phrase else {})}})
     return rows
+
+
+def _draw(rng: random.Random, pool: list[Question], count: int, names_first: tuple[str, ...]) -> list[Question]:
+    """`count` questions of `pool` (each once while the pool lasts); with `names_first`, those that
+    spell a name come first."""
+    if names_first:
+        named = [q for q in pool if spells_a_name(q.text)]
+        rest = [q for q in pool if not spells_a_name(q.text)]
+        chosen = rng.sample(named, min(count, len(named)))
+        chosen += rng.sample(rest, count - len(chosen))
+        rng.shuffle(chosen)
+        return chosen
+    return rng.sample(pool, count) if count <= len(pool) else [pool[i % len(pool)] for i in range(count)]
 
 
 # ---------------------------------------------------------------- general knowledge (forgetting)
@@ -486,14 +557,34 @@ def _demo_kinds() -> tuple[Kind, ...]:
 # the question spelled ("Earth"; lowercase now takes every training question with one: `names_first`)
 # and the one-word answers grew into sentences ("The piano has black and white keys."), so they take
 # 10 more prompts, up to the round's 200.
-TRAIN_COUNTS = {"lowercase": 32, "uppercase": 48, "bullets": 12, "one_word": 18, "word_limit": 8, "end_phrase": 18,
-                "no_comma": 12, "only_number": 16, "quotation": 12, "title": 8, "start_phrase": 16}
+#
+# The capital-letter misses held out, in every round measured, were open questions ("Explain what
+# a computer does." -> "A computer is a device that stores information.", "Explain why learning
+# history is useful." -> "learning history makes you wiser."), and so were the word-limit misses
+# ("Describe a big city." in 16 words for "under 15"). The kinds that take short and open questions
+# alike drew from 48 short and 16 open training questions, so 10 of the 48 capital-letter prompts
+# were open, against 6 of 8 held out (held out has 8 of each). Asking three in four of the case
+# prompts in IFEval's phrasing (all the misses were in it; it is also where the open questions
+# fell) changed nothing: the same two misses, word for word. With every such kind drawing half its
+# questions from the open ones (16 more, TRAIN_OPEN_MORE), capital letters and the word limit
+# reached 7 and 8 of 8, but no commas fell to 4 of 8, and to 2 of 8 once the added questions' answers
+# listed things with commas: 41 training answers of the other kinds listed things with commas,
+# against 12 no-comma answers, and the student wrote "A good song has a catchy melody, a clear
+# purpose and ..." when asked for no commas.
+# So only capital letters and the word limit draw half open (TRAIN_BALANCED), the other kinds that
+# take either draw from the questions they drew from before, the added questions go to those two
+# and to the kinds that take open questions only (bullets, no commas, a title), and no commas takes
+# 4 more prompts, 2 each from the end and the start phrase (held out in the three rounds above:
+# the end phrase 8 of 8 each time, the start phrase 8, 7 and 8).
+TRAIN_BALANCED = ("uppercase", "word_limit")
+TRAIN_COUNTS = {"lowercase": 32, "uppercase": 48, "bullets": 12, "one_word": 18, "word_limit": 8, "end_phrase": 16,
+                "no_comma": 16, "only_number": 16, "quotation": 12, "title": 8, "start_phrase": 14}
 
 
 def sets() -> dict[str, list[dict[str, Any]]]:
     return {
         "train.jsonl": build("train", TRAIN_COUNTS, TRAIN_WORDS, TRAIN_NUMBER, TRAIN_OPEN, seed=1,
-                             names_first=("lowercase",)),
+                             names_first=("lowercase",), balanced=TRAIN_BALANCED, more_open=TRAIN_OPEN_MORE),
         "heldout.jsonl": build("heldout", 8, HELDOUT_SHORT, HELDOUT_NUMBER, HELDOUT_OPEN, seed=2),
         "general.jsonl": general_rows(),
         "replay.jsonl": replay_rows(),
@@ -506,7 +597,7 @@ def sets() -> dict[str, list[dict[str, Any]]]:
 
 def question_index() -> dict[str, Question]:
     """Every question of every split by its text (what the scripted teacher looks answers up in)."""
-    return {q.text: q for group in (TRAIN_WORDS, TRAIN_NUMBER, TRAIN_OPEN, HELDOUT_SHORT,
+    return {q.text: q for group in (TRAIN_WORDS, TRAIN_NUMBER, TRAIN_OPEN, TRAIN_OPEN_MORE, HELDOUT_SHORT,
                                     HELDOUT_NUMBER, HELDOUT_OPEN) for q in group}
 
 

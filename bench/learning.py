@@ -57,7 +57,10 @@ TRAIN_OPTIONS = ["--train-option", "learning_rate=7e-4", "--train-option", "batc
 # v3: an answer must also answer the question (`instruction_sets.answers_the_question`), for the
 # critique and for the judge (v2 had it for the critique only, so the judge tied every revision of a
 # compliant but wrong answer and the round dropped it).
-TEACHER = "constraint-teacher-v3"
+# v4: a prompt that names its bullet marker ('starting with "- "') is checked for it, so the teacher
+# now rewrites a '*' list there. v5: the repairs of the added open questions list with commas, so
+# their no-comma repairs show a list without them (the same prompts, new replies: v4's were cached).
+TEACHER = "constraint-teacher-v5"
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:

@@ -123,3 +123,16 @@ def test_the_case_kinds_train_on_answers_that_hold_names() -> None:
         assert sum(p.meta["question"] in named for p in prompts if p.meta["kind"] == kind) >= 4, kind
     for q in instruction_sets.TRAIN_NAMED:
         assert q.short in q.sentence, (q.short, q.sentence)  # the name, capitalised, wherever it stands
+
+
+def test_a_prompt_that_names_its_bullet_marker_is_checked_for_that_marker() -> None:
+    named = [p for name in ("train.jsonl", "heldout.jsonl", "demo-train.jsonl", "demo-heldout.jsonl")
+             for p in read_prompts(FILES / name) if 'starting with "- "' in p.text]
+    assert len(named) >= 8
+    for p in named:
+        n = p.meta["n"]
+        assert run_checks(p.checks, "\n".join(f"- point {i}" for i in range(n))).passed, p.id
+        # the demo's first training row once was a '*' list marked verified
+        assert not run_checks(p.checks, "\n".join(f"* point {i}" for i in range(n))).passed, p.id
+    example = [p for p in read_prompts(FILES / "heldout.jsonl") if "* This is point 1." in p.text]
+    assert example and all(run_checks(p.checks, "- a\n- b\n- c\n- d"[: 4 * p.meta["n"] - 1]).passed for p in example)
