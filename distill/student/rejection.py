@@ -7,9 +7,10 @@ first tokens. `StopFailing` is the decoding loop's `Rules` for such a run: each 
 `Sampling` does, and ends at its end-of-turn token or at the first token after which its text
 fails a check for good (`distill.checks.prefix.doomed`). Its row goes to the next sample at once.
 
-The stopped answer is kept as it stood, with finish_reason "failed" and the check it failed, so
-rejected.jsonl still shows why the sample was dropped. A sample that passes is decoded to its end
-exactly as before: the check is only consulted, never used to steer a token.
+The stopped answer is kept as it stood, with finish_reason "failed"; it fails its check as it
+stands, so self-training's own run of the checks names the failure in rejected.jsonl. A sample
+that passes is decoded to its end exactly as before: the check is only consulted, never used to
+steer a token.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class StopFailing:
         self.sampling, self.eos, self.tokenizer = sampling, set(eos_ids), tokenizer
         self.checks = {owner: c for owner, c in checks.items() if decidable(c)}
         self.tokens: dict[Hashable, list[int]] = {}
-        self.failed: dict[Hashable, str] = {}  # owner -> the check its prefix failed
+        self.failed: set[Hashable] = set()  # the owners stopped because their prefix was doomed
 
     def pick(self, owners: Sequence[Hashable], logits: Any) -> Any:
         return self.sampling.pick(logits)
@@ -45,9 +46,8 @@ class StopFailing:
             return False
         tokens = self.tokens.setdefault(owner, [])
         tokens.append(token)
-        failed = doomed(checks, self.tokenizer.decode(tokens, skip_special_tokens=True))
-        if failed is None:
+        if doomed(checks, self.tokenizer.decode(tokens, skip_special_tokens=True)) is None:
             return False
-        self.failed[owner] = failed
+        self.failed.add(owner)
         del self.tokens[owner]
         return True
