@@ -253,3 +253,23 @@ def test_verified_positives_are_kept_by_default_and_can_be_turned_off(tmp_path) 
     off = RunConfig(name="off", runs_dir=tmp_path, stages=("facts",), verified_positives=False)
     critique_answers(off, answers, teacher=ScriptedTeacher(script))
     assert not (off.run_dir / "sft.jsonl").read_text()
+
+
+def test_a_positive_cut_at_the_token_limit_is_trained_without_an_end_of_turn(tmp_path) -> None:
+    # the student's answer stopped at its token limit mid-sentence; it passes its check and the
+    # teacher accepts it: trained with an end-of-turn token there, the student learns to stop mid-sentence
+    from distill.training.examples import parse_example
+
+    [cut] = answer_rows({"fix": "6 x 7 = 42, because six sevens"})
+    cfg = RunConfig(name="r", runs_dir=tmp_path, stages=("facts",))
+    critique_answers(cfg, [{**cut, "finish_reason": "length"}], teacher=ScriptedTeacher(script))
+    [revision] = read(cfg.run_dir / "revisions.jsonl")
+    assert revision["original_finish_reason"] == "length"
+    [row] = read(cfg.run_dir / "sft.jsonl")
+    assert row["meta"]["positive"] == "verified" and row["ends"] is False
+    assert parse_example(row).ends is False
+    whole = RunConfig(name="whole", runs_dir=tmp_path, stages=("facts",))
+    critique_answers(whole, [{**cut, "finish_reason": "stop"}], teacher=ScriptedTeacher(script))
+    [row] = read(whole.run_dir / "sft.jsonl")
+    assert "ends" not in row and parse_example(row).ends
+    assert "original_finish_reason" not in read(whole.run_dir / "revisions.jsonl")[0]

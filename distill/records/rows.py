@@ -77,6 +77,8 @@ class Revision:
     original: str
     teacher: str
     reference: Any = None
+    # how the original answer ended, where it did not end its turn ("length": cut at the token limit)
+    original_finish_reason: str | None = None
     # status "ok"
     revision: str | None = None
     verdict: str | None = None
@@ -105,6 +107,8 @@ class Revision:
             row.update(reason=self.reason, detail=self.detail, failed_stage=self.failed_stage, teacher=self.teacher)
         if self.reference is not None:
             row["reference"] = self.reference
+        if self.original_finish_reason is not None:
+            row["original_finish_reason"] = self.original_finish_reason
         return row
 
     @classmethod
@@ -121,14 +125,16 @@ class SftRow:
     text: str
     meta: dict[str, Any]
     parent: str  # the id of the row it was made from (an answer or a revision): with `text`, its id
+    ends: bool = True  # False: the text was cut at a token limit, trained without an end-of-turn token
 
     @property
     def id(self) -> str:
         return "s-" + content_hash([self.parent, self.text])
 
     def to_row(self) -> dict[str, Any]:
-        return {"id": self.id, "prompt": _messages(self.prompt), "completion": _assistant(self.text),
-                "meta": dict(self.meta)}
+        row = {"id": self.id, "prompt": _messages(self.prompt), "completion": _assistant(self.text),
+               "meta": dict(self.meta)}
+        return row if self.ends else {**row, "ends": False}
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,8 @@ async def revise_one(answer: Mapping[str, Any], chain: tuple[Principle, ...], te
     messages = [dict(m) for m in answer["messages"]]
     current, critiques, last_finish = answer["answer"], [], None
     base = Revision(id=rid, answer_id=answer["id"], prompt_id=answer["prompt_id"], round=round_, status="ok",
-                    messages=messages, original=answer["answer"], teacher=tkey, reference=answer.get("reference"))
+                    messages=messages, original=answer["answer"], teacher=tkey, reference=answer.get("reference"),
+                    original_finish_reason=_cut(answer))
     try:
         for index, principle in enumerate(chain):
             text_in = current
@@ -119,6 +120,12 @@ async def revise_one(answer: Mapping[str, Any], chain: tuple[Principle, ...], te
         base, revision=current, verdict=verdict, finish_reason=last_finish, stages=[c.id for c in critiques],
         principles=[p.name for p in chain], template_ids=sorted({t for c in critiques for t in c.template_ids})),
         critiques)
+
+
+def _cut(answer: Mapping[str, Any]) -> str | None:
+    """How an answer ended where it did not end its turn (None for "stop", and for rows that do not say)."""
+    reason = answer.get("finish_reason")
+    return None if reason in (None, "stop") else str(reason)
 
 
 def _failed(base: Revision, reason: str, detail: str, stage: int) -> Revision:
