@@ -251,6 +251,10 @@ def test_completion_losses_match_full_logits_and_do_not_depend_on_batch_size(tin
         assert n == m == int(keep.sum()) == enc.completion_tokens
         assert a == pytest.approx(reference, rel=1e-4) and b == pytest.approx(reference, rel=1e-4), e.id
     assert completion_nll(tiny, examples) == pytest.approx(sum(a for a, _ in by_one) / sum(n for _, n in by_one))
+    # batches go by length (the long example first here), and each value comes back in its example's place
+    backwards = completion_losses(tiny, examples[::-1], batch_size=4)[::-1]
+    assert [n for _, n in backwards] == [n for _, n in by_one]
+    assert [a for a, _ in backwards] == pytest.approx([a for a, _ in by_one], rel=1e-4)
 
 
 def test_mean_kl_is_zero_against_itself_and_positive_against_a_trained_adapter(tiny: Student, trained,

@@ -67,9 +67,10 @@ def _plain(value: Any) -> Any:
 
 def answers_of(student: Student | ServedStudent, prompts: Sequence[Prompt], max_new_tokens: int,
                batch_size: int = ANSWER_BATCH) -> list[str]:
-    """Greedy answers, `batch_size` prompts generated together."""
+    """Greedy answers, `batch_size` prompts generated together, with the `answer` progress bar (the
+    gate's answers are minutes of its work on a CPU)."""
     return [a.text for a in student.answer(prompts, GenerationParams(max_new_tokens=max_new_tokens),
-                                           batch_size=batch_size)]
+                                           batch_size=batch_size, progress=True)]
 
 
 def check_results(prompts: Sequence[Prompt], current: Sequence[str],
@@ -175,13 +176,13 @@ def mean_kl(current: Student, new: Student, examples: Sequence[Any], batch_size:
     """Mean per-token KL(current || new) over the completion positions of `examples`."""
     import torch
 
-    from distill.training.examples import completion_logits, encode, summed_kl
+    from distill.training.examples import by_length, completion_logits, encode, summed_kl
 
     encoded = [encode(e, current) for e in examples]
     total, count = 0.0, 0
     with torch.inference_mode():
-        for start in range(0, len(encoded), batch_size):
-            batch = encoded[start:start + batch_size]
+        for rows in by_length(encoded, batch_size):
+            batch = [encoded[i] for i in rows]
             cur_logits, new_logits = (completion_logits(s, batch)[0] for s in (current, new))
             total += float(summed_kl(cur_logits, new_logits))
             count += cur_logits.shape[0]
