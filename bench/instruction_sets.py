@@ -274,6 +274,49 @@ HELDOUT_OPEN = [
     O("What makes a good song?", "A good song has a catchy melody and meaningful words.",
       "A catchy melody", "Meaningful lyrics", "A steady rhythm", "Emotion in the voice"),
 ]
+# Eight more of each on the same topics: held out has 16 prompts of every kind, so that one prompt
+# is 6 points of a kind's pass rate, not 12.5 (the first 8 of each kind are the set as it was).
+HELDOUT_SHORT_MORE = [
+    Q("What is the natural satellite of Earth called?", "Moon", "The Moon is the natural satellite of Earth."),
+    Q("What is the largest ocean on Earth?", "Pacific", "The Pacific is the largest ocean on Earth."),
+    Q("What is the longest river in South America?", "Amazon", "The Amazon is the longest river in South America."),
+    Q("What is the capital city of France?", "Paris", "Paris is the capital city of France."),
+    Q("What machine puts words from a computer onto paper?", "Printer", "A printer puts words from a computer onto paper."),
+    Q("What do painters paint on?", "Canvas", "Painters paint on a canvas."),
+    Q("What is the currency of the United Kingdom?", "Pound", "The currency of the United Kingdom is the pound."),
+    Q("What do we call a scientist who studies the stars?", "Astronomer",
+      "A scientist who studies the stars is an astronomer."),
+]
+HELDOUT_NUMBER_MORE = [
+    N("How many days does Earth take to go around the Sun?", 365, "Earth takes 365 days to go around the Sun."),
+    N("How many oceans are there on Earth?", 5, "There are 5 oceans on Earth."),
+    N("What is 20 plus 30?", 50, "20 plus 30 is 50."),
+    N("How many keys does a standard piano have?", 88, "A standard piano has 88 keys."),
+    N("What is 9 times 5?", 45, "9 times 5 is 45."),
+    N("How many minutes are in one hour?", 60, "There are 60 minutes in one hour."),
+    N("How many cents are in a quarter?", 25, "There are 25 cents in a quarter."),
+    N("What is 50 minus 8?", 42, "50 minus 8 is 42."),
+]
+HELDOUT_OPEN_MORE = [
+    O("Describe the planet Mars.", "Mars is a cold red planet with dusty deserts and tall volcanoes.",
+      "It looks red from iron dust", "It is colder than Earth", "It has the tallest volcano", "It has two small moons"),
+    O("Why do people travel to other countries?", "People travel abroad to see new places and learn other cultures.",
+      "They see famous places", "They taste new food", "They learn about other cultures", "They rest from daily work"),
+    O("Explain how a bank helps people.", "A bank keeps money safe, lends money and pays interest on savings.",
+      "It keeps money safe", "It lends money for homes", "It pays interest on savings", "It lets people pay by card"),
+    O("Describe an old castle.", "An old castle has thick stone walls, tall towers and a moat.",
+      "It has thick stone walls", "Tall towers rise above it", "A moat surrounds it",
+      "Kings and knights once lived there"),
+    O("Why are smartphones popular?", "Smartphones are popular because they call, take photos and browse the web.",
+      "They fit in a pocket", "They take good photos", "They connect people anywhere", "They run many useful apps"),
+    O("Describe a famous painting.", "A famous painting has rich colors, skilled brushwork and a memorable subject.",
+      "It hangs in a museum", "Its colors are rich", "Its subject is memorable", "Many people visit to see it"),
+    O("Explain why the Moon changes shape.", "The Moon seems to change shape as the Sun lights different parts of it.",
+      "The Moon reflects sunlight", "Half of it is always lit", "We see different parts of the lit half",
+      "The cycle takes about a month"),
+    O("What makes a good map?", "A good map is clear, accurate and has a legend and a scale.",
+      "It shows places accurately", "It has a clear legend", "It has a scale", "It is easy to read"),
+]
 
 
 # ---------------------------------------------------------------- the instructions
@@ -402,12 +445,13 @@ def _pool(fits: str, short: list[Question], number: list[Question], open_: list[
 def build(split: str, per_kind: int | dict[str, int], short: list[Question], number: list[Question],
           open_: list[Question], seed: int, kinds: tuple[Kind, ...] = KINDS,
           names_first: tuple[str, ...] = (), balanced: tuple[str, ...] = (),
-          more_open: list[Question] | None = None) -> list[dict[str, Any]]:
+          more_open: list[Question] | None = None, start: int = 1) -> list[dict[str, Any]]:
     """`per_kind` prompts of every kind (a number, or one per kind name) over the split's questions,
     each with its check and meta; the kinds in `names_first` draw first the questions that spell a
     name with a capital letter (`spells_a_name`). The kinds in `balanced` (of those that fit short
     and open questions alike) draw half of their questions from each, as the held-out set has them;
-    `more_open` questions are drawn only by those and by the kinds that take open questions alone."""
+    `more_open` questions are drawn only by those and by the kinds that take open questions alone.
+    Ids count from `start`."""
     rng = random.Random(seed)
     rows = []
     for kind in kinds:
@@ -424,7 +468,7 @@ def build(split: str, per_kind: int | dict[str, int], short: list[Question], num
             phrase = {"end_phrase": rng.choice(END_PHRASES), "start_phrase": rng.choice(START_PHRASES)}.get(kind.name)
             phrasing = kind.phrasings[i % len(kind.phrasings)]
             prompt = phrasing.format(q=question.text, n=n, p=phrase)
-            rows.append({"id": f"{split}-{kind.name}-{i + 1:02d}", "prompt": prompt,
+            rows.append({"id": f"{split}-{kind.name}-{i + start:02d}", "prompt": prompt,
                          "reference": check_of(kind.name, n, phrase, named_marker(phrasing)),
                          "meta": {"kind": kind.name, "question": question.text,
                                   **({"n": n} if n is not None else {}), **({"phrase": phrase} if phrase else {})}})
@@ -576,16 +620,27 @@ def _demo_kinds() -> tuple[Kind, ...]:
 # and to the kinds that take open questions only (bullets, no commas, a title), and no commas takes
 # 4 more prompts, 2 each from the end and the start phrase (held out in the three rounds above:
 # the end phrase 8 of 8 each time, the start phrase 8, 7 and 8).
+#
+# Then held out grew to 16 prompts a kind (one prompt 6 points, not 12.5), and the capital letters
+# were found underfit, not confused: after the round the capital-letter training answers still cost
+# 0.49 nats a token under the tuned student, the lowercase ones 0.13 (the tokenizer splits capitals
+# into rare pieces), and the misses broke case within their first two tokens ("A Computer ...",
+# "mars is ..."). Asking every capital-letter question in lowercase too, in the same phrasing, left
+# capital letters at 10 of 16. 64 capital-letter prompts (half open) brought them to 13 of 16, and
+# no commas at 22 prompts (they listed with commas at 16) to 15 of 16; the 20 rows came from the
+# kinds at 16 of 16 (the end and start phrases, quotation marks), "only a number" and one word.
 TRAIN_BALANCED = ("uppercase", "word_limit")
-TRAIN_COUNTS = {"lowercase": 32, "uppercase": 48, "bullets": 12, "one_word": 18, "word_limit": 8, "end_phrase": 16,
-                "no_comma": 16, "only_number": 16, "quotation": 12, "title": 8, "start_phrase": 14}
+TRAIN_COUNTS = {"lowercase": 30, "uppercase": 64, "bullets": 12, "one_word": 14, "word_limit": 12, "end_phrase": 10,
+                "no_comma": 22, "only_number": 12, "quotation": 8, "title": 8, "start_phrase": 8}
 
 
 def sets() -> dict[str, list[dict[str, Any]]]:
     return {
         "train.jsonl": build("train", TRAIN_COUNTS, TRAIN_WORDS, TRAIN_NUMBER, TRAIN_OPEN, seed=1,
                              names_first=("lowercase",), balanced=TRAIN_BALANCED, more_open=TRAIN_OPEN_MORE),
-        "heldout.jsonl": build("heldout", 8, HELDOUT_SHORT, HELDOUT_NUMBER, HELDOUT_OPEN, seed=2),
+        "heldout.jsonl": _by_kind(build("heldout", 8, HELDOUT_SHORT, HELDOUT_NUMBER, HELDOUT_OPEN, seed=2)
+                                  + build("heldout", 8, HELDOUT_SHORT_MORE, HELDOUT_NUMBER_MORE, HELDOUT_OPEN_MORE,
+                                          seed=5, start=9)),
         "general.jsonl": general_rows(),
         "replay.jsonl": replay_rows(),
         "demo-train.jsonl": build("demo-train", 16, TRAIN_SHORT, TRAIN_NUMBER, TRAIN_OPEN, seed=3,
@@ -595,10 +650,17 @@ def sets() -> dict[str, list[dict[str, Any]]]:
     }
 
 
+def _by_kind(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with each kind's together, in the kinds' order (a stable sort keeps ids in order)."""
+    order = {kind.name: i for i, kind in enumerate(KINDS)}
+    return sorted(rows, key=lambda r: order[r["meta"]["kind"]])
+
+
 def question_index() -> dict[str, Question]:
     """Every question of every split by its text (what the scripted teacher looks answers up in)."""
     return {q.text: q for group in (TRAIN_WORDS, TRAIN_NUMBER, TRAIN_OPEN, TRAIN_OPEN_MORE, HELDOUT_SHORT,
-                                    HELDOUT_NUMBER, HELDOUT_OPEN) for q in group}
+                                    HELDOUT_NUMBER, HELDOUT_OPEN, HELDOUT_SHORT_MORE, HELDOUT_NUMBER_MORE,
+                                    HELDOUT_OPEN_MORE) for q in group}
 
 
 def set_text(rows: list[dict[str, Any]]) -> str:
