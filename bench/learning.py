@@ -13,8 +13,8 @@ follows the instruction; its judge prefers the answer that passes and answers. E
         --replay prompts/instructions/replay.jsonl --general prompts/instructions/general.jsonl ...
 
 with the real SmolLM2-135M student, real LoRA training with replay, and the real gate. Then it
-prints the held-out pass rate (16 prompts a kind) of the base and the tuned student for every kind, and the
-general-knowledge score (prompts/instructions/general.jsonl, plain factual questions with a
+prints the held-out pass rate (16 prompts a kind) of the base and the tuned student for every
+kind, and the general-knowledge score (prompts/instructions/general.jsonl, plain factual questions with a
 content check) of both, for forgetting.
 
     python bench/learning.py                       # writes runs/learning/, prints the tables

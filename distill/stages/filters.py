@@ -181,17 +181,13 @@ async def empty(c: Candidate, ctx: FilterContext) -> Drop | None:
 
 async def acceptable(c: Candidate, ctx: FilterContext) -> Drop | None:
     """An accepted answer is kept as a positive example when its prompt's check verifies it (or,
-    with --keep-acceptable, unverified); otherwise it is dropped, saying which case it was. An
-    answer cut at the student's token limit is trained as far as it goes, without an end-of-turn
-    token (`"ends": false`, as replay answers are): with one, the student learns to stop mid-sentence."""
+    with --keep-acceptable, unverified); otherwise it is dropped, saying which case it was."""
     if c.revision.get("verdict") != "acceptable":
         return None
     passed = c.original_passes
     if (passed is True and ctx.verified_positives) or (ctx.keep_acceptable and passed is not False):
         c.positive, c.text = True, c.original
         c.notes["positive"] = "verified" if passed else "unverified"
-        if c.revision.get("original_finish_reason") == "length":  # cut at the student's token limit
-            c.notes["ends"] = False  # its text is trained, not an end-of-turn where it was cut
         return None
     if passed is False:
         failures = run_checks(c.checks, c.original).failures
@@ -363,6 +359,9 @@ def _select(rev: Revision, filtered: Filtered | None, out: Selection) -> None:
     meta = {**ids, "round": rev.round, "teacher": rev.teacher, "template_ids": rev.template_ids,
             "source": "acceptable" if cand.positive else "revision", **cand.notes,
             "verified": cand.passes(cand.text) is True}
-    out.sft.append(SftRow(rev.messages, cand.text, meta, parent=rev.id, ends=cand.notes.get("ends", True)))
+    # a positive the student's token limit cut off is trained as far as it goes, without an
+    # end-of-turn token (as replay answers are): with one, the student learns to stop mid-sentence
+    cut = cand.positive and rev.original_finish_reason == "length"
+    out.sft.append(SftRow(rev.messages, cand.text, meta, parent=rev.id, ends=not cut))
     if not cand.positive:
         out.prefs.append(PrefRow(rev.messages, cand.text, cand.original, meta, parents=(rev.id, cand.text)))
