@@ -427,15 +427,16 @@ def evaluate(prompts: Prompts, adapter: PathLike | None, *, against: PathLike | 
              student: str | None = None, judge: bool | None = None, revisions: PathLike | None = None,
              replay: PathLike | None = None, policy: Policy | Mapping[str, Any] | None = None,
              max_new_tokens: int | None = None, columns: Any = None, served: Any = None,
-             general: PathLike | None = None) -> EvalResult:
+             general: PathLike | None = None, logprob_rows: int | None = None) -> EvalResult:
     """Compare the student with `adapter` against the current student (`against`, default the base) on
     held-out `prompts` and apply the gate, as `distill eval` does. `judge` (default: [run] judge) asks the
     configured teacher's pairwise judge too. When the adapter was trained with a tracker
     (`report_to`), the gate's metrics are logged to it as well. `served` (from
     `distill.teachers.served_student.connect_pair`) takes both students' held-out answers from a server.
-    `general`: prompts with a reference whose pass rate must not fall (the gate's `max_general_drop`)."""
-    from distill.evaluation.config import RoundsConfig
-    from distill.evaluation.evaluate import evaluate as compare, read_general
+    `general`: prompts with a reference whose pass rate must not fall (the gate's `max_general_drop`).
+    `logprob_rows` (default: [run] logprob_rows): the held-out rows fidelity and KL are measured on."""
+    from distill.evaluation.config import RoundsConfig, check_logprob_rows
+    from distill.evaluation.evaluate import evaluate as compare, logprob_rows_for, read_general
     from distill.evaluation.gate import decide
     from distill.stages.round import open_round_teacher
     from distill.stages.templates import load_prompt_set
@@ -447,16 +448,18 @@ def evaluate(prompts: Prompts, adapter: PathLike | None, *, against: PathLike | 
     revision_rows = read_examples(revisions) if revisions else []
     replay_rows = read_examples(replay, source="replay") if replay else []
     general_prompts = read_general(general) if general else []
-    settings = resolve_options((RoundsConfig,), "run", {"judge": judge, "eval_max_new_tokens": max_new_tokens})[0]
+    settings = resolve_options((RoundsConfig,), "run", {"judge": judge, "eval_max_new_tokens": max_new_tokens,
+                                                         "logprob_rows": logprob_rows})[0]
     use_judge = settings.get("judge", default_of(RoundsConfig, "judge"))
     limit = settings.get("eval_max_new_tokens", default_of(RoundsConfig, "eval_max_new_tokens"))
+    rows = check_logprob_rows(settings.get("logprob_rows", default_of(RoundsConfig, "logprob_rows")))
     gate = policy_of(policy)  # checked before any model loads
     current = Student.load(student, adapter=against)
     new = Student.load(student, adapter=adapter)
     teacher = open_round_teacher(None)[0] if use_judge else None
     result = compare(current, new, given, teacher=teacher, prompt_set=load_prompt_set() if teacher else None,
                      revisions=revision_rows, replay=replay_rows, max_new_tokens=limit, served=served,
-                     general=general_prompts)
+                     general=general_prompts, logprob_rows=logprob_rows_for(gate, rows))
     decision = decide(result.metrics, gate)
     if adapter is not None:
         log_gate(Path(adapter), result.to_dict()["metrics"], decision.promote)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill.evaluation.evaluate import evaluate
+from distill.evaluation.evaluate import evaluate, logprob_rows_for, mean_kl, spread
 from distill.evaluation.gate import Interval, Policy, bootstrap_ci, decide
 from distill.records.prompts import parse_prompt
 from distill.stages.templates import load_prompt_set
@@ -82,6 +82,30 @@ def test_a_general_set_without_references_is_refused_by_name(tmp_path: Path) -> 
         read_general(plain)
 
 
+def test_spread_takes_evenly_spaced_rows_or_all_of_them() -> None:
+    rows = list(range(10))
+    assert spread(rows, 5) == [0, 2, 4, 6, 8]
+    assert spread(rows, 3) == [0, 3, 6]
+    assert spread(rows, 0) == rows and spread(rows, 10) == rows and spread(rows, 64) == rows
+
+
+def test_fidelity_and_kl_use_every_row_when_the_gate_decides_on_them() -> None:
+    assert logprob_rows_for(Policy(), 64) == 64
+    assert logprob_rows_for(Policy(primary="fidelity"), 64) == 0
+    assert logprob_rows_for(Policy(max_kl=0.5), 64) == 0
+
+
+def test_a_negative_logprob_rows_is_refused_by_name(tmp_path: Path, capsys) -> None:
+    import json
+
+    from distill.cli import main
+
+    held = tmp_path / "heldout.jsonl"
+    held.write_text("".join(json.dumps(p.to_row()) + "\n" for p in HELD_OUT), encoding="utf-8")
+    assert main(["eval", str(held), "--adapter", str(tmp_path), "--no-judge", "--logprob-rows", "-1"]) != 0
+    assert "--logprob-rows -1: expected 0 (every held-out row) or a positive count" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- with real (tiny) models
 
 HELD_OUT = [parse_prompt({"id": f"h{i}", "prompt": f"Held-out question {i}: is water wet?", "reference": "yes"})
@@ -136,6 +160,22 @@ def test_the_gate_promotes_a_better_adapter(peaked_model_dir: Path, yes_adapter:
     assert result.metrics["forgetting"]["kl"] > 0
     assert decide(result.metrics, Policy(primary="checks")).promote
     assert decide(result.metrics, Policy(primary="judge")).promote
+
+
+def test_fidelity_and_kl_are_measured_on_logprob_rows_spread_through_the_held_out_set(
+        peaked_model_dir: Path, yes_adapter: Path) -> None:
+    from distill.training.examples import Example
+
+    base, better = Student.load(peaked_model_dir), Student.load(peaked_model_dir, adapter=yes_adapter)
+    revisions = [Example(id=p.id, prompt=tuple(p.messages), completion=f"yes, number {i} is") for i, p in enumerate(HELD_OUT)]
+    every = evaluate(base, better, HELD_OUT, revisions=revisions, max_new_tokens=6)
+    some = evaluate(base, better, HELD_OUT, revisions=revisions, max_new_tokens=6, logprob_rows=3)
+    assert every.metrics["fidelity"]["delta"].n == 8 and every.metrics["forgetting"]["kl_rows"] == 8
+    assert some.metrics["fidelity"]["delta"].n == 3 and some.metrics["forgetting"]["kl_rows"] == 3
+    own = [Example(id=p.id, prompt=tuple(p.messages), completion=row["current"])
+           for p, row in zip(HELD_OUT, every.rows)]
+    assert some.metrics["forgetting"]["kl"] == pytest.approx(mean_kl(base, better, [own[0], own[2], own[5]]))
+    assert some.metrics["checks"] == every.metrics["checks"]  # the answers and their checks cover every row
 
 
 def test_the_gate_refuses_a_worse_adapter(peaked_model_dir: Path, yes_adapter: Path, noise_adapter: Path) -> None:

@@ -44,7 +44,8 @@ def test_two_rounds_promote_then_refuse_and_report(loopback_teacher, peaked_mode
     args = ["run", str(train), "--name", "multi", "--runs-dir", str(tmp_path / "runs"), "--student",
             str(peaked_model_dir), "--max-new-tokens", "6", "--chain", "quick", "--rounds", "3",
             "--heldout", str(heldout), "--eval-max-new-tokens", "6", "--max-nll-increase", "100",
-            "--train-option", "learning_rate=0.01", "--train-option", "epochs=4", "--dedup-threshold", "0"]
+            "--train-option", "learning_rate=0.01", "--train-option", "epochs=4", "--dedup-threshold", "0",
+            "--logprob-rows", "5"]
     assert main(args) == 0
     captured = capsys.readouterr()
     out = captured.out
@@ -57,6 +58,8 @@ def test_two_rounds_promote_then_refuse_and_report(loopback_teacher, peaked_mode
     assert [r["decision"]["promote"] for r in state["rounds"]] == [True, False]
     first, second = state["rounds"]
     assert first["metrics"]["checks"]["delta"]["low"] > 0 and first["metrics"]["checks"]["new_pass_rate"] == 1.0
+    assert first["metrics"]["checks"]["delta"]["n"] == 8  # the checks cover every held-out prompt...
+    assert first["metrics"]["fidelity"]["delta"]["n"] == 5 and first["metrics"]["forgetting"]["kl_rows"] == 5  # ...these not
     assert "no new training example survived the filters in round 2" in second["decision"]["reasons"][0]
     assert state["best_adapter"] == str(root / "round-1" / "adapter")
     assert second["rejected"].get("unchanged", 0) + second["rejected"].get("judge", 0) == 24

@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--against-model", default=None, metavar="NAME",
                    help="with --engine server: the served model of the current student (--against, or the base); "
                         "--student-model names the new adapter's (default: the one with the weight hashes expected)")
-    add_options(p, RoundsConfig, only=("judge", "eval_max_new_tokens", "general"),
+    add_options(p, RoundsConfig, only=("judge", "eval_max_new_tokens", "general", "logprob_rows"),
                 flags={"eval_max_new_tokens": "--max-new-tokens"})
     add_policy_args(p)
     add_config_arg(p)
@@ -76,7 +76,7 @@ def run_eval(args: argparse.Namespace) -> int:
                           revisions=args.revisions, replay=args.replay, general=args.general,
                           policy=given(args, Policy),
                           max_new_tokens=args.eval_max_new_tokens, columns=source_columns(args),
-                          served=served_pair(args))
+                          served=served_pair(args), logprob_rows=args.logprob_rows)
     data = result.to_dict()
     for name, metric in data["metrics"].items():
         shown = {k: (f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}] n={v['n']}" if isinstance(v, dict) else v)

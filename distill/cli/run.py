@@ -76,7 +76,7 @@ def _rounds(p: argparse.ArgumentParser) -> None:
     r.add_argument("--train-option", action="append", default=[], metavar="FIELD=VALUE",
                    help="a training option (TrainConfig field), e.g. --train-option epochs=2; repeatable; "
                         "over [train] in distill.toml")
-    add_options(r, RoundsConfig, only=("methods", "judge", "eval_max_new_tokens"))
+    add_options(r, RoundsConfig, only=("methods", "judge", "eval_max_new_tokens", "logprob_rows"))
     add_policy_args(p)
 
 

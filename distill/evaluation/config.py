@@ -32,6 +32,12 @@ class RoundsConfig:
                                       "on the round's pairs from the SFT adapter (e.g. sft,dpo)",
                                       metavar="METHOD[,METHOD]")
     eval_max_new_tokens: int = option(128, help="answer length for the evaluation")
+    logprob_rows: int = option(
+        64, metavar="N", help="held-out rows the fidelity and the KL are measured on, spread evenly through the "
+                              "file (0: all); all of them whenever the gate decides on these metrics "
+                              "(--primary fidelity, --max-kl)")
+    """Each row costs a forward pass of both students: on 176 held-out prompts the fidelity and the KL took
+    2.5 of a learning round's 12.7 minutes (bench/learning.py), and neither decides by default."""
     judge: bool = option(True, flag="--no-judge", help="evaluate without the pairwise judge (no teacher calls)")
     replay: Path | None = option(
         None, metavar="FILE", default_text="the base answers to --heldout measure forgetting",
@@ -50,3 +56,13 @@ class RoundsConfig:
         if not valid:
             raise ConfigError(f"--methods {','.join(methods)}: expected sft, dpo, kto, sft,dpo or sft,kto (a "
                               "preference method runs after SFT, on the round's pairs)")
+        check_logprob_rows(self.logprob_rows)
+
+
+def check_logprob_rows(rows: int) -> int:
+    """`rows` when it is a valid `--logprob-rows`; a ConfigError otherwise."""
+    from distill.errors import ConfigError
+
+    if rows < 0:
+        raise ConfigError(f"--logprob-rows {rows}: expected 0 (every held-out row) or a positive count")
+    return rows

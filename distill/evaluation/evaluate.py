@@ -12,6 +12,10 @@ of paired per-prompt differences (new minus current) with a 95% bootstrap interv
   model is closer to the teacher).
 - `forgetting`: the relative rise in per-token NLL on a replay/general set, and the mean
   per-token KL(current || new) on the current model's own held-out answers.
+
+Fidelity and KL cost a forward pass of both students per row and decide nothing by default, so they
+are measured on `logprob_rows` held-out rows spread evenly through the file (every row where the
+gate's policy reads them: `logprob_rows_for`).
 - `general`: where general prompts with a reference are given (`--general`), both students'
   pass rates on them and the `drop` (current minus new): whether answers outside the trained
   task stay right, which the NLL of the base's answers does not tell.
@@ -26,12 +30,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, TypeVar
 
 from distill.checks.reference import run_checks
 from distill.config import default_of
 from distill.evaluation.config import RoundsConfig
-from distill.evaluation.gate import Interval, bootstrap_ci
+from distill.evaluation.gate import Interval, Policy, bootstrap_ci
 from distill.records.prompts import Prompt
 from distill.stages.accounting import Ledger
 from distill.stages.protocol import ProtocolFailure, Settings, judge_both_orders
@@ -42,6 +46,8 @@ from distill.teachers.base import Teacher
 from distill.teachers.served_student import ServedStudent
 from distill.teachers.stack import TeacherHandle
 
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -164,6 +170,19 @@ def per_example_nll(student: Student, examples: Sequence[Any]) -> list[float]:
     return [total / max(count, 1) for total, count in completion_losses(student, examples)]
 
 
+def spread(items: Sequence[T], count: int) -> list[T]:
+    """`count` of `items`, evenly spaced through them, the same on every run (all of them when `count` is 0
+    or not below their number): a held-out file's kinds keep their shares."""
+    if count <= 0 or len(items) <= count:
+        return list(items)
+    return [items[i * len(items) // count] for i in range(count)]
+
+
+def logprob_rows_for(policy: Policy, rows: int) -> int:
+    """The held-out rows to measure fidelity and KL on: `rows`, or every one (0) when `policy` reads them."""
+    return 0 if policy.reads_logprobs() else rows
+
+
 def fidelity_metric(current: Student, new: Student, revisions: Sequence[Any]) -> dict[str, Any] | None:
     if not revisions:
         return None
@@ -198,7 +217,7 @@ def forgetting_metric(current: Student, new: Student, replay: Sequence[Any],
         cur, nxt = completion_nll(current, replay), completion_nll(new, replay)
         out.update(current_nll=cur, new_nll=nxt, nll_increase=nxt / cur - 1 if cur > 0 else 0.0)
     if own_answers:
-        out["kl"] = mean_kl(current, new, own_answers)
+        out.update(kl=mean_kl(current, new, own_answers), kl_rows=len(own_answers))
     return out
 
 
@@ -208,13 +227,14 @@ def evaluate(current: Student, new: Student, prompts: Sequence[Prompt], *, teach
              teacher_identity: Mapping[str, Any] | None = None,
              served: tuple[ServedStudent, ServedStudent] | None = None,
              general: Sequence[Prompt] = (), batch_size: int = ANSWER_BATCH,
-             current_answers: Sequence[str] | None = None) -> Evaluation:
+             current_answers: Sequence[str] | None = None, logprob_rows: int = 0) -> Evaluation:
     """Compare `new` against `current` on held-out `prompts` (see the module docstring). A
     `teacher` opened by `distill.teachers.stack.open_teacher` is closed once the judge is done.
     With `served` (the current and the new student as a server serves them, `--engine server`)
     the held-out answers come from the server; the log-probabilities are the local models'.
     `current_answers`: the current student's greedy answers to `prompts` where the caller has them
-    (`max_new_tokens` long at most), instead of generating them again."""
+    (`max_new_tokens` long at most), instead of generating them again. `logprob_rows`: how many held-out
+    rows (`spread`) fidelity and KL are measured on, 0 for all."""
     from distill.training.examples import Example
 
     result = Evaluation()
@@ -235,11 +255,11 @@ def evaluate(current: Student, new: Student, prompts: Sequence[Prompt], *, teach
         if teacher_identity is not None and dict(teacher.identity()) == dict(teacher_identity):
             result.warnings.append("the judge is the same model as the teacher that wrote the training data: "
                                    "its preferences are what the student was trained to please")
-    fidelity = fidelity_metric(current, new, revisions)
+    fidelity = fidelity_metric(current, new, spread(revisions, logprob_rows))
     if fidelity:
         result.metrics["fidelity"] = fidelity
     own = [Example(id=p.id, prompt=tuple(p.messages), completion=a) for p, a in zip(prompts, cur_answers)]
-    result.metrics["forgetting"] = forgetting_metric(current, new, replay, own)
+    result.metrics["forgetting"] = forgetting_metric(current, new, replay, spread(own, logprob_rows))
     kept, result.general_rows = general_metric(cur_answerer, new_answerer, general, max_new_tokens, batch_size)
     if kept:
         result.metrics["general"] = kept

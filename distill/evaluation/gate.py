@@ -68,6 +68,10 @@ class Policy:
     max_general_drop: float = option(0.025, help="allowed fall in the pass rate on the --general prompts "
                                                  "(0.025: one prompt in 40)")
 
+    def reads_logprobs(self) -> bool:
+        """Whether the decision reads the fidelity or the KL, the metrics measured on log-probabilities."""
+        return self.primary == "fidelity" or self.max_kl is not None
+
 
 @dataclass
 class Decision:

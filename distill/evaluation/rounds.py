@@ -230,7 +230,7 @@ def _evaluate(config: RoundsConfig, number: int, current: str | None, adapter: P
               revisions: Sequence[Any], forgetting_set: Sequence[Any], round_dir: Path, *,
               judge: bool = True, general: Sequence[Prompt] = ()) -> Any:
     """Evaluate `adapter` against the current student; the judge runs when `judge` and the config allow it."""
-    from distill.evaluation.evaluate import evaluate
+    from distill.evaluation.evaluate import evaluate, logprob_rows_for
     from distill.stages.templates import load_prompt_set
     from distill.student.model import Student
 
@@ -244,7 +244,7 @@ def _evaluate(config: RoundsConfig, number: int, current: str | None, adapter: P
     result = evaluate(cur, new, heldout, teacher=teacher, prompt_set=load_prompt_set(config.run.prompts_dir),
                       revisions=revisions, replay=forgetting_set, max_new_tokens=config.eval_max_new_tokens,
                       teacher_identity=identity, general=general, batch_size=config.run.batch_size,
-                      current_answers=known)
+                      current_answers=known, logprob_rows=logprob_rows_for(config.policy, config.logprob_rows))
     write_atomic(round_dir / "eval.json", json.dumps({"round": number, "current": current or "base",
                                                       "new": str(adapter), **result.to_dict()}, indent=2) + "\n")
     write_jsonl(round_dir / "eval_rows.jsonl", ({"round": number, **row} for row in result.rows))
