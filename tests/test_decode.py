@@ -182,3 +182,16 @@ def test_prompts_that_arrive_while_rows_decode_join_the_running_batch(tiny: Any,
     prefills = [c for c in counting.calls if c[1] == c[2]]
     assert len(prefills) >= 3  # later arrivals were prefilled on their own and placed into the batch
     assert max(rows for rows, _, _ in counting.calls) <= 4  # never more than `slots` rows
+
+
+def test_a_prefix_every_prompt_shares_is_computed_once_and_the_answers_stay_the_same(tiny: Any, ends: list[int]) -> None:
+    """A chat template starts every prompt with the same system turn: the first prefill computes it
+    for one row, then every prompt's own tokens after it, and each answer is still `generate`'s."""
+    shared = [1, 2, 7, 9, 11, 13, 2, 5, 8, 6]
+    prompts = [shared + ids for ids in PROMPTS]
+    counting = Counting(tiny)
+    with torch.inference_mode():
+        got = decode(counting, prompts, slots=4, max_new_tokens=STEPS, eos_ids=ends, pad_id=PAD, trim_columns=4)
+    assert got == [alone(tiny, ids, ends) for ids in prompts]
+    own = max(len(ids) for ids in PROMPTS[:4])
+    assert counting.calls[:2] == [(1, len(shared), len(shared)), (4, own, len(shared) + own)]

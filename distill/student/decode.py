@@ -11,7 +11,8 @@ against a 64-token paragraph; on the held-out prompts of prompts/instructions th
 prefilled together (their own forward pass, the last position's logits only) and their keys and
 values are written into the freed rows of the shared cache, right-aligned at the current length
 with the columns before them masked out, so every row stays left-padded as in `generate` (several
-samples of one prompt are prefilled once, their rows copied). Rows
+samples of one prompt are prefilled once, their rows copied; a prefix all of them share, such as
+the chat template's system turn, is computed once and copied into every row). Rows
 that ended and are not refilled are dropped from the batch once no prompt waits. The numbers of
 each row are those of greedy `generate` (its position ids from the attention mask, the model's
 own causal mask from the 2D attention mask and the cache), up to the order of floating-point sums
@@ -36,6 +37,9 @@ from typing import Any, Hashable, Iterator, Protocol, Sequence
 # Refill when at least this share of the slots is free: each refill is one more forward pass (one
 # more read of the weights), so refilling one row at a time would cost a step per prompt.
 REFILL_SHARE = 8
+# A prefix at least this long that every prompt of a prefill shares is computed once (SmolLM2's chat
+# template starts every prompt with the same 24-token system turn: half of a short prompt).
+SHARED_PREFIX = 8
 # Drop the columns every row has masked out once there are this many (the cache would otherwise
 # grow by one column per step for as long as prompts keep coming).
 TRIM_COLUMNS = 256
@@ -259,20 +263,62 @@ def stream(model: Any, prompts: Sequence[Sequence[int]] | Feed, *, slots: int, m
 
 def _prefill(model: Any, prompts: Sequence[Sequence[int]], pad_id: int, cache: Any) -> tuple[_Batch, Any]:
     """A new batch of `prompts`, its cache filled by one forward pass; and its last-position logits.
-    A prompt given several times (several samples of it) is computed once and its rows copied."""
+    A prompt given several times (several samples of it) is computed once and its rows copied; a
+    prefix every distinct prompt shares (the chat template's system turn) is computed once too
+    (`_shared_prefill`)."""
     import torch
 
     distinct: dict[tuple[int, ...], int] = {}
     source = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
-    input_ids, mask = _left_padded(list(distinct), pad_id, model.device)
-    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                   use_cache=True, logits_to_keep=1).logits[:, -1]
+    unique = list(distinct)
+    shared = _shared_length(unique)
+    if shared >= SHARED_PREFIX:
+        logits, mask, positions = _shared_prefill(model, unique, shared, pad_id, cache)
+    else:
+        input_ids, mask = _left_padded(unique, pad_id, model.device)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                       use_cache=True, logits_to_keep=1).logits[:, -1]
     if len(distinct) < len(prompts):
         index = torch.tensor(source, device=mask.device)
         cache.batch_select_indices(index)
         mask, positions, logits = mask[index], positions[index], logits[index]
     return _Batch(cache, mask, positions[:, -1] + 1, [None] * len(prompts)), logits
+
+
+def _shared_length(prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all of `prompts` (two or more) have in common, leaving each at least one of its own."""
+    if len(prompts) < 2:
+        return 0
+    shortest = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for n in range(shortest):
+        if any(p[n] != first[n] for p in prompts):
+            return n
+    return max(shortest, 0)
+
+
+def _shared_prefill(model: Any, prompts: Sequence[Sequence[int]], shared: int, pad_id: int,
+                    cache: Any) -> tuple[Any, Any, Any]:
+    """Prefill `prompts` whose first `shared` tokens are the same: the prefix once (one row, copied
+    into every row of the cache), then each prompt's own tokens, left-padded after it. A row reads
+    [prefix][padding][its tokens], the padding masked out, positions counted without it: the same
+    numbers as a left-padded prompt (the masked columns are skipped wherever they sit).
+    Returns the last-position logits, the 2D mask and the position ids."""
+    import torch
+
+    device = model.device
+    prefix = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)
+    model(input_ids=prefix, attention_mask=torch.ones_like(prefix), position_ids=torch.arange(shared, device=device)[None],
+          cache=cache, use_cache=True, logits_to_keep=1)
+    cache.batch_select_indices(torch.zeros(len(prompts), dtype=torch.long, device=device))
+    own, own_mask = _left_padded([p[shared:] for p in prompts], pad_id, device)
+    own_positions = (shared + own_mask.cumsum(-1) - 1).masked_fill(own_mask == 0, 0)
+    mask = torch.cat([own_mask.new_ones((len(prompts), shared)), own_mask], dim=1)
+    logits = model(input_ids=own, attention_mask=mask, position_ids=own_positions, cache=cache,
+                   use_cache=True, logits_to_keep=1).logits[:, -1]
+    positions = torch.cat([torch.arange(shared, device=device).expand(len(prompts), shared), own_positions], dim=1)
+    return logits, mask, positions
 
 
 def _refill(model: Any, batch: _Batch, rows: Sequence[int], prompts: Sequence[Sequence[int]], pad_id: int,
