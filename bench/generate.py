@@ -9,6 +9,8 @@ tokens and greedy decoding:
 - `distill`: `Student.answer` (what `distill answer` runs) at --batch-size;
 - `distill-unpacked`: the same with `DISTILL_PACKED=0`, to show what the oneDNN-packed weights of
   `distill/student/packed.py` bring;
+- `distill-unshared`: `distill` with every prompt prefilled whole, to show what computing the prefix
+  the prompts share (the chat template's system turn, `distill/student/decode.py`) once brings;
 - `llama.cpp`: llama-cpp-python's `Llama.generate`, one prompt at a time (its high-level API, and
   what its server does with concurrent requests);
 - `llama.cpp-batched`: llama.cpp's own batched decoding at --batch-size (one `llama_decode` per step
@@ -49,10 +51,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402  (bench/machine.py)
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ("plain", "distill", "distill-unpacked", "llama.cpp", "llama.cpp-batched")
+MODES = ("plain", "distill", "distill-unpacked", "distill-unshared", "llama.cpp", "llama.cpp-batched")
 UNPACKED = ("plain", "distill-unpacked")  # run with DISTILL_PACKED=0: PyTorch's own linear layers
 LABELS = {"plain": "plain model.generate, one by one", "distill": "distill answer",
           "distill-unpacked": "distill answer, DISTILL_PACKED=0",
+          "distill-unshared": "distill answer, shared prefix prefilled per prompt",
           "llama.cpp": "llama.cpp (llama-cpp-python), one by one", "llama.cpp-batched": "llama.cpp, batched decoding"}
 
 
@@ -75,6 +78,10 @@ def worker(mode: str, args: argparse.Namespace) -> dict:
 
     from distill.student.model import GenerationParams, Student
 
+    if mode == "distill-unshared":
+        from distill.student import decode
+
+        decode.SHARED_PREFIX = 1 << 30  # no prefix is that long: every prompt is prefilled whole
     prompts = load_prompts(args.prompts)
     student = Student.load(args.student)
     params = GenerationParams(max_new_tokens=args.new_tokens)
@@ -203,7 +210,7 @@ def table(args: argparse.Namespace, modes: list[str], results: dict[str, list[di
         row, kind = rows[mode], mode.split(":")[1] if ":" in mode else "safetensors (f32)"
         kind = f"GGUF {kind}" if ":" in mode else kind
         name = mode.split(":")[0]
-        batch = args.batch_size if name in ("distill", "distill-unpacked", "llama.cpp-batched") else 1
+        batch = args.batch_size if name in ("distill", "distill-unpacked", "distill-unshared", "llama.cpp-batched") else 1
         if reference is None or mode == reference:
             same_text, prefix_text = "-", "-"
         else:
