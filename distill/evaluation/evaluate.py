@@ -13,12 +13,13 @@ of paired per-prompt differences (new minus current) with a 95% bootstrap interv
 - `forgetting`: the relative rise in per-token NLL on a replay/general set, and the mean
   per-token KL(current || new) on the current model's own held-out answers.
 
-Fidelity and KL cost a forward pass of both students per row and decide nothing by default, so they
-are measured on `logprob_rows` held-out rows spread evenly through the file (every row where the
-gate's policy reads them: `logprob_rows_for`).
 - `general`: where general prompts with a reference are given (`--general`), both students'
   pass rates on them and the `drop` (current minus new): whether answers outside the trained
   task stay right, which the NLL of the base's answers does not tell.
+
+Fidelity and KL cost a forward pass of both students per row and decide nothing by default, so they
+are measured on `logprob_rows` held-out rows spread evenly through the file (every row where the
+gate's policy reads them: `logprob_rows_for`).
 
 The gate (`distill.evaluation.gate`) turns these into a promote-or-refuse decision. With
 `--engine server` the held-out answers come from the server serving both students

@@ -239,7 +239,7 @@ def stream(model: Any, prompts: Sequence[Sequence[int]] | Feed, *, slots: int, m
             admitted = feed.take(len(free))
             if admitted:
                 if idle:
-                    batch, logits = _prefill(model, [ids for _, ids in admitted], pad_id, new_cache())
+                    batch, logits = _prefill(model, [ids for _, ids in admitted], pad_id, new_cache(), share=refill)
                     rows = list(range(len(admitted)))
                 else:
                     rows = free[:len(admitted)]
@@ -261,17 +261,18 @@ def stream(model: Any, prompts: Sequence[Sequence[int]] | Feed, *, slots: int, m
         batch.trim(trim_columns)
 
 
-def _prefill(model: Any, prompts: Sequence[Sequence[int]], pad_id: int, cache: Any) -> tuple[_Batch, Any]:
+def _prefill(model: Any, prompts: Sequence[Sequence[int]], pad_id: int, cache: Any,
+             share: bool = True) -> tuple[_Batch, Any]:
     """A new batch of `prompts`, its cache filled by one forward pass; and its last-position logits.
-    A prompt given several times (several samples of it) is computed once and its rows copied; a
-    prefix every distinct prompt shares (the chat template's system turn) is computed once too
-    (`_shared_prefill`)."""
+    A prompt given several times (several samples of it) is computed once and its rows copied; with
+    `share` (a cache whose layers keep every position), a prefix every distinct prompt shares (the
+    chat template's system turn) is computed once too (`_shared_prefill`)."""
     import torch
 
     distinct: dict[tuple[int, ...], int] = {}
     source = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
     unique = list(distinct)
-    shared = _shared_length(unique)
+    shared = _shared_length(unique) if share else 0
     if shared >= SHARED_PREFIX:
         logits, mask, positions = _shared_prefill(model, unique, shared, pad_id, cache)
     else:
