@@ -32,6 +32,7 @@ other cache the loop takes new prompts only when the whole batch has ended.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from os.path import commonprefix  # of any sequences: here, token ids
 from typing import Any, Hashable, Iterator, Protocol, Sequence
 
 # Refill when at least this share of the slots is free: each refill is one more forward pass (one
@@ -263,23 +264,18 @@ def stream(model: Any, prompts: Sequence[Sequence[int]] | Feed, *, slots: int, m
 
 def _prefill(model: Any, prompts: Sequence[Sequence[int]], pad_id: int, cache: Any,
              share: bool = True) -> tuple[_Batch, Any]:
-    """A new batch of `prompts`, its cache filled by one forward pass; and its last-position logits.
+    """A new batch of `prompts`, its cache filled by a forward pass (two with a shared prefix); and its
+    last-position logits.
     A prompt given several times (several samples of it) is computed once and its rows copied; with
     `share` (a cache whose layers keep every position), a prefix every distinct prompt shares (the
-    chat template's system turn) is computed once too (`_shared_prefill`)."""
+    chat template's system turn) is computed once too (`_prefill_rows`)."""
     import torch
 
     distinct: dict[tuple[int, ...], int] = {}
     source = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
     unique = list(distinct)
     shared = _shared_length(unique) if share else 0
-    if shared >= SHARED_PREFIX:
-        logits, mask, positions = _shared_prefill(model, unique, shared, pad_id, cache)
-    else:
-        input_ids, mask = _left_padded(unique, pad_id, model.device)
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                       use_cache=True, logits_to_keep=1).logits[:, -1]
+    logits, mask, positions = _prefill_rows(model, unique, shared if shared >= SHARED_PREFIX else 0, pad_id, cache)
     if len(distinct) < len(prompts):
         index = torch.tensor(source, device=mask.device)
         cache.batch_select_indices(index)
@@ -291,28 +287,24 @@ def _shared_length(prompts: Sequence[Sequence[int]]) -> int:
     """How many leading tokens all of `prompts` (two or more) have in common, leaving each at least one of its own."""
     if len(prompts) < 2:
         return 0
-    shortest = min(len(p) for p in prompts) - 1
-    first = prompts[0]
-    for n in range(shortest):
-        if any(p[n] != first[n] for p in prompts):
-            return n
-    return max(shortest, 0)
+    return max(0, min(len(commonprefix(list(prompts))), min(len(p) for p in prompts) - 1))
 
 
-def _shared_prefill(model: Any, prompts: Sequence[Sequence[int]], shared: int, pad_id: int,
-                    cache: Any) -> tuple[Any, Any, Any]:
-    """Prefill `prompts` whose first `shared` tokens are the same: the prefix once (one row, copied
-    into every row of the cache), then each prompt's own tokens, left-padded after it. A row reads
-    [prefix][padding][its tokens], the padding masked out, positions counted without it: the same
-    numbers as a left-padded prompt (the masked columns are skipped wherever they sit).
-    Returns the last-position logits, the 2D mask and the position ids."""
+def _prefill_rows(model: Any, prompts: Sequence[Sequence[int]], shared: int, pad_id: int,
+                  cache: Any) -> tuple[Any, Any, Any]:
+    """Prefill `prompts`, left-padded, into `cache`; their first `shared` tokens are the same (0: none
+    taken as shared). The shared prefix runs once (one row, copied into every row of the cache), then
+    each prompt's own tokens after it. A row reads [prefix][padding][its tokens], the padding masked
+    out, positions counted without it: the same numbers as a left-padded prompt (the masked columns
+    are skipped wherever they sit). Returns the last-position logits, the 2D mask and the position ids."""
     import torch
 
     device = model.device
-    prefix = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)
-    model(input_ids=prefix, attention_mask=torch.ones_like(prefix), position_ids=torch.arange(shared, device=device)[None],
-          cache=cache, use_cache=True, logits_to_keep=1)
-    cache.batch_select_indices(torch.zeros(len(prompts), dtype=torch.long, device=device))
+    if shared:
+        prefix = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)
+        model(input_ids=prefix, attention_mask=torch.ones_like(prefix),
+              position_ids=torch.arange(shared, device=device)[None], cache=cache, use_cache=True, logits_to_keep=1)
+        cache.batch_select_indices(torch.zeros(len(prompts), dtype=torch.long, device=device))
     own, own_mask = _left_padded([p[shared:] for p in prompts], pad_id, device)
     own_positions = (shared + own_mask.cumsum(-1) - 1).masked_fill(own_mask == 0, 0)
     mask = torch.cat([own_mask.new_ones((len(prompts), shared)), own_mask], dim=1)
