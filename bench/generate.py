@@ -11,6 +11,8 @@ tokens and greedy decoding:
   `distill/student/packed.py` bring;
 - `distill-unshared`: `distill` with every prompt prefilled whole, to show what computing the prefix
   the prompts share (the chat template's system turn, `distill/student/decode.py`) once brings;
+- `distill-bf16`: `distill` with the weights in bfloat16 (fast only on CPUs with AMX or AVX512-BF16;
+  its answers are compared with float32's);
 - `llama.cpp`: llama-cpp-python's `Llama.generate`, one prompt at a time (its high-level API, and
   what its server does with concurrent requests);
 - `llama.cpp-batched`: llama.cpp's own batched decoding at --batch-size (one `llama_decode` per step
@@ -51,11 +53,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402  (bench/machine.py)
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ("plain", "distill", "distill-unpacked", "distill-unshared", "llama.cpp", "llama.cpp-batched")
+MODES = ("plain", "distill", "distill-unpacked", "distill-unshared", "distill-bf16", "llama.cpp", "llama.cpp-batched")
 UNPACKED = ("plain", "distill-unpacked")  # run with DISTILL_PACKED=0: PyTorch's own linear layers
 LABELS = {"plain": "plain model.generate, one by one", "distill": "distill answer",
           "distill-unpacked": "distill answer, DISTILL_PACKED=0",
           "distill-unshared": "distill answer, shared prefix prefilled per prompt",
+          "distill-bf16": "distill answer, bfloat16 weights",
           "llama.cpp": "llama.cpp (llama-cpp-python), one by one", "llama.cpp-batched": "llama.cpp, batched decoding"}
 
 
@@ -83,7 +86,7 @@ def worker(mode: str, args: argparse.Namespace) -> dict:
 
         decode.SHARED_PREFIX = 1 << 30  # no prefix is that long: every prompt is prefilled whole
     prompts = load_prompts(args.prompts)
-    student = Student.load(args.student)
+    student = Student.load(args.student, dtype="bfloat16" if mode == "distill-bf16" else None)
     params = GenerationParams(max_new_tokens=args.new_tokens)
     started = time.perf_counter()
     if mode.startswith("distill"):
@@ -151,6 +154,8 @@ class Inputs:
             import llamacpp
 
             gguf = {kind: str(llamacpp.exported_gguf(kind, args.student)) for kind in kinds}
+            for path in gguf.values():
+                llamacpp.extra_buffers_work(Path(path))  # so that the table can say where they were off
         self.file = Path(tempfile.mkstemp(prefix="bench-generate-", suffix=".json")[1])
         self.file.write_text(json.dumps({"prompts": self.ids, "eos": self.eos, "gguf": gguf}))
 
@@ -207,10 +212,11 @@ def table(args: argparse.Namespace, modes: list[str], results: dict[str, list[di
              f"identical to {reference or '-'} | agreeing prefix |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for mode in modes:
-        row, kind = rows[mode], mode.split(":")[1] if ":" in mode else "safetensors (f32)"
+        row = rows[mode]
+        kind = mode.split(":")[1] if ":" in mode else "safetensors as bf16" if mode == "distill-bf16" else "safetensors (f32)"
         kind = f"GGUF {kind}" if ":" in mode else kind
         name = mode.split(":")[0]
-        batch = args.batch_size if name in ("distill", "distill-unpacked", "distill-unshared", "llama.cpp-batched") else 1
+        batch = args.batch_size if name in ("distill", "distill-unpacked", "distill-unshared", "distill-bf16", "llama.cpp-batched") else 1
         if reference is None or mode == reference:
             same_text, prefix_text = "-", "-"
         else:
@@ -224,6 +230,9 @@ def table(args: argparse.Namespace, modes: list[str], results: dict[str, list[di
         lines += ["", f"distill identical to plain in every run: {'yes' if identical else 'NO'}"]
     lines += ["", "identical/agreeing prefix: run 1's answers against the reference's, as text (agreeing prefix: "
               "the mean share of the reference answer's characters before the first difference)."]
+    note = sys.modules["llamacpp"].peer_note() if "llamacpp" in sys.modules else ""
+    if note:
+        lines += ["", note]
     return "\n".join(lines)
 
 

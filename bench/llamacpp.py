@@ -17,6 +17,12 @@ The GGUF files: `shipped_gguf()` is the Q4_1 file the embedded student is conver
 --type f32|f16` once into the cache: f32 holds exactly the weights transformers uses.
 
 `pip install 'llama-cpp-python[server]'` (builds from source; `pip install -e '.[llamacpp]'`).
+
+On a CPU with AMX, llama.cpp 0.3.36 repacks Q4_1/Q8_0 weights into its AMX buffer and then dies of
+a segmentation fault in the first `llama_decode` (seen on a 2-core Xeon with AMX-INT8, 2026-12-02).
+`extra_buffers_work(gguf)` tries one decode in a subprocess; where it crashes, every model here is
+loaded with `use_extra_bufts` off (the plain CPU buffers, what llama.cpp's `--no-repack` gives), and
+`peer_note()` says so under each table.
 """
 
 from __future__ import annotations
@@ -60,6 +66,66 @@ def exported_gguf(kind: str, student: str | None = None) -> Path:
     return path
 
 
+_EXTRA_BUFFERS: dict[str, bool] = {}
+_PROBE = """
+import sys, llama_cpp
+llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=64, verbose=False)
+llm.eval([1, 2, 3])
+"""
+# `python -m llama_cpp.server` with extra buffer types off: the server builds its models through
+# `llama_cpp.Llama`, which starts from `llama_model_default_params()`.
+_SERVER_WITHOUT_EXTRA_BUFFERS = """
+import runpy, llama_cpp, llama_cpp.llama
+_defaults = llama_cpp.llama_model_default_params
+def _plain():
+    params = _defaults()
+    params.use_extra_bufts = False
+    return params
+llama_cpp.llama_model_default_params = llama_cpp.llama.llama_cpp.llama_model_default_params = _plain
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+
+
+def extra_buffers_work(gguf: Path) -> bool:
+    """Whether llama.cpp decodes `gguf` with its extra (repacked, AMX) buffers without crashing; one
+    subprocess per file and process."""
+    key = str(gguf)
+    if key not in _EXTRA_BUFFERS:
+        done = subprocess.run([sys.executable, "-c", _PROBE, key], capture_output=True, timeout=300)
+        _EXTRA_BUFFERS[key] = done.returncode == 0
+        if done.returncode != 0:
+            print(f"llama.cpp crashed decoding {gguf.name} with its repacked weights (exit {done.returncode}); "
+                  "measuring it with use_extra_bufts off", file=sys.stderr, flush=True)
+    return _EXTRA_BUFFERS[key]
+
+
+def model_params(gguf: Path) -> object:
+    """llama.cpp's default model parameters, with extra buffers off where they crash on this CPU."""
+    import llama_cpp as lc
+
+    params = lc.llama_model_default_params()
+    params.use_extra_bufts = extra_buffers_work(gguf)
+    return params
+
+
+def plain_buffers_if_needed(gguf: Path) -> None:
+    """Where llama.cpp's extra buffers crash on `gguf`, make `llama_cpp.Llama` (which takes no option
+    for them) start from default model parameters with them off, for the rest of this process."""
+    if not extra_buffers_work(gguf):
+        import llama_cpp.llama
+
+        llama_cpp.llama.llama_cpp.llama_model_default_params = lambda: model_params(gguf)
+
+
+def peer_note() -> str:
+    """A line for under a table where some GGUF ran without llama.cpp's repacked weights, else ''."""
+    crashed = sorted(Path(k).name for k, ok in _EXTRA_BUFFERS.items() if not ok)
+    if not crashed:
+        return ""
+    return (f"llama.cpp ran {', '.join(crashed)} with `use_extra_bufts` off: with its AMX-repacked weights "
+            "it crashed (segmentation fault in `llama_decode`) on this CPU.")
+
+
 def threads() -> int:
     """The cores this process may use: llama.cpp gets as many threads as torch does."""
     return len(os.sched_getaffinity(0))
@@ -72,6 +138,7 @@ def one_by_one(gguf: Path, prompts: Sequence[Sequence[int]], new_tokens: int, eo
     from llama_cpp import Llama
 
     longest = max(len(p) for p in prompts) + new_tokens
+    plain_buffers_if_needed(gguf)
     llm = Llama(model_path=str(gguf), n_ctx=max(512, longest), n_threads=n_threads, n_threads_batch=n_threads,
                 verbose=False)
     answers = []
@@ -94,8 +161,7 @@ class Batched:
 
         self.lc = lc
         lc.llama_backend_init()
-        model_params = lc.llama_model_default_params()
-        self.model = lc.llama_model_load_from_file(str(gguf).encode(), model_params)
+        self.model = lc.llama_model_load_from_file(str(gguf).encode(), model_params(gguf))
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {gguf}")
         self.vocab = lc.llama_model_get_vocab(self.model)
@@ -190,7 +256,9 @@ def server_command(gguf: Path, port: int, n_threads: int, n_ctx: int = 2048) -> 
     """`python -m llama_cpp.server` on `gguf` at 127.0.0.1:`port`, served as model 'student'.
 
     `--interrupt_requests False`: by default a new request makes the server end the one it is
-    streaming (with `[DONE]`, mid-answer); concurrent clients would get cut answers."""
-    return [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+    streaming (with `[DONE]`, mid-answer); concurrent clients would get cut answers. Where the
+    extra buffers crash on `gguf`, the server starts through a wrapper that turns them off."""
+    start = ["-m", "llama_cpp.server"] if extra_buffers_work(gguf) else ["-c", _SERVER_WITHOUT_EXTRA_BUFFERS]
+    return [sys.executable, *start, "--model", str(gguf), "--host", "127.0.0.1",
             "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(n_threads),
             "--n_threads_batch", str(n_threads), "--model_alias", "student", "--interrupt_requests", "False"]

@@ -2,7 +2,8 @@
 
 Each server runs as a subprocess on a free 127.0.0.1 port, one at a time (so they never share the
 cores), serving the same student: `distill serve` (the embedded SmolLM2-135M-Instruct, float32;
-`distill-unpacked` is the same with `DISTILL_PACKED=0`, PyTorch's own linear layers) and
+`distill-unpacked` is the same with `DISTILL_PACKED=0`, PyTorch's own linear layers; `distill-bf16`
+the same with `--dtype bfloat16`, fast only on CPUs with AMX or AVX512-BF16) and
 `python -m llama_cpp.server` (llama-cpp-python) on the student's GGUF (--gguf: the shipped q4_1
 file, or f32/f16 as `distill export --format gguf` writes it), both with as many threads as there
 are cores. For each concurrency level (--concurrency, default 1, 8 and 32) that many clients send
@@ -51,10 +52,11 @@ if TYPE_CHECKING:
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import llamacpp  # noqa: E402  (bench/llamacpp.py)
 import machine  # noqa: E402  (bench/machine.py)
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVERS = ("distill", "distill-unpacked", "llama.cpp")
+SERVERS = ("distill", "distill-unpacked", "distill-bf16", "llama.cpp")
 STARTUP_S = 300
 
 
@@ -86,13 +88,11 @@ class Server:
     """A server subprocess (logs to a file), ready once `GET /v1/models` answers; `peak_rss_mb` at the end."""
 
     def __init__(self, name: str, args: argparse.Namespace):
-        import llamacpp
-
         self.name, self.port = name, free_port()
         env = {**os.environ, "DISTILL_PACKED": "0"} if name == "distill-unpacked" else None
         if name.startswith("distill"):
             cmd = [sys.executable, "-m", "distill", "serve", "--port", str(self.port),
-                   *shlex.split(args.distill_args)] + (["--student", args.student] if args.student else [])
+                   *(["--dtype", "bfloat16"] if name == "distill-bf16" else []), *shlex.split(args.distill_args)] + (["--student", args.student] if args.student else [])
         else:
             cmd = llamacpp.server_command(llamacpp.exported_gguf(args.gguf, args.student), self.port,
                                           llamacpp.threads())
@@ -247,6 +247,7 @@ def main() -> None:
 
 def table(args: argparse.Namespace, levels: list[int], servers: list[str], measured: dict) -> str:  # type: ignore[type-arg]
     labels = {"distill": "distill serve (float32)", "distill-unpacked": "distill serve, DISTILL_PACKED=0",
+              "distill-bf16": "distill serve --dtype bfloat16",
               "llama.cpp": f"llama_cpp.server (GGUF {args.gguf})"}
     lines = [f"streaming chat completions, max_tokens {args.max_tokens}, temperature 0, median of {args.runs} run(s); "
              f"{machine.cpu()}; {machine.versions('torch', 'transformers', 'llama_cpp_python')}", "",
@@ -267,12 +268,16 @@ def table(args: argparse.Namespace, levels: list[int], servers: list[str], measu
         same = sum(a[i] == b[i] for i in shared)
         lines += ["", f"same greedy answer from {first} and {second}: {same}/{len(shared)} prompts"]
     lines += ["", "servers: " + "; ".join(f"`{shown(measured[n][3])}`" for n in servers)]
+    if llamacpp.peer_note():
+        lines += ["", llamacpp.peer_note()]
     return "\n".join(lines)
 
 
 def shown(command: list[str]) -> str:
     """A server's command line as a reader would type it: `python`, file names, PORT."""
     parts = ["python" if c == sys.executable else Path(c).name if c.startswith("/") else c for c in command]
+    parts = ["-c '<llama_cpp.server, use_extra_bufts off>'" if prev == "-c" else c
+             for prev, c in zip([""] + parts, parts) if c != "-c"]
     return " ".join("PORT" if prev == "--port" else c for prev, c in zip([""] + parts, parts))
 
 

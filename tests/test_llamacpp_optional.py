@@ -3,7 +3,9 @@
 Skipped unless `llama-cpp-python[server]` is installed (it builds from source, about 12 minutes
 here, so CI does not install it). When it is, this starts `python -m llama_cpp.server` on a free
 port serving the embedded SmolLM2 GGUF and sends a plain and a JSON-schema request through
-distill's own `openai` backend, exactly as a user with `DISTILL_TEACHER_BASE_URL` would.
+distill's own `openai` backend, exactly as a user with `DISTILL_TEACHER_BASE_URL` would. The server
+is started as the benchmarks start it (`bench/llamacpp.py`: with llama.cpp's repacked weights off
+where they crash on this CPU, as on an AMX Xeon).
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+import llamacpp  # noqa: E402  (bench/llamacpp.py)
 from distill.student import embedded  # noqa: E402
 from distill.stages.protocol import extract_json  # noqa: E402
 from distill.teachers.base import Request  # noqa: E402
@@ -43,10 +49,8 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
     # the server logs a lot to stderr while loading: to a file, never to a pipe nobody drains (it would block)
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded.gguf_path()), "--host", "127.0.0.1",
-             "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2"],
-            stdout=log, stderr=subprocess.STDOUT)
+        command = llamacpp.server_command(embedded.gguf_path(), port, llamacpp.threads())
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + STARTUP_S
@@ -69,7 +73,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_the_openai_backend_talks_to_llama_cpp(llama_server: str) -> None:
-    settings = resolve_settings(env={"DISTILL_TEACHER": "openai:smollm2", "DISTILL_TEACHER_BASE_URL": llama_server,
+    settings = resolve_settings(env={"DISTILL_TEACHER": "openai:student", "DISTILL_TEACHER_BASE_URL": llama_server,
                                      "DISTILL_TEACHER_TIMEOUT": "120"})
     teacher = live_teacher(settings)  # no key needed for a local server
     schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 8}}, "required": ["answer"]}

@@ -97,6 +97,30 @@ def test_autocast_computes_the_plain_linear_in_its_own_dtype() -> None:
     assert got.dtype == expected.dtype == torch.bfloat16 and torch.equal(got, expected)
 
 
+def test_bfloat16_weights_stay_plain_where_the_cpu_lacks_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(packed, "cpu_bf16", lambda: False)
+    plain, twin = (layer.to(torch.bfloat16) for layer in packed_pair())
+    x = torch.randn(3, 48, dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(twin(x), plain(x))
+    assert not hasattr(twin.weight, packed.HELD)
+
+
+@pytest.mark.skipif(not packed.cpu_bf16(), reason="this CPU has neither AVX512-BF16 nor AMX")
+@pytest.mark.parametrize("rows", [1, 8, 33])
+def test_a_packed_bfloat16_layer_computes_the_linear_product(rows: int) -> None:
+    """Where the CPU has bfloat16 instructions, bfloat16 weights are packed too; the product is the
+    float32 product of the same bfloat16 numbers, rounded to bfloat16."""
+    plain, twin = (layer.to(torch.bfloat16) for layer in packed_pair())
+    x = torch.randn(rows, 5, 48, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        expected = torch.nn.functional.linear(x.float(), plain.weight.float(), plain.bias.float())
+        got = twin(x)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected, rtol=1e-2, atol=1e-2)  # bfloat16 keeps 8 bits of mantissa
+    assert getattr(twin.weight, packed.HELD)[1].dtype == torch.bfloat16
+
+
 def test_packing_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(packed.ENV, "0")
     layer = torch.nn.Linear(4, 4)

@@ -469,6 +469,31 @@ def test_the_cli_serves_the_student_and_its_adapter_until_ctrl_c(embedded_dir: P
 
 
 @pytest.mark.slow
+def test_bfloat16_serves_the_base_and_the_adapter_over_bfloat16_weights(embedded_dir: Path, adapter_dir: Path) -> None:
+    """`distill serve --dtype bfloat16`: every served model computes with the base weights in bfloat16
+    (packed where the CPU has bfloat16 instructions) and answers as the student does."""
+    import openai
+    import torch
+
+    from distill.serving.api import StudentServer
+    from distill.serving.models import load_students
+    from distill.student import packed
+
+    students16 = load_students(embedded_dir, [AdapterSpec("tuned", adapter_dir)], dtype="bfloat16")
+    for student in students16.values():
+        base = student.model.get_base_model() if hasattr(student.model, "get_base_model") else student.model
+        assert base.model.layers[0].mlp.down_proj.weight.dtype == torch.bfloat16
+        assert base.lm_head.weight.dtype == torch.bfloat16
+    with StudentServer(students16, port=0) as running:
+        client = openai.OpenAI(base_url=running.url, api_key="unused", max_retries=0)
+        reply = chat(client, "What is the capital of France?", max_tokens=12)
+        assert "Paris" in reply.choices[0].message.content
+        assert chat(client, "Say hello.", model="tuned", max_tokens=4).usage.completion_tokens <= 4
+    down = students16["student"].model.model.layers[0].mlp.down_proj.weight
+    assert hasattr(down, packed.HELD) == packed.cpu_bf16()  # packed exactly where bfloat16 is native
+
+
+@pytest.mark.slow
 def test_answer_with_engine_server_against_distill_serve_matches_the_local_student(server, embedded_dir: Path,
                                                                                   adapter_dir: Path,
                                                                                   tmp_path: Path) -> None:

@@ -55,12 +55,13 @@ def check_adapters(source: str | os.PathLike[str] | None, adapters: Sequence[Ada
 
 
 def load_students(source: str | os.PathLike[str] | None, adapters: Sequence[AdapterSpec], *,
-                  device: str | None = None) -> dict[str, Any]:
-    """name -> Student: the base, then each adapter (views over the base weights, read once)."""
+                  device: str | None = None, dtype: str | None = None) -> dict[str, Any]:
+    """name -> Student: the base, then each adapter (views over the base weights, read once), in
+    `dtype` (None: the device's default)."""
     from distill.student.model import Student
 
     check_adapters(source, adapters)
-    students = {BASE_NAME: Student.load(source, device=device)}
+    students = {BASE_NAME: Student.load(source, device=device, dtype=dtype)}
     for adapter in adapters:
-        students[adapter.name] = Student.load(source, adapter=adapter.directory, device=device)
+        students[adapter.name] = Student.load(source, adapter=adapter.directory, device=device, dtype=dtype)
     return students

@@ -18,11 +18,18 @@ loaded to be merged (`private=True`) is read plain. The packed copy is never use
 are recorded (training), under autocast (which computes a plain linear in its own dtype), nor for
 inputs of another device or dtype: there the layer is a plain linear. `DISTILL_PACKED=0` turns
 packing off (for comparisons, and as a way out should a CPU's oneDNN misbehave).
+
+bfloat16 weights (a student loaded with `dtype="bfloat16"`, as `distill serve --dtype bfloat16`
+does) are packed too where the CPU has bfloat16 instructions (`cpu_bf16()`: AVX512-BF16 or AMX).
+On a 2-core Xeon with AMX, one decoding step's 211 linear layers of SmolLM2-135M took 16-21 ms
+packed in bfloat16 at 1 to 64 rows, against 21-56 ms in float32 (plain or packed) and 25-28 ms for
+PyTorch's own bfloat16 linear: half the bytes of weight to read, and AMX tiles for the arithmetic.
 """
 
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -30,7 +37,17 @@ import torch.nn.functional as F
 
 ENV = "DISTILL_PACKED"
 HELD = "_distill_packed"  # the attribute on a weight tensor: ((its storage, its version) when packed, the copy)
-HINT_ROWS = 8  # the batch oneDNN chooses its layout for; of 1, 8 and 64, 8 decoded fastest at both 8 and 64 rows
+# The batch oneDNN chooses its layout for. float32: of 1, 8 and 64, 8 decoded fastest at both 8 and
+# 64 rows. bfloat16: of 1, 8 and 32, 32 was fastest or level at 1, 8, 32 and 64 rows (AMX Xeon).
+HINT_ROWS = {torch.float32: 8, torch.bfloat16: 32}
+
+
+@lru_cache(maxsize=1)
+def cpu_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere it is emulated,
+    several times slower than float32."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private but long-standing torch.cpu helpers
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
 def enabled() -> bool:
@@ -39,7 +56,8 @@ def enabled() -> bool:
 
 
 class PackedLinear(torch.nn.Linear):
-    """An `nn.Linear` whose inference passes on a CPU in float32 use the packed copy of its weight."""
+    """An `nn.Linear` whose inference passes on a CPU (float32, or bfloat16 where `cpu_bf16()`) use
+    the packed copy of its weight."""
 
     def forward(self, x: Any) -> Any:
         packed = packed_weight(self.weight, x)
@@ -51,7 +69,7 @@ class PackedLinear(torch.nn.Linear):
 def packed_weight(weight: Any, x: Any) -> Any:
     """The packed copy of `weight` (made or remade here), or None where the plain linear must run."""
     if (torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or x.device.type != "cpu"
-            or x.dtype != torch.float32 or weight.dtype != torch.float32 or weight.device.type != "cpu"):
+            or x.dtype != weight.dtype or not packable(weight.dtype) or weight.device.type != "cpu"):
         return None
     try:
         stamp = (weight.data_ptr(), weight._version)
@@ -59,9 +77,14 @@ def packed_weight(weight: Any, x: Any) -> Any:
         return None
     held = getattr(weight, HELD, None)
     if held is None or held[0] != stamp:
-        held = (stamp, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), HINT_ROWS))
+        held = (stamp, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), HINT_ROWS[weight.dtype]))
         setattr(weight, HELD, held)
     return held[1]
+
+
+def packable(dtype: Any) -> bool:
+    """Whether weights of `dtype` are packed: float32, and bfloat16 where the CPU has it natively."""
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and cpu_bf16())
 
 
 def pack(model: Any) -> int:

@@ -188,10 +188,11 @@ def native_bf16() -> bool:
 
     import torch
 
+    from distill.student.packed import cpu_bf16
+
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private but long-standing torch.cpu helpers
-    if not any(getattr(torch.cpu, probe, lambda: False)() for probe in probes):
+    if not cpu_bf16():
         return False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return True
