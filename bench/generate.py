@@ -50,6 +50,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import llamacpp  # noqa: E402  (bench/llamacpp.py)
 import machine  # noqa: E402  (bench/machine.py)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,8 +113,6 @@ def worker(mode: str, args: argparse.Namespace) -> dict:
 
 def worker_llamacpp(mode: str, args: argparse.Namespace) -> dict:
     """llama.cpp on the prompt ids the parent wrote (--ids); the parent decodes the answers' texts."""
-    import llamacpp
-
     given = json.loads(Path(args.ids).read_text())
     kind = mode.split(":")[1]
     gguf = Path(given["gguf"][kind])
@@ -151,8 +150,6 @@ class Inputs:
         self.ids = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
         gguf = {}
         if kinds:
-            import llamacpp
-
             gguf = {kind: str(llamacpp.exported_gguf(kind, args.student)) for kind in kinds}
             for path in gguf.values():
                 llamacpp.extra_buffers_work(Path(path))  # so that the table can say where they were off
@@ -213,10 +210,11 @@ def table(args: argparse.Namespace, modes: list[str], results: dict[str, list[di
              "|---|---|---|---|---|---|---|---|---|---|"]
     for mode in modes:
         row = rows[mode]
-        kind = mode.split(":")[1] if ":" in mode else "safetensors as bf16" if mode == "distill-bf16" else "safetensors (f32)"
-        kind = f"GGUF {kind}" if ":" in mode else kind
+        kind = (f"GGUF {mode.split(':')[1]}" if ":" in mode else
+                "safetensors as bf16" if mode == "distill-bf16" else "safetensors (f32)")
         name = mode.split(":")[0]
-        batch = args.batch_size if name in ("distill", "distill-unpacked", "distill-unshared", "distill-bf16", "llama.cpp-batched") else 1
+        batched = ("distill", "distill-unpacked", "distill-unshared", "distill-bf16", "llama.cpp-batched")
+        batch = args.batch_size if name in batched else 1
         if reference is None or mode == reference:
             same_text, prefix_text = "-", "-"
         else:
@@ -230,9 +228,8 @@ def table(args: argparse.Namespace, modes: list[str], results: dict[str, list[di
         lines += ["", f"distill identical to plain in every run: {'yes' if identical else 'NO'}"]
     lines += ["", "identical/agreeing prefix: run 1's answers against the reference's, as text (agreeing prefix: "
               "the mean share of the reference answer's characters before the first difference)."]
-    note = sys.modules["llamacpp"].peer_note() if "llamacpp" in sys.modules else ""
-    if note:
-        lines += ["", note]
+    if llamacpp.peer_note():
+        lines += ["", llamacpp.peer_note()]
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ The GGUF files: `shipped_gguf()` is the Q4_1 file the embedded student is conver
 
 `pip install 'llama-cpp-python[server]'` (builds from source; `pip install -e '.[llamacpp]'`).
 
-On a CPU with AMX, llama.cpp 0.3.36 repacks Q4_1/Q8_0 weights into its AMX buffer and then dies of
+On a CPU with AMX, llama.cpp 0.3.36 repacks the Q4_1 weights into its AMX buffer and then dies of
 a segmentation fault in the first `llama_decode` (seen on a 2-core Xeon with AMX-INT8, 2026-12-02).
 `extra_buffers_work(gguf)` tries one decode in a subprocess; where it crashes, every model here is
 loaded with `use_extra_bufts` off (the plain CPU buffers, what llama.cpp's `--no-repack` gives), and

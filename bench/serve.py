@@ -91,8 +91,9 @@ class Server:
         self.name, self.port = name, free_port()
         env = {**os.environ, "DISTILL_PACKED": "0"} if name == "distill-unpacked" else None
         if name.startswith("distill"):
-            cmd = [sys.executable, "-m", "distill", "serve", "--port", str(self.port),
-                   *(["--dtype", "bfloat16"] if name == "distill-bf16" else []), *shlex.split(args.distill_args)] + (["--student", args.student] if args.student else [])
+            dtype = ["--dtype", "bfloat16"] if name == "distill-bf16" else []
+            cmd = [sys.executable, "-m", "distill", "serve", "--port", str(self.port), *dtype,
+                   *shlex.split(args.distill_args)] + (["--student", args.student] if args.student else [])
         else:
             cmd = llamacpp.server_command(llamacpp.exported_gguf(args.gguf, args.student), self.port,
                                           llamacpp.threads())
