@@ -72,16 +72,12 @@ import sys, llama_cpp
 llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=64, verbose=False)
 llm.eval([1, 2, 3])
 """
-# `python -m llama_cpp.server` with extra buffer types off: the server builds its models through
-# `llama_cpp.Llama`, which starts from `llama_model_default_params()`.
-_SERVER_WITHOUT_EXTRA_BUFFERS = """
-import runpy, llama_cpp, llama_cpp.llama
-_defaults = llama_cpp.llama_model_default_params
-def _plain():
-    params = _defaults()
-    params.use_extra_bufts = False
-    return params
-llama_cpp.llama_model_default_params = llama_cpp.llama.llama_cpp.llama_model_default_params = _plain
+# `python -m llama_cpp.server` with extra buffer types off (`turn_off_extra_buffers`, then the server)
+_SERVER_WITHOUT_EXTRA_BUFFERS = f"""
+import runpy, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+import llamacpp
+llamacpp.turn_off_extra_buffers()
 runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
 """
 
@@ -108,13 +104,27 @@ def model_params(gguf: Path) -> object:
     return params
 
 
-def plain_buffers_if_needed(gguf: Path) -> None:
-    """Where llama.cpp's extra buffers crash on `gguf`, make `llama_cpp.Llama` (which takes no option
-    for them) start from default model parameters with them off, for the rest of this process."""
-    if not extra_buffers_work(gguf):
-        import llama_cpp.llama
+def turn_off_extra_buffers() -> None:
+    """Make `llama_cpp.Llama` (which takes no option for them; llama-cpp-python's server builds its
+    models through it) start from default model parameters with extra buffers off, for the rest of
+    this process."""
+    import llama_cpp.llama
 
-        llama_cpp.llama.llama_cpp.llama_model_default_params = lambda: model_params(gguf)
+    low_level = llama_cpp.llama.llama_cpp  # the module `Llama` reads its defaults from
+    defaults = low_level.llama_model_default_params
+
+    def plain() -> object:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    low_level.llama_model_default_params = plain
+
+
+def plain_buffers_if_needed(gguf: Path) -> None:
+    """`turn_off_extra_buffers()` where llama.cpp's extra buffers crash on `gguf`."""
+    if not extra_buffers_work(gguf):
+        turn_off_extra_buffers()
 
 
 def peer_note() -> str:
