@@ -9,12 +9,13 @@ on which forgetting shows.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from distill.evaluation.evaluate import evaluate, logprob_rows_for, mean_kl, spread
+from distill.evaluation.evaluate import checks_by_kind, evaluate, logprob_rows_for, mean_kl, spread
 from distill.evaluation.gate import Interval, Policy, bootstrap_ci, decide
 from distill.records.prompts import parse_prompt
 from distill.stages.templates import load_prompt_set
@@ -87,6 +88,31 @@ def test_spread_takes_evenly_spaced_rows_or_all_of_them() -> None:
     assert spread(rows, 5) == [0, 2, 4, 6, 8]
     assert spread(rows, 3) == [0, 3, 6]
     assert spread(rows, 0) == rows and spread(rows, 10) == rows and spread(rows, 64) == rows
+
+
+def test_the_pass_rates_per_kind_come_from_meta_kind_else_from_the_check_types(tmp_path: Path) -> None:
+    from distill.evaluation.report import kind_lines, write_report
+    from distill.evaluation.state import STATE
+
+    prompts = [parse_prompt({"id": "a", "prompt": "x", "reference": {"type": "lowercase"}, "meta": {"kind": "lower"}}),
+               parse_prompt({"id": "b", "prompt": "y", "reference": {"type": "lowercase"}, "meta": {"kind": "lower"}}),
+               parse_prompt({"id": "c", "prompt": "z", "reference": [{"type": "min_words", "value": 1},
+                                                                    {"type": "max_words", "value": 1}]}),
+               parse_prompt({"id": "d", "prompt": "no check"})]
+    passed = [(False, True), (False, False), (True, True), None]
+    by_kind = checks_by_kind(prompts, passed)
+    assert by_kind == {"lower": {"n": 2, "current": 0, "new": 1}, "max_words+min_words": {"n": 1, "current": 1, "new": 1}}
+    assert checks_by_kind(prompts[:2], passed[:2]) == {}  # one kind: the overall pass rate says it all
+    # the report's table of the last round, in the markdown, the terminal's table and the HTML page
+    state = {"name": "k", "rounds": [{"round": 1, "metrics": {"checks": {"by_kind": by_kind}},
+                                      "decision": {"promote": True, "reasons": ["ok"]}}]}
+    lines = kind_lines(state)
+    assert lines[0] == "Held-out pass rate by kind, round 1:"
+    assert "| lower | 2 | 0 (0%) | 1 (50%) |" in lines and "| max_words+min_words | 1 | 1 (100%) | 1 (100%) |" in lines
+    (tmp_path / STATE).write_text(json.dumps(state), encoding="utf-8")
+    assert "| lower | 2 | 0 (0%) | 1 (50%) |" in write_report(tmp_path).read_text()
+    assert "<td>lower</td><td>2</td><td>0 (0%)</td><td>1 (50%)</td>" in (tmp_path / "report.html").read_text()
+    assert kind_lines({"rounds": [{"round": 1, "metrics": {"checks": {}}}]}) == []
 
 
 def test_fidelity_and_kl_use_every_row_when_the_gate_decides_on_them() -> None:
@@ -226,7 +252,8 @@ def test_distill_eval_reports_the_general_pass_rates_and_refuses(peaked_model_di
     from distill.cli import main
 
     held = tmp_path / "heldout.jsonl"
-    held.write_text("".join(json.dumps(p.to_row()) + "\n" for p in HELD_OUT), encoding="utf-8")
+    held.write_text("".join(json.dumps({**p.to_row(), "meta": {"kind": ("even", "odd")[i % 2]}}) + "\n"
+                            for i, p in enumerate(HELD_OUT)), encoding="utf-8")
     general_file = tmp_path / "general.jsonl"
     general_file.write_text("".join(json.dumps({"id": f"g{i}", "prompt": f"General question {i}: what is the weather?",
                                                 "reference": {"type": "forbidden_words", "words": ["yes"]}}) + "\n"
@@ -234,9 +261,13 @@ def test_distill_eval_reports_the_general_pass_rates_and_refuses(peaked_model_di
     out = tmp_path / "eval.json"
     assert main(["eval", str(held), "--adapter", str(yes_adapter), "--student", str(peaked_model_dir), "--no-judge",
                  "--max-new-tokens", "6", "--general", str(general_file), "--max-nll-increase", "100",
-                 "-o", str(out)]) == 0
+                 "-o", str(out), "--rows", str(tmp_path / "rows.jsonl")]) == 0
     printed = capsys.readouterr().out
     assert "general    current_pass_rate=1.0000" in printed
+    assert "| even | 4 | 0 (0%) | 4 (100%) |" in printed and "| odd | 4 | 0 (0%) | 4 (100%) |" in printed
     assert "REFUSE: forgetting: the pass rate on general prompts fell from 100.0%" in printed
     data = json.loads(out.read_text())
     assert data["metrics"]["general"]["drop"] >= 0.5 and data["decision"]["promote"] is False
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert [r["prompt_id"] for r in rows] == [p.id for p in HELD_OUT]
+    assert all(not r["current_passed"] and r["new_passed"] and "yes" in r["new"].lower() for r in rows)

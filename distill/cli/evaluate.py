@@ -41,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_policy_args(p)
     add_config_arg(p)
     p.add_argument("-o", "--output", type=Path, default=None, help="write the metrics and decision as JSON")
+    p.add_argument("--rows", type=Path, default=None, metavar="FILE",
+                   help="write one JSONL row per held-out prompt: both answers, whether each passed its checks, "
+                        "the judge's score")
     p.set_defaults(func=run_eval)
 
     r = sub.add_parser("report", help="print the summary of a multi-round run and rewrite its report.md",
@@ -77,16 +80,23 @@ def run_eval(args: argparse.Namespace) -> int:
                           policy=given(args, Policy),
                           max_new_tokens=args.eval_max_new_tokens, columns=source_columns(args),
                           served=served_pair(args), logprob_rows=args.logprob_rows)
+    from distill.evaluation.report import kind_table
+
     data = result.to_dict()
     for name, metric in data["metrics"].items():
         shown = {k: (f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}] n={v['n']}" if isinstance(v, dict) else v)
-                 for k, v in metric.items()}
+                 for k, v in metric.items() if k != "by_kind"}
         print(f"{name:10s} " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
+    by_kind = data["metrics"].get("checks", {}).get("by_kind")
+    if by_kind:
+        print("\n" + "\n".join(kind_table(by_kind, "Pass rate by kind (current: --against or the base; new: --adapter):")))
     for warning in result.evaluation.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(("PROMOTE: " if result.decision.promote else "REFUSE: ") + "; ".join(result.decision.reasons))
     if args.output:
         write_atomic(args.output, json.dumps(data, indent=2) + "\n")
+    if args.rows:
+        write_atomic(args.rows, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.evaluation.rows))
     return 0
 
 

@@ -96,6 +96,27 @@ def checks_metric(passed: Sequence[tuple[bool, bool] | None]) -> dict[str, Any] 
             "delta": bootstrap_ci([n - c for c, n in pairs])}
 
 
+def kind_of(prompt: Prompt) -> str:
+    """What a held-out prompt's check tests, for the per-kind table: its `meta.kind` where the prompt
+    file names one, else the types of its reference checks ("lowercase", "max_words+min_words")."""
+    kind = prompt.meta.get("kind")
+    return str(kind) if kind else "+".join(sorted({c.type for c in prompt.checks}))
+
+
+def checks_by_kind(prompts: Sequence[Prompt], passed: Sequence[tuple[bool, bool] | None]) -> dict[str, dict[str, int]]:
+    """Per kind (`kind_of`) of the prompts with a reference: how many there are and how many the
+    current and the new student's answers pass. Empty where they are all of one kind (the
+    overall pass rates say it all)."""
+    table: dict[str, dict[str, int]] = {}
+    for p, ok in zip(prompts, passed):
+        if ok is not None:
+            counts = table.setdefault(kind_of(p), {"n": 0, "current": 0, "new": 0})
+            counts["n"] += 1
+            counts["current"] += ok[0]
+            counts["new"] += ok[1]
+    return dict(sorted(table.items())) if len(table) > 1 else {}
+
+
 async def judge_scores(teacher: TeacherHandle, prompt_set: PromptSet, prompts: Sequence[Prompt],
                        current: Sequence[str], new: Sequence[str], concurrency: int = 8) -> list[float | None]:
     """Per prompt in [-1, 1] (new vs current, averaged over both orders); None if the judge failed.
@@ -247,6 +268,9 @@ def evaluate(current: Student, new: Student, prompts: Sequence[Prompt], *, teach
     checks = checks_metric(passed)
     if checks:
         result.metrics["checks"] = checks
+        by_kind = checks_by_kind(prompts, passed)
+        if by_kind:
+            checks["by_kind"] = by_kind
     scores: list[float | None] = [None] * len(prompts)
     if teacher is not None and prompt_set is not None:
         scores = asyncio.run(_judge(teacher, prompt_set, prompts, cur_answers, new_answers))

@@ -79,7 +79,36 @@ def summary_table(state: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in summary_rows(state)]
     if state.get("rounds"):
         lines.append("")
-    return "\n".join(lines + verdict_lines(state))
+    return "\n".join(lines + kind_lines(state) + verdict_lines(state))
+
+
+KIND_HEADER = ["kind", "prompts", "current", "new"]
+
+
+def kind_rows(by_kind: dict[str, dict[str, int]] | None) -> list[list[str]]:
+    """The held-out pass rate per kind of check (`evaluate.checks_by_kind`) as table rows."""
+    return [[kind, str(c["n"]), f"{c['current']} ({c['current'] / c['n']:.0%})", f"{c['new']} ({c['new'] / c['n']:.0%})"]
+            for kind, c in (by_kind or {}).items()]
+
+
+def kind_table(by_kind: dict[str, dict[str, int]] | None, heading: str) -> list[str]:
+    """`kind_rows` as a markdown table under `heading`, or nothing where there are none."""
+    rows = kind_rows(by_kind)
+    if not rows:
+        return []
+    return ([heading, "", "| " + " | ".join(KIND_HEADER) + " |", "|---|---:|---:|---:|"]
+            + ["| " + " | ".join(row) + " |" for row in rows] + [""])
+
+
+def _last_by_kind(state: dict[str, Any]) -> dict[str, dict[str, int]] | None:
+    last = state.get("rounds", [])[-1:]
+    return last[0].get("metrics", {}).get("checks", {}).get("by_kind") if last else None
+
+
+def kind_lines(state: dict[str, Any]) -> list[str]:
+    """The last round's held-out pass rate per kind, as a markdown table (nothing for one kind)."""
+    by_kind = _last_by_kind(state)
+    return kind_table(by_kind, f"Held-out pass rate by kind, round {state['rounds'][-1]['round']}:") if by_kind else []
 
 
 def verdict_lines(state: dict[str, Any]) -> list[str]:
@@ -220,6 +249,11 @@ def _html(root: Path, state: dict[str, Any], title: str, context: str, warnings:
             f'<a href="{e(review_href(r["round"]))}">round {e(str(r["round"]))}</a>' for r in state.get("rounds", [])) + "</p>"
     head = "".join(f"<th>{e(h)}</th>" for h in HEADER)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in summary_rows(state))
+    kinds = kind_rows(_last_by_kind(state))
+    kind_table = ("<h2>Held-out pass rate by kind, round " + e(str(state["rounds"][-1]["round"])) + "</h2><table><tr>"
+                  + "".join(f"<th>{e(h)}</th>" for h in KIND_HEADER) + "</tr>"
+                  + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in kinds)
+                  + "</table>") if kinds else ""
     figures = "".join(
         f'<figure><img alt="{e(caption)}" src="data:image/png;base64,'
         f'{base64.b64encode((root / name).read_bytes()).decode()}"><figcaption>{e(caption)}</figcaption></figure>'
@@ -227,6 +261,6 @@ def _html(root: Path, state: dict[str, Any], title: str, context: str, warnings:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
             "body{font-family:sans-serif;max-width:80em;margin:2em auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}figure{display:inline-block}"
-            f"</style></head><body><h1>{e(title)}</h1><p>{e(context)}</p><table><tr>{head}</tr>{body}</table>"
+            f"</style></head><body><h1>{e(title)}</h1><p>{e(context)}</p><table><tr>{head}</tr>{body}</table>{kind_table}"
             + "".join(f"<p>{e(line)}</p>" for line in verdict_lines(state)) + review
             + "".join(f"<p><b>{e(w)}</b></p>" for w in warnings) + figures + "</body></html>\n")
