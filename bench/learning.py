@@ -15,7 +15,11 @@ follows the instruction; its judge prefers the answer that passes and answers. E
 with the real SmolLM2-135M student, real LoRA training with replay, and the real gate. Then it
 prints the held-out pass rate (16 prompts a kind) of the base and the tuned student for every
 kind, and the general-knowledge score (prompts/instructions/general.jsonl, plain factual questions with a
-content check) of both, for forgetting.
+content check) of both, for forgetting. Last, `distill eval` scores the base and the tuned student on
+prompts/instructions/confirm.jsonl: the same kinds, 16 prompts a kind, on topics neither set has
+(sports, the human body, science, books, jobs), written after the training settings had been chosen
+on heldout.jsonl. The held-out rates are the best of the settings tried on them; the confirmation
+rates are not chosen at all, so they are the fairer estimate.
 
     python bench/learning.py                       # writes runs/learning/, prints the tables
     python bench/learning.py --name learning-e3 --train-option max_steps=195   # any more `distill run` flags
@@ -111,27 +115,48 @@ def general_scores(run: Path) -> tuple[list[dict[str, Any]], list[bool], list[bo
     return rows, [r["current_passed"] for r in rows], [r["new_passed"] for r in rows]
 
 
-def per_kind_table(run: Path, heldout: list[dict[str, Any]], train_rows: list[dict[str, Any]]) -> str:
-    kind_of = {r["id"]: r["meta"]["kind"] for r in heldout}
+def trained_per_kind(train_rows: list[dict[str, Any]]) -> dict[str, int]:
+    """How many of the round's training rows (sft.jsonl) came from prompts of each kind."""
+    kind_of = {r["id"]: r["meta"]["kind"] for r in _rows(PROMPTS / "train.jsonl")}
     trained: dict[str, int] = defaultdict(int)
-    train_kind = {r["id"]: r["meta"]["kind"] for r in _rows(PROMPTS / "train.jsonl")}
     for row in train_rows:
-        trained[train_kind.get(row["meta"]["prompt_id"], "?")] += 1
-    stats: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-    for row in _rows(run / "round-1" / "eval_rows.jsonl"):
-        s = stats[kind_of[row["prompt_id"]]]
-        s[0] += row["current_passed"]
-        s[1] += row["new_passed"]
-        s[2] += 1
-    lines = ["| kind | training rows | held-out prompts | base pass rate | tuned pass rate |", "|---|---:|---:|---:|---:|"]
-    total = [0, 0, 0]
-    for kind in sorted(stats):
-        base, tuned, n = stats[kind]
-        total = [total[0] + base, total[1] + tuned, total[2] + n]
-        lines.append(f"| {kind} | {trained[kind]} | {n} | {base / n:.0%} | {tuned / n:.0%} |")
-    lines.append(f"| **all** | {sum(trained.values())} | {total[2]} | {total[0] / total[2]:.1%} | "
-                 f"{total[1] / total[2]:.1%} |")
+        trained[kind_of.get(row["meta"]["prompt_id"], "?")] += 1
+    return trained
+
+
+def per_kind_table(by_kind: dict[str, dict[str, int]], trained: dict[str, int], what: str) -> str:
+    """The base and the tuned student's pass rates per kind (`checks.by_kind` of the gate's or `distill
+    eval`'s metrics: "current" is the base, "new" the tuned student), beside the training rows of each kind."""
+    lines = [f"| kind | training rows | {what} prompts | base pass rate | tuned pass rate |", "|---|---:|---:|---:|---:|"]
+    for kind, c in by_kind.items():
+        lines.append(f"| {kind} | {trained.get(kind, 0)} | {c['n']} | {c['current'] / c['n']:.0%} | {c['new'] / c['n']:.0%} |")
+    base, tuned, n = (sum(c[k] for c in by_kind.values()) for k in ("current", "new", "n"))
+    lines.append(f"| **all** | {sum(trained.values())} | {n} | {base / n:.1%} | {tuned / n:.1%} |")
     return "\n".join(lines)
+
+
+def held_out_by_kind(run: Path) -> dict[str, dict[str, int]]:
+    """The gate's held-out pass counts per kind in the run's first round (rounds.json)."""
+    state = json.loads((run / "rounds.json").read_text(encoding="utf-8"))
+    return state["rounds"][0]["metrics"]["checks"]["by_kind"]
+
+
+def confirm_by_kind(run: Path) -> tuple[dict[str, dict[str, int]], float]:
+    """`distill eval` of the round's adapter against the base on prompts/instructions/confirm.jsonl (checks
+    only, no judge; both answers to every prompt in RUN/confirm_rows.jsonl): its pass counts per kind and
+    the seconds it took. That set was written after the
+    training settings were chosen on heldout.jsonl and never used to choose one."""
+    from distill.cli import main as distill
+
+    started = time.monotonic()
+    out = run / "confirm.json"
+    code = distill(["eval", str(PROMPTS / "confirm.jsonl"), "--adapter", str(run / "round-1" / "adapter"),
+                    "--no-judge", "--max-new-tokens", "64", "--logprob-rows", "16", "-o", str(out),
+                    "--rows", str(run / "confirm_rows.jsonl")])
+    if code != 0:
+        raise SystemExit(code)
+    metrics = json.loads(out.read_text(encoding="utf-8"))["metrics"]
+    return metrics["checks"]["by_kind"], time.monotonic() - started
 
 
 def run_name(extra: list[str], default: str) -> tuple[str, list[str]]:
@@ -182,10 +207,14 @@ def main(extra: list[str]) -> int:
                       "--chain", "quick", *extra], TEACHER)
     if done.code != 0:
         return done.code
-    run, heldout, sft, requests, round_seconds = done.run, done.heldout, done.sft, done.requests, done.seconds
+    run, sft, requests, round_seconds = done.run, done.sft, done.requests, done.seconds
     general, base_gk, tuned_gk = general_scores(run)
+    trained = trained_per_kind(sft)
+    confirm, confirm_seconds = confirm_by_kind(run)
     print(f"\n## Held-out pass rate per kind (one round, {len(sft)} training rows)\n")
-    print(per_kind_table(run, heldout, sft))
+    print(per_kind_table(held_out_by_kind(run), trained, "held-out"))
+    print("\n## Confirmation set (prompts/instructions/confirm.jsonl: other topics, never used to choose a setting)\n")
+    print(per_kind_table(confirm, trained, "confirmation"))
     print("\n## General knowledge (forgetting)\n")
     print("| student | passed | of | rate |\n|---|---:|---:|---:|")
     print(f"| base | {sum(base_gk)} | {len(general)} | {sum(base_gk) / len(general):.1%} |")
@@ -195,7 +224,8 @@ def main(extra: list[str]) -> int:
     print(f"\nlost {len(lost)}, gained {len(won)} (limit: {len(general) // 40} below base)")
     for prompt in lost:
         print(f"  lost: {prompt}")
-    print(f"\nround (answer, teach, train, evaluate): {round_seconds / 60:.1f} min; teacher HTTP requests: {requests}")
+    print(f"\nround (answer, teach, train, evaluate): {round_seconds / 60:.1f} min; teacher HTTP requests: {requests}; "
+          f"then the confirmation set: {confirm_seconds / 60:.1f} min")
     return 0
 
 

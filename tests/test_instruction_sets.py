@@ -27,7 +27,8 @@ def test_the_files_are_what_the_generator_writes() -> None:
 
 
 @pytest.mark.parametrize("name, at_least, kinds", [
-    ("train.jsonl", 150, 10), ("heldout.jsonl", 60, 10), ("demo-train.jsonl", 60, 4), ("demo-heldout.jsonl", 30, 4)])
+    ("train.jsonl", 150, 10), ("heldout.jsonl", 60, 10), ("confirm.jsonl", 60, 10), ("demo-train.jsonl", 60, 4),
+    ("demo-heldout.jsonl", 30, 4)])
 def test_sets_are_valid_and_big_enough(name: str, at_least: int, kinds: int) -> None:
     prompts = read_prompts(FILES / name)  # validates every reference
     assert len(prompts) >= at_least
@@ -37,15 +38,18 @@ def test_sets_are_valid_and_big_enough(name: str, at_least: int, kinds: int) -> 
 
 def test_heldout_questions_are_on_other_topics_than_training() -> None:
     train = {p.meta["question"] for p in read_prompts(FILES / "train.jsonl")}
-    for name in ("heldout.jsonl", "demo-heldout.jsonl"):
+    for name in ("heldout.jsonl", "confirm.jsonl", "demo-heldout.jsonl"):
         assert not train & {p.meta["question"] for p in read_prompts(FILES / name)}
+    # the confirmation set is on topics of its own: no question of the held-out set either
+    heldout = {p.meta["question"] for p in read_prompts(FILES / "heldout.jsonl")}
+    assert not heldout & {p.meta["question"] for p in read_prompts(FILES / "confirm.jsonl")}
     general = {p.text for p in read_prompts(FILES / "general.jsonl")}
     assert len(general) >= 80 and not general & train
 
 
 def test_every_scripted_repair_follows_its_instruction() -> None:
     questions = instruction_sets.question_index()
-    for name in ("train.jsonl", "heldout.jsonl", "demo-train.jsonl", "demo-heldout.jsonl"):
+    for name in ("train.jsonl", "heldout.jsonl", "confirm.jsonl", "demo-train.jsonl", "demo-heldout.jsonl"):
         for p in read_prompts(FILES / name):
             meta = p.meta
             text = instruction_sets.repaired(meta["kind"], meta.get("n"), meta.get("phrase"), questions[meta["question"]])
@@ -136,3 +140,14 @@ def test_a_prompt_that_names_its_bullet_marker_is_checked_for_that_marker() -> N
         assert not run_checks(p.checks, "\n".join(f"* point {i}" for i in range(n))).passed, p.id
     example = [p for p in read_prompts(FILES / "heldout.jsonl") if "* This is point 1." in p.text]
     assert example and all(run_checks(p.checks, "- a\n- b\n- c\n- d"[: 4 * p.meta["n"] - 1]).passed for p in example)
+
+
+def test_the_end_phrase_trains_on_each_phrase_that_is_all_first_and_half_on_open_questions() -> None:
+    """The confirmation set's end-phrase misses were all open questions ending in "That is all.", the phrase
+    a random draw had given 2 of 10 training prompts, and the training prompts 1 open question of 10."""
+    prompts = [p for p in read_prompts(FILES / "train.jsonl") if p.meta["kind"] == "end_phrase"]
+    phrases = Counter(p.meta["phrase"] for p in prompts)
+    assert phrases["That is all."] == max(phrases.values()) and max(phrases.values()) - min(phrases.values()) <= 1
+    assert set(phrases) == set(instruction_sets.END_PHRASES)
+    open_ = {q.text for q in instruction_sets.TRAIN_OPEN + instruction_sets.TRAIN_OPEN_MORE}
+    assert sum(p.meta["question"] in open_ for p in prompts) == len(prompts) // 2
