@@ -73,6 +73,7 @@ def run_eval(args: argparse.Namespace) -> int:
     """`distill eval`: `distill.api.evaluate` with the flags the user gave; prints each metric and the verdict."""
     from distill import api
     from distill.evaluation.gate import Policy
+    from distill.evaluation.report import kind_table
     from distill.records.files import write_atomic
 
     result = api.evaluate(args.prompts, args.adapter, against=args.against, student=args.student, judge=args.judge,
@@ -80,8 +81,6 @@ def run_eval(args: argparse.Namespace) -> int:
                           policy=given(args, Policy),
                           max_new_tokens=args.eval_max_new_tokens, columns=source_columns(args),
                           served=served_pair(args), logprob_rows=args.logprob_rows)
-    from distill.evaluation.report import kind_table
-
     data = result.to_dict()
     for name, metric in data["metrics"].items():
         shown = {k: (f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}] n={v['n']}" if isinstance(v, dict) else v)

@@ -105,10 +105,14 @@ def _last_by_kind(state: dict[str, Any]) -> dict[str, dict[str, int]] | None:
     return last[0].get("metrics", {}).get("checks", {}).get("by_kind") if last else None
 
 
+def _kind_heading(state: dict[str, Any]) -> str:
+    return f"Held-out pass rate by kind, round {state['rounds'][-1]['round']}"
+
+
 def kind_lines(state: dict[str, Any]) -> list[str]:
     """The last round's held-out pass rate per kind, as a markdown table (nothing for one kind)."""
     by_kind = _last_by_kind(state)
-    return kind_table(by_kind, f"Held-out pass rate by kind, round {state['rounds'][-1]['round']}:") if by_kind else []
+    return kind_table(by_kind, _kind_heading(state) + ":") if by_kind else []
 
 
 def verdict_lines(state: dict[str, Any]) -> list[str]:
@@ -250,9 +254,8 @@ def _html(root: Path, state: dict[str, Any], title: str, context: str, warnings:
     head = "".join(f"<th>{e(h)}</th>" for h in HEADER)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in summary_rows(state))
     kinds = kind_rows(_last_by_kind(state))
-    kind_table = ("<h2>Held-out pass rate by kind, round " + e(str(state["rounds"][-1]["round"])) + "</h2><table><tr>"
-                  + "".join(f"<th>{e(h)}</th>" for h in KIND_HEADER) + "</tr>"
-                  + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in kinds)
+    kinds_html = (f"<h2>{e(_kind_heading(state))}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in KIND_HEADER)
+                  + "</tr>" + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in kinds)
                   + "</table>") if kinds else ""
     figures = "".join(
         f'<figure><img alt="{e(caption)}" src="data:image/png;base64,'
@@ -261,6 +264,6 @@ def _html(root: Path, state: dict[str, Any], title: str, context: str, warnings:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
             "body{font-family:sans-serif;max-width:80em;margin:2em auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}figure{display:inline-block}"
-            f"</style></head><body><h1>{e(title)}</h1><p>{e(context)}</p><table><tr>{head}</tr>{body}</table>{kind_table}"
+            f"</style></head><body><h1>{e(title)}</h1><p>{e(context)}</p><table><tr>{head}</tr>{body}</table>{kinds_html}"
             + "".join(f"<p>{e(line)}</p>" for line in verdict_lines(state)) + review
             + "".join(f"<p><b>{e(w)}</b></p>" for w in warnings) + figures + "</body></html>\n")
