@@ -726,7 +726,8 @@ def _demo_kinds() -> tuple[Kind, ...]:
 # phrase draws half of its questions from the open ones too. That alone (one draw) left it at 10 of
 # 16: every miss was again "That is all.", the phrase that reads as the end of an answer, of which the
 # random draw had given training 2 prompts of 10 (4 in the shipped set, 12 of 16). So the end phrase
-# takes its phrases in turn, that one first, and 14 prompts (4 from lowercase, at 16 of 16 in both).
+# takes its phrases in turn, that one first, and 14 prompts (4 from lowercase: 14 of 16 held out, 16 of 16
+# on the confirmation set).
 TRAIN_BALANCED = ("uppercase", "word_limit", "end_phrase")
 TRAIN_PHRASES_IN_TURN = ("end_phrase",)
 TRAIN_COUNTS = {"lowercase": 26, "uppercase": 64, "bullets": 12, "one_word": 14, "word_limit": 12, "end_phrase": 14,
