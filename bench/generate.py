@@ -228,8 +228,8 @@ def table(args: argparse.Namespace, modes: list[str], results: dict[str, list[di
         lines += ["", f"distill identical to plain in every run: {'yes' if identical else 'NO'}"]
     lines += ["", "identical/agreeing prefix: run 1's answers against the reference's, as text (agreeing prefix: "
               "the mean share of the reference answer's characters before the first difference)."]
-    if llamacpp.peer_note():
-        lines += ["", llamacpp.peer_note()]
+    if note := llamacpp.peer_note():
+        lines += ["", note]
     return "\n".join(lines)
 
 

@@ -269,8 +269,8 @@ def table(args: argparse.Namespace, levels: list[int], servers: list[str], measu
         same = sum(a[i] == b[i] for i in shared)
         lines += ["", f"same greedy answer from {first} and {second}: {same}/{len(shared)} prompts"]
     lines += ["", "servers: " + "; ".join(f"`{shown(measured[n][3])}`" for n in servers)]
-    if llamacpp.peer_note():
-        lines += ["", llamacpp.peer_note()]
+    if note := llamacpp.peer_note():
+        lines += ["", note]
     return "\n".join(lines)
 
 
