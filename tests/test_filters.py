@@ -227,6 +227,21 @@ def test_an_accepted_answer_that_passes_its_check_is_a_verified_positive() -> No
     assert dropped.filter == "acceptable" and "verified positives are off" in dropped.detail
 
 
+def test_an_accepted_answer_the_token_limit_cut_off_is_not_verified_by_its_check() -> None:
+    # two bullet points pass "exactly 2" on the cut text; the words never written might add a third
+    rev = revision("- Bread.\n- Cheese and", "- Bread.\n- Cheese and", verdict="acceptable",
+                   reference={"type": "bullets", "count": 2}, original_finish_reason="length")
+    dropped, cand = run("acceptable", rev)
+    assert dropped.filter == "acceptable" and "token limit cut it off" in dropped.detail
+    assert "unverified" in dropped.detail and not cand.positive
+    dropped, cand = run("acceptable", rev, FilterContext(teacher=None, prompts=None, keep_acceptable=True))
+    assert dropped is None and cand.positive and cand.notes["positive"] == "unverified" and not cand.verified
+    whole = {**rev, "original": "- Bread.\n- Cheese.", "revision": "- Bread.\n- Cheese."}
+    del whole["original_finish_reason"]
+    dropped, cand = run("acceptable", whole)
+    assert dropped is None and cand.notes["positive"] == "verified" and cand.verified
+
+
 def test_unverified_or_failing_acceptances_are_dropped_saying_which() -> None:
     dropped, _ = run("acceptable", revision("Hi", "Hi", verdict="acceptable"))
     assert dropped.filter == "acceptable" and "unverified" in dropped.detail

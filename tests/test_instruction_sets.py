@@ -151,3 +151,19 @@ def test_the_end_phrase_trains_on_each_phrase_that_is_all_first_and_half_on_open
     assert set(phrases) == set(instruction_sets.END_PHRASES)
     open_ = {q.text for q in instruction_sets.TRAIN_OPEN + instruction_sets.TRAIN_OPEN_MORE}
     assert sum(p.meta["question"] in open_ for p in prompts) == len(prompts) // 2
+
+
+def test_several_draws_show_each_kinds_mean_and_range_and_how_many_draws_reached_80_percent(tmp_path) -> None:
+    import learning
+
+    def draw(name: str, upper: int, bullets: int) -> learning.Draw:
+        held = {"bullets": {"n": 16, "current": 4, "new": bullets}, "uppercase": {"n": 16, "current": 0, "new": upper}}
+        confirm = {"bullets": {"n": 16, "current": 4, "new": 14}, "uppercase": {"n": 16, "current": 0, "new": 14}}
+        return learning.Draw(tmp_path / name, held, confirm, general_base=47, general_tuned=46)
+
+    table = learning.draws_table([draw("a-seed0", 10, 16), draw("a-seed1", 13, 12)])
+    assert "| uppercase | 72% (62%-81%) | 88% |" in table
+    assert "| bullets | 88% (75%-100%) | 88% |" in table
+    assert "| a-seed0 | 81.2% | uppercase 10/16 | 87.5% | none | 46 (47) |" in table
+    assert "| a-seed1 | 78.1% | bullets 12/16 | 87.5% | none | 46 (47) |" in table
+    assert table.endswith("every kind at 80% or more: held out in 0 of 2 draws, on the confirmation set in 2 of 2")

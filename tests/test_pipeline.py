@@ -255,9 +255,12 @@ def test_verified_positives_are_kept_by_default_and_can_be_turned_off(tmp_path) 
     assert not (off.run_dir / "sft.jsonl").read_text()
 
 
-def test_a_positive_cut_at_the_token_limit_is_trained_without_an_end_of_turn(tmp_path) -> None:
+def test_a_positive_cut_at_the_token_limit_is_unverified_and_trained_without_an_end_of_turn(tmp_path) -> None:
     # the student's answer stopped at its token limit mid-sentence; it passes its check and the
-    # teacher accepts it: trained with an end-of-turn token there, the student learns to stop mid-sentence
+    # teacher accepts it. The check saw only part of the answer (the words never written could break a
+    # count or a limit), so it verifies nothing: dropped by default, as self-training drops a cut sample.
+    # Kept with --keep-acceptable, it is trained without an end-of-turn token there: with one, the
+    # student would learn to stop mid-sentence.
     from distill.training.examples import parse_example
 
     [cut] = answer_rows({"fix": "6 x 7 = 42, because six sevens"})
@@ -265,8 +268,13 @@ def test_a_positive_cut_at_the_token_limit_is_trained_without_an_end_of_turn(tmp
     critique_answers(cfg, [{**cut, "finish_reason": "length"}], teacher=ScriptedTeacher(script))
     [revision] = read(cfg.run_dir / "revisions.jsonl")
     assert revision["original_finish_reason"] == "length"
-    [row] = read(cfg.run_dir / "sft.jsonl")
-    assert row["meta"]["positive"] == "verified" and row["ends"] is False
+    assert not read(cfg.run_dir / "sft.jsonl")
+    [rejected] = read(cfg.run_dir / "rejected.jsonl")
+    assert rejected["filter"] == "acceptable" and "token limit cut it off" in rejected["reason"]
+    kept = RunConfig(name="kept", runs_dir=tmp_path, stages=("facts",), keep_acceptable=True)
+    critique_answers(kept, [{**cut, "finish_reason": "length"}], teacher=ScriptedTeacher(script))
+    [row] = read(kept.run_dir / "sft.jsonl")
+    assert row["meta"]["positive"] == "unverified" and row["meta"]["verified"] is False and row["ends"] is False
     assert parse_example(row).ends is False
     whole = RunConfig(name="whole", runs_dir=tmp_path, stages=("facts",))
     critique_answers(whole, [{**cut, "finish_reason": "stop"}], teacher=ScriptedTeacher(script))

@@ -14,7 +14,8 @@ are still asked for and recorded). Similarity and the judge decide only where no
 | filter        | drops a row when                                                             |
 |---------------|------------------------------------------------------------------------------|
 | acceptable    | the teacher accepted the original and no check verifies it (an accepted answer|
-|               | that passes its prompt's check is kept as a verified positive example)       |
+|               | that passes its prompt's check is kept as a verified positive example; one   |
+|               | the student's token limit cut off is not verified: the check saw a part)     |
 | boilerplate   | (strips "Sure, here is the revised answer:" wrappers first) nothing is left;  |
 |               | a wrapper the check needs (quotation marks, a fence) is left in place        |
 | empty         | the text is empty, or the teacher stopped at its token limit (truncated)     |
@@ -89,6 +90,17 @@ class Candidate:
     @cached_property
     def original_passes(self) -> bool | None:
         return self.passes(self.original)
+
+    @property
+    def original_cut(self) -> bool:
+        """The student's token limit cut the original off: a check run on it saw only part of an answer
+        (a count, a limit or an ending it might have broken in the words it never wrote)."""
+        return self.revision.get("original_finish_reason") == "length"
+
+    @property
+    def verified(self) -> bool:
+        """The text to train on passes the prompt's check, and the check saw all of it."""
+        return self.passes(self.text) is True and not (self.positive and self.original_cut)
 
     @property
     def verified_fix(self) -> bool:
@@ -185,6 +197,14 @@ async def acceptable(c: Candidate, ctx: FilterContext) -> Drop | None:
     if c.revision.get("verdict") != "acceptable":
         return None
     passed = c.original_passes
+    if passed is True and c.original_cut:
+        if ctx.keep_acceptable:
+            c.positive, c.text = True, c.original
+            c.notes["positive"] = "unverified"
+            return None
+        return Drop("acceptable", "the teacher found nothing to revise and the answer passes its check, but the "
+                                  "student's token limit cut it off, so the check saw only part of it (unverified; "
+                                  "raise --max-new-tokens, or --keep-acceptable keeps such answers)")
     if (passed is True and ctx.verified_positives) or (ctx.keep_acceptable and passed is not False):
         c.positive, c.text = True, c.original
         c.notes["positive"] = "verified" if passed else "unverified"
@@ -358,7 +378,7 @@ def _select(rev: Revision, filtered: Filtered | None, out: Selection) -> None:
         return
     meta = {**ids, "round": rev.round, "teacher": rev.teacher, "template_ids": rev.template_ids,
             "source": "acceptable" if cand.positive else "revision", **cand.notes,
-            "verified": cand.passes(cand.text) is True}
+            "verified": cand.verified}
     # a positive the student's token limit cut off is trained as far as it goes, without an
     # end-of-turn token (as replay answers are): with one, the student learns to stop mid-sentence
     cut = cand.positive and rev.original_finish_reason == "length"
