@@ -167,3 +167,10 @@ def test_several_draws_show_each_kinds_mean_and_range_and_how_many_draws_reached
     assert "| a-seed0 | 81.2% | uppercase 10/16 | 87.5% | none | 46 (47) |" in table
     assert "| a-seed1 | 78.1% | bullets 12/16 | 87.5% | none | 46 (47) |" in table
     assert table.endswith("every kind at 80% or more: held out in 0 of 2 draws, on the confirmation set in 2 of 2")
+
+
+def test_a_summary_of_an_unfinished_run_says_which_run_and_what_to_do(tmp_path) -> None:
+    import learning
+
+    with pytest.raises(SystemExit, match="has no confirm.json: the benchmark has not finished that run"):
+        learning.read_draw(tmp_path / "learning-seed2")
