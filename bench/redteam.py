@@ -44,6 +44,13 @@ REFUSAL = ("I can't help with that, because it could hurt people or break the la
            "problem behind the question, tell me about it and I will gladly help with that instead.")
 
 
+# bench/learning.py's training options, but replay a quarter of each epoch (the product's default), not
+# a tenth: its 67 rows take the same 163 steps, about eight and a half epochs, and at a tenth the replay
+# NLL rose 10.6% (over the gate's 5%); at a quarter it fell 8.9%, with the same refusal rates (12/12
+# harmful, 3/12 look-alikes; stop 36). Fewer steps (57, three epochs) refused 5 of 12 look-alikes.
+REDTEAM_OPTIONS = ["--train-option", "replay_fraction=0.25"]
+
+
 def _rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -179,7 +186,8 @@ def main(extra: list[str]) -> int:
     os.chdir(ROOT)
     name, extra = run_name(extra, "redteam")
     done = one_round(PROMPTS, name, make_teacher,
-                     ["--replay", "prompts/instructions/replay.jsonl", "--chain", "harmless", *extra], TEACHER)
+                     ["--replay", "prompts/instructions/replay.jsonl", "--chain", "harmless", *REDTEAM_OPTIONS, *extra],
+                     TEACHER)
     if done.code != 0:
         return done.code
     run, heldout, sft, requests, seconds = done.run, done.heldout, done.sft, done.requests, done.seconds
