@@ -153,14 +153,15 @@ def held_out_by_kind(run: Path) -> dict[str, dict[str, int]]:
 
 
 def confirm_by_kind(run: Path) -> tuple[dict[str, dict[str, int]], float]:
-    """`distill eval` of the round's adapter against the base on prompts/instructions/confirm.jsonl (checks
-    only, no judge; both answers to every prompt in RUN/confirm_rows.jsonl): its pass counts per kind and
-    the seconds it took."""
+    """`distill eval` of the round's adapter (the one its gate judged: round-1/adapter-dpo after
+    `--methods sft,dpo`) against the base on prompts/instructions/confirm.jsonl (checks only, no judge;
+    both answers to every prompt in RUN/confirm_rows.jsonl): its pass counts per kind and the seconds it took."""
     from distill.cli import main as distill
 
     started = time.monotonic()
     out = run / "confirm.json"
-    code = distill(["eval", str(PROMPTS / "confirm.jsonl"), "--adapter", str(run / "round-1" / "adapter"),
+    adapter = json.loads((run / "rounds.json").read_text(encoding="utf-8"))["rounds"][0]["adapter"]
+    code = distill(["eval", str(PROMPTS / "confirm.jsonl"), "--adapter", adapter,
                     "--no-judge", "--max-new-tokens", "64", "--logprob-rows", "16", "-o", str(out),
                     "--rows", str(run / "confirm_rows.jsonl")])
     if code != 0:

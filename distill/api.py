@@ -152,12 +152,13 @@ class RunResult:
 
 def run(prompts: Prompts, *, name: str, rounds: int | None = None, heldout: PathLike | None = None,
         train_options: Mapping[str, Any] | None = None, policy: Policy | Mapping[str, Any] | None = None,
-        **options: Any) -> RunResult:
+        preference_options: Mapping[str, Any] | None = None, **options: Any) -> RunResult:
     """One distillation round on `prompts` into RUNS_DIR/NAME (the student answers, the teacher critiques
     and revises, the filters keep verified fixes), or with `rounds` and `heldout` up to that many rounds,
     each trained and promoted only when the gate says so. `options` are `distill run`'s flags as keywords
     (RunConfig, GenerationParams and RoundsConfig fields: teacher="none", samples=8, methods=("sft",), ...);
-    `train_options` TrainConfig fields (over [train]); `policy` the gate (a Policy, or its fields over
+    `train_options` TrainConfig fields (over [train]), `preference_options` those of the preference step
+    of methods=("sft", "dpo") over them; `policy` the gate (a Policy, or its fields over
     [gate]). Re-running resumes, as the command does."""
     from distill.evaluation.config import RoundsConfig
     from distill.records.tables import Columns
@@ -178,7 +179,8 @@ def run(prompts: Prompts, *, name: str, rounds: int | None = None, heldout: Path
     from distill.evaluation.rounds import run_rounds
 
     settings = RoundsConfig(run=config, rounds=rounds, heldout=Path(heldout), train_options=train_values(train_options),
-                            policy=policy_of(policy), **rounds_values)
+                            preference_options=dict(preference_options or {}), policy=policy_of(policy),
+                            **rounds_values)
     state = run_rounds(settings, given)
     return RunResult(config.run_dir, rounds=list(state.get("rounds", [])), best_adapter=state.get("best_adapter"))
 

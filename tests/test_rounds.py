@@ -174,12 +174,17 @@ def test_a_round_trains_sft_then_dpo_on_its_pairs_and_the_gate_judges_the_dpo_ad
     args = ["run", str(train), "--name", "pref", "--runs-dir", str(tmp_path / "runs"), "--student",
             str(peaked_model_dir), "--max-new-tokens", "6", "--chain", "quick", "--rounds", "1", "--methods", "sft,dpo",
             "--heldout", str(heldout), "--eval-max-new-tokens", "6", "--max-nll-increase", "100",
-            "--train-option", "learning_rate=0.01", "--train-option", "epochs=4", "--dedup-threshold", "0"]
+            "--train-option", "learning_rate=0.01", "--train-option", "epochs=4", "--dedup-threshold", "0",
+            "--preference-option", "learning_rate=0.002", "--preference-option", "epochs=2"]
     assert main(args) == 0
     root = tmp_path / "runs" / "pref"
     [record] = json.loads((root / "rounds.json").read_text())["rounds"]
     assert record["methods"] == ["sft", "dpo"] and record["adapter"] == str(root / "round-1" / "adapter-dpo")
     assert record["training"]["config"]["method"] == "sft" and record["preference_training"]["method"] == "dpo"
+    # the preference step takes its own options over the training options; SFT does not see them
+    assert (record["training"]["config"]["learning_rate"], record["training"]["config"]["epochs"]) == (0.01, 4)
+    dpo = json.loads((root / "round-1" / "adapter-dpo" / "training.json").read_text())["config"]
+    assert (dpo["learning_rate"], dpo["epochs"], dpo["batch_size"]) == (0.002, 2, 8)
     assert record["preference_training"]["init_adapter"]["path"] == str(root / "round-1" / "adapter")
     assert {"margin", "accuracy"} <= set(record["preference_training"]["last_step"])
     assert json.loads((root / "round-1" / "eval.json").read_text())["new"] == str(root / "round-1" / "adapter-dpo")
@@ -194,6 +199,15 @@ def test_a_preference_method_runs_after_sft_or_alone(tmp_path, capsys) -> None:
     assert main(["run", str(train), "--name", "x", "--runs-dir", str(tmp_path / "runs"), "--rounds", "1",
                  "--heldout", str(heldout), "--methods", "dpo,sft"]) == 2
     assert "expected sft, dpo, kto, sft,dpo or sft,kto" in capsys.readouterr().err
+    base = ["run", str(train), "--name", "x", "--runs-dir", str(tmp_path / "runs"), "--rounds", "1",
+            "--heldout", str(heldout)]
+    assert main([*base, "--preference-option", "beta=0.5"]) == 2  # --methods sft: no step to take it
+    assert ("--preference-option beta: --methods sft has no preference step; give --methods sft,dpo (or sft,kto)"
+            in capsys.readouterr().err)
+    assert main([*base, "--methods", "sft,dpo", "--preference-option", "betta=0.5"]) == 2
+    assert "--preference-option: unknown training option(s) 'betta'" in capsys.readouterr().err
+    assert main([*base, "--methods", "sft,dpo", "--preference-option", "beta"]) == 2
+    assert "--preference-option 'beta': expected FIELD=VALUE" in capsys.readouterr().err
 
 
 def test_online_pairs_come_from_two_samples_judged_in_both_orders(loopback_teacher, tmp_path, capsys) -> None:

@@ -76,11 +76,15 @@ def _rounds(p: argparse.ArgumentParser) -> None:
     r.add_argument("--train-option", action="append", default=[], metavar="FIELD=VALUE",
                    help="a training option (TrainConfig field), e.g. --train-option epochs=2; repeatable; "
                         "over [train] in distill.toml")
+    r.add_argument("--preference-option", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a training option for the preference step of --methods sft,dpo (or sft,kto) only, over "
+                        "--train-option, e.g. --preference-option learning_rate=5e-5 --preference-option "
+                        "max_steps=null; repeatable")
     add_options(r, RoundsConfig, only=("methods", "judge", "eval_max_new_tokens", "logprob_rows"))
     add_policy_args(p)
 
 
-def _train_options(pairs: list[str]) -> dict:  # type: ignore[type-arg]
+def _train_options(pairs: list[str], flag: str = "--train-option") -> dict:  # type: ignore[type-arg]
     import json
 
     from distill.errors import ConfigError
@@ -89,7 +93,7 @@ def _train_options(pairs: list[str]) -> dict:  # type: ignore[type-arg]
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
-            raise ConfigError(f"--train-option {pair!r}: expected FIELD=VALUE, e.g. epochs=2")
+            raise ConfigError(f"{flag} {pair!r}: expected FIELD=VALUE, e.g. epochs=2")
         try:
             options[name.strip()] = json.loads(value)
         except json.JSONDecodeError:
@@ -118,7 +122,9 @@ def run_command(args: argparse.Namespace) -> int:
     from distill.student.model import GenerationParams
 
     result = api.run(args.prompts, name=args.name, rounds=args.rounds, heldout=args.heldout,
-                     train_options=_train_options(args.train_option), policy=given(args, Policy),
+                     train_options=_train_options(args.train_option),
+                     preference_options=_train_options(args.preference_option, "--preference-option"),
+                     policy=given(args, Policy),
                      **given(args, RunConfig, GenerationParams, RoundsConfig, Columns))
     print(result.table())
     where = (f"report: {result.run_dir / 'report.md'}" if args.rounds is not None else

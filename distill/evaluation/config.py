@@ -27,6 +27,10 @@ class RoundsConfig:
     """Held-out prompts the gate evaluates on (never trained on)."""
     train_options: dict[str, Any] = field(default_factory=dict)
     """TrainConfig fields (`--train-option FIELD=VALUE`, `[train]`)."""
+    preference_options: dict[str, Any] = field(default_factory=dict)
+    """TrainConfig fields for the preference step of `--methods sft,dpo` (or kto) alone, over
+    `train_options` (`--preference-option FIELD=VALUE`): DPO after SFT wants a far lower learning
+    rate and fewer steps than the SFT it starts from (README, "Does DPO help?")."""
     policy: Policy = field(default_factory=Policy)
     methods: tuple[str, ...] = option(("sft",), help="training methods each round, in order: sft, then dpo or kto "
                                       "on the round's pairs from the SFT adapter (e.g. sft,dpo)",
@@ -56,6 +60,9 @@ class RoundsConfig:
         if not valid:
             raise ConfigError(f"--methods {','.join(methods)}: expected sft, dpo, kto, sft,dpo or sft,kto (a "
                               "preference method runs after SFT, on the round's pairs)")
+        if self.preference_options and methods[-1] not in ("dpo", "kto"):
+            raise ConfigError(f"--preference-option {', '.join(sorted(self.preference_options))}: --methods "
+                              f"{','.join(methods)} has no preference step; give --methods sft,dpo (or sft,kto)")
         check_logprob_rows(self.logprob_rows)
 
 

@@ -120,6 +120,8 @@ def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> 
                          f"(e.g. {overlap[0]!r}); held-out prompts must never be trained on")
     general = read_general(config.general) if config.general is not None else []
     train_config = TrainConfig.from_mapping(config.train_options, source="--train-option")
+    if config.preference_options:  # checked now, not after the first round's SFT
+        TrainConfig.from_mapping({**config.train_options, **config.preference_options}, source="--preference-option")
     state = load_state(root)
     state.update(name=config.run.name, heldout=str(config.heldout), policy=config.policy.__dict__)
 
@@ -187,10 +189,10 @@ def _train_round(config: RoundsConfig, run_dir: Path, data: Sequence[Any], repla
                  train_config: Any, current: str | None) -> tuple[Path, list[dict[str, Any]]]:
     """Train the round's adapter by `config.methods`: SFT on the rows into `adapter/`, then DPO or
     KTO on the round's pairs (prefs.jsonl) from the SFT adapter into `adapter-dpo/` (`adapter-kto/`);
-    a preference method alone starts from the current adapter. Returns the adapter the gate judges
-    and the training.json of each step. Each step resumes from its own checkpoints."""
-    from dataclasses import replace
-
+    a preference method alone starts from the current adapter, and takes `preference_options` over the
+    training options. Returns the adapter the gate judges and the training.json of each step. Each
+    step resumes from its own checkpoints."""
+    from distill.training.config import TrainConfig
     from distill.training.pairs import read_pairs
     from distill.training.preference import train_preferences
     from distill.training.sft import train
@@ -206,7 +208,9 @@ def _train_round(config: RoundsConfig, run_dir: Path, data: Sequence[Any], repla
             out = run_dir / f"adapter-{method}"
             start = adapter if adapter is not None else (Path(current) if current else None)
             if not (out / "training.json").exists():
-                train_preferences(read_pairs(run_dir / "prefs.jsonl"), out, replace(train_config, method=method),
+                options = {**config.train_options, **config.preference_options, "method": method}
+                train_preferences(read_pairs(run_dir / "prefs.jsonl"), out,
+                                  TrainConfig.from_mapping(options, source="--preference-option"),
                                   method=method, student=config.run.student, init_adapter=start, replay=replay,
                                   restart=out.exists())
         adapter = out
