@@ -120,8 +120,9 @@ def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> 
                          f"(e.g. {overlap[0]!r}); held-out prompts must never be trained on")
     general = read_general(config.general) if config.general is not None else []
     train_config = TrainConfig.from_mapping(config.train_options, source="--train-option")
-    if config.preference_options:  # checked now, not after the first round's SFT
-        TrainConfig.from_mapping({**config.train_options, **config.preference_options}, source="--preference-option")
+    # built (and checked) now, not after the first round's SFT
+    preference_config = TrainConfig.from_mapping({**config.train_options, **config.preference_options},
+                                                 source="--preference-option")
     state = load_state(root)
     state.update(name=config.run.name, heldout=str(config.heldout), policy=config.policy.__dict__)
 
@@ -162,7 +163,8 @@ def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> 
             state["rounds"] = [*finished, record]
             save_state(root, state)
             break
-        adapter, trainings = _train_round(config, round_cfg.run_dir, data, replay, train_config, current)
+        adapter, trainings = _train_round(config, round_cfg.run_dir, data, replay, train_config,
+                                          preference_config, current)
         record.update(adapter=str(adapter), methods=list(config.methods), training=trainings[0],
                       **({"preference_training": trainings[1]} if len(trainings) > 1 else {}))
         evaluation = _evaluate(config, number, current, adapter, heldout, revisions, forgetting_set, round_cfg.run_dir,
@@ -186,13 +188,15 @@ def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> 
 
 
 def _train_round(config: RoundsConfig, run_dir: Path, data: Sequence[Any], replay: Sequence[Any],
-                 train_config: Any, current: str | None) -> tuple[Path, list[dict[str, Any]]]:
+                 train_config: Any, preference_config: Any,
+                 current: str | None) -> tuple[Path, list[dict[str, Any]]]:
     """Train the round's adapter by `config.methods`: SFT on the rows into `adapter/`, then DPO or
     KTO on the round's pairs (prefs.jsonl) from the SFT adapter into `adapter-dpo/` (`adapter-kto/`);
-    a preference method alone starts from the current adapter, and takes `preference_options` over the
-    training options. Returns the adapter the gate judges and the training.json of each step. Each
-    step resumes from its own checkpoints."""
-    from distill.training.config import TrainConfig
+    a preference method alone starts from the current adapter, and trains with `preference_config`
+    (the training options with `preference_options` over them). Returns the adapter the gate judges
+    and the training.json of each step. Each step resumes from its own checkpoints."""
+    from dataclasses import replace
+
     from distill.training.pairs import read_pairs
     from distill.training.preference import train_preferences
     from distill.training.sft import train
@@ -208,9 +212,7 @@ def _train_round(config: RoundsConfig, run_dir: Path, data: Sequence[Any], repla
             out = run_dir / f"adapter-{method}"
             start = adapter if adapter is not None else (Path(current) if current else None)
             if not (out / "training.json").exists():
-                options = {**config.train_options, **config.preference_options, "method": method}
-                train_preferences(read_pairs(run_dir / "prefs.jsonl"), out,
-                                  TrainConfig.from_mapping(options, source="--preference-option"),
+                train_preferences(read_pairs(run_dir / "prefs.jsonl"), out, replace(preference_config, method=method),
                                   method=method, student=config.run.student, init_adapter=start, replay=replay,
                                   restart=out.exists())
         adapter = out
