@@ -193,6 +193,42 @@ def test_a_round_trains_sft_then_dpo_on_its_pairs_and_the_gate_judges_the_dpo_ad
     assert (root / "report.html").read_text().count("data:image/png;base64,") == 4
 
 
+def test_tuned_pairs_set_the_sft_adapters_failing_samples_against_the_verified_answer(
+        loopback_teacher, peaked_model_dir, tmp_path, capsys) -> None:
+    """`--preference-pairs tuned`: after SFT the adapter samples each training prompt with a reference,
+    and DPO trains on its failing samples (prefs-tuned.jsonl), not on the round's pairs."""
+    loopback_teacher.script(yes_teacher)
+    train = write(tmp_path / "train.jsonl", [{"id": f"t{i}", "prompt": f"Question number {i}: is it true?",
+                                              **({"reference": "yes"} if i < 6 else {})} for i in range(10)])
+    heldout = write(tmp_path / "heldout.jsonl", [{"id": f"h{i}", "prompt": f"Held-out question {i}: is water wet?",
+                                                  "reference": "yes"} for i in range(4)])
+    args = ["run", str(train), "--name", "tuned", "--runs-dir", str(tmp_path / "runs"), "--student",
+            str(peaked_model_dir), "--max-new-tokens", "6", "--chain", "quick", "--rounds", "1", "--methods", "sft,dpo",
+            "--heldout", str(heldout), "--eval-max-new-tokens", "6", "--max-nll-increase", "100",
+            "--train-option", "learning_rate=0.0001", "--train-option", "epochs=1", "--dedup-threshold", "0",
+            "--preference-pairs", "tuned", "--preference-samples", "3", "--preference-temperature", "1.5"]
+    assert main(args) == 0
+    round_dir = tmp_path / "runs" / "tuned" / "round-1"
+    samples = [json.loads(line) for line in (round_dir / "tuned-samples.jsonl").read_text().splitlines()]
+    # only the prompts with a reference are sampled, three times each, at the temperature asked for
+    assert sorted({s["prompt_id"] for s in samples}) == [f"t{i}" for i in range(6)] and len(samples) == 18
+    assert {s["generation"]["temperature"] for s in samples} == {1.5}
+    assert {s["model"]["adapter"] for s in samples} == {str(round_dir / "adapter")}  # the SFT adapter samples
+    pairs = [json.loads(line) for line in (round_dir / "prefs-tuned.jsonl").read_text().splitlines()]
+    failing = {" ".join(s["answer"].split()) for s in samples if "yes" not in s["answer"].lower()}
+    assert pairs and {p["chosen"][0]["content"] for p in pairs} == {"yes"}
+    assert all("yes" not in p["rejected"][0]["content"].lower() and p["meta"]["source"] == "tuned" for p in pairs)
+    assert {" ".join(p["rejected"][0]["content"].split()) for p in pairs} <= failing
+    [record] = json.loads((tmp_path / "runs" / "tuned" / "rounds.json").read_text())["rounds"]
+    assert record["tuned_pairs"] == {"prompts": 6, "samples": 18, "pairs": len(pairs)}
+    assert record["adapter"] == str(round_dir / "adapter-dpo")
+    assert record["preference_training"]["data"]["rows"] == len(pairs)  # trained on these, not prefs.jsonl
+    assert "tuned pairs:" in capsys.readouterr().err
+    report = (tmp_path / "runs" / "tuned" / "report.md").read_text()
+    assert (f"round 1, tuned pairs: {len(pairs)} distinct samples of the SFT adapter's 18 on 6 prompts with a "
+            f"verified answer fail their check; dpo trained on {len(pairs)} pairs (prefs-tuned.jsonl)" in report)
+
+
 def test_a_preference_method_runs_after_sft_or_alone(tmp_path, capsys) -> None:
     train = write(tmp_path / "train.jsonl", [{"id": "t", "prompt": "Is it?"}])
     heldout = write(tmp_path / "heldout.jsonl", [{"id": "h", "prompt": "Is water wet?", "reference": "yes"}])
@@ -208,6 +244,10 @@ def test_a_preference_method_runs_after_sft_or_alone(tmp_path, capsys) -> None:
     assert "--preference-option: unknown training option(s) 'betta'" in capsys.readouterr().err
     assert main([*base, "--methods", "sft,dpo", "--preference-option", "beta"]) == 2
     assert "--preference-option 'beta': expected FIELD=VALUE" in capsys.readouterr().err
+    assert main([*base, "--preference-pairs", "tuned"]) == 2  # tuned pairs need an SFT step before them
+    assert "--preference-pairs tuned: --methods sft has no preference step after SFT" in capsys.readouterr().err
+    assert main([*base, "--methods", "sft,dpo", "--preference-pairs", "tuned", "--preference-samples", "0"]) == 2
+    assert "expected at least 1 sample at a temperature above 0" in capsys.readouterr().err
 
 
 def test_online_pairs_come_from_two_samples_judged_in_both_orders(loopback_teacher, tmp_path, capsys) -> None:

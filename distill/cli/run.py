@@ -80,7 +80,8 @@ def _rounds(p: argparse.ArgumentParser) -> None:
                    help="a training option for the preference step of --methods sft,dpo (or sft,kto) only, over "
                         "--train-option, e.g. --preference-option learning_rate=5e-5 --preference-option "
                         "max_steps=null; repeatable")
-    add_options(r, RoundsConfig, only=("methods", "judge", "eval_max_new_tokens", "logprob_rows"))
+    add_options(r, RoundsConfig, only=("methods", "preference_pairs", "preference_samples", "preference_temperature",
+                                       "judge", "eval_max_new_tokens", "logprob_rows"))
     add_policy_args(p)
 
 

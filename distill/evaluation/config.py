@@ -35,6 +35,14 @@ class RoundsConfig:
     methods: tuple[str, ...] = option(("sft",), help="training methods each round, in order: sft, then dpo or kto "
                                       "on the round's pairs from the SFT adapter (e.g. sft,dpo)",
                                       metavar="METHOD[,METHOD]")
+    preference_pairs: str = option(
+        "round", choices=("round", "tuned"),
+        help="the pairs of the preference step after SFT: round (the round's pairs, prefs.jsonl: the teacher's "
+             "revision over the student's answer before training) or tuned (the SFT adapter samples each "
+             "training prompt that has a reference --preference-samples times; each sample that fails its check "
+             "is set against the prompt's verified training answer, so DPO works only where SFT left a failure)")
+    preference_samples: int = option(4, help="--preference-pairs tuned: samples per training prompt")
+    preference_temperature: float = option(0.8, help="--preference-pairs tuned: sampling temperature")
     eval_max_new_tokens: int = option(128, help="answer length for the evaluation")
     logprob_rows: int = option(
         64, metavar="N", help="held-out rows the fidelity and the KL are measured on, spread evenly through the "
@@ -63,6 +71,15 @@ class RoundsConfig:
         if self.preference_options and methods[-1] not in ("dpo", "kto"):
             raise ConfigError(f"--preference-option {', '.join(sorted(self.preference_options))}: --methods "
                               f"{','.join(methods)} has no preference step; give --methods sft,dpo (or sft,kto)")
+        if self.preference_pairs not in ("round", "tuned"):
+            raise ConfigError(f"--preference-pairs {self.preference_pairs!r}: expected round or tuned")
+        if self.preference_pairs == "tuned" and methods not in (("sft", "dpo"), ("sft", "kto")):
+            raise ConfigError(f"--preference-pairs tuned: --methods {','.join(methods)} has no preference step "
+                              "after SFT; tuned pairs are the SFT adapter's samples, give --methods sft,dpo "
+                              "(or sft,kto)")
+        if self.preference_samples < 1 or self.preference_temperature <= 0:
+            raise ConfigError(f"--preference-samples {self.preference_samples} / --preference-temperature "
+                              f"{self.preference_temperature}: expected at least 1 sample at a temperature above 0")
         check_logprob_rows(self.logprob_rows)
 
 

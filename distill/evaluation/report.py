@@ -79,7 +79,7 @@ def summary_table(state: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in summary_rows(state)]
     if state.get("rounds"):
         lines.append("")
-    return "\n".join(lines + kind_lines(state) + verdict_lines(state))
+    return "\n".join(lines + kind_lines(state) + tuned_lines(state) + verdict_lines(state))
 
 
 KIND_HEADER = ["kind", "prompts", "current", "new"]
@@ -113,6 +113,20 @@ def kind_lines(state: dict[str, Any]) -> list[str]:
     """The last round's held-out pass rate per kind, as a markdown table (nothing for one kind)."""
     by_kind = _last_by_kind(state)
     return kind_table(by_kind, _kind_heading(state) + ":") if by_kind else []
+
+
+def tuned_lines(state: dict[str, Any]) -> list[str]:
+    """Per round with `--preference-pairs tuned`: what the SFT adapter failed, and what the preference step
+    trained on (`distill.stages.tuned_pairs`)."""
+    lines = []
+    for r in state.get("rounds", []):
+        t = r.get("tuned_pairs")
+        if t is not None:
+            step = (f"{r['methods'][-1]} trained on {t['pairs']} pairs (prefs-tuned.jsonl)" if t["pairs"] else
+                    f"no {r['methods'][-1]} step: the gate judged the SFT adapter")
+            lines.append(f"round {r['round']}, tuned pairs: {t['pairs']} distinct samples of the SFT adapter's "
+                         f"{t['samples']} on {t['prompts']} prompts with a verified answer fail their check; {step}")
+    return lines + [""] if lines else []
 
 
 def verdict_lines(state: dict[str, Any]) -> list[str]:

@@ -163,14 +163,16 @@ def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> 
             state["rounds"] = [*finished, record]
             save_state(root, state)
             break
-        adapter, trainings = _train_round(config, round_cfg.run_dir, data, replay, train_config,
-                                          preference_config, current)
+        adapter, trainings, tuned = _train_round(config, round_cfg.run_dir, data, replay, train_config,
+                                                 preference_config, current, prompts)
         record.update(adapter=str(adapter), methods=list(config.methods), training=trainings[0],
-                      **({"preference_training": trainings[1]} if len(trainings) > 1 else {}))
+                      **({"preference_training": trainings[1]} if len(trainings) > 1 else {}),
+                      **({"tuned_pairs": tuned} if tuned is not None else {}))
         evaluation = _evaluate(config, number, current, adapter, heldout, revisions, forgetting_set, round_cfg.run_dir,
                                judge=not self_only, general=general)
         decision = decide(evaluation.metrics, config.policy)
-        log_gate(adapter, evaluation.to_dict()["metrics"], decision.promote)  # to the tracker, if it was trained with one
+        # to the tracker, if it was trained with one
+        log_gate(adapter, evaluation.to_dict()["metrics"], decision.promote)
         record.update(finished=True, metrics=evaluation.to_dict()["metrics"], warnings=evaluation.warnings,
                       decision=decision.to_dict())
         finished = [*finished, record]
@@ -188,13 +190,16 @@ def _run_rounds(config: RoundsConfig, prompts: Sequence[Prompt], root: Path) -> 
 
 
 def _train_round(config: RoundsConfig, run_dir: Path, data: Sequence[Any], replay: Sequence[Any],
-                 train_config: Any, preference_config: Any,
-                 current: str | None) -> tuple[Path, list[dict[str, Any]]]:
+                 train_config: Any, preference_config: Any, current: str | None,
+                 prompts: Sequence[Prompt]) -> tuple[Path, list[dict[str, Any]], dict[str, int] | None]:
     """Train the round's adapter by `config.methods`: SFT on the rows into `adapter/`, then DPO or
-    KTO on the round's pairs (prefs.jsonl) from the SFT adapter into `adapter-dpo/` (`adapter-kto/`);
-    a preference method alone starts from the current adapter, and trains with `preference_config`
-    (the training options with `preference_options` over them). Returns the adapter the gate judges
-    and the training.json of each step. Each step resumes from its own checkpoints."""
+    KTO from the SFT adapter into `adapter-dpo/` (`adapter-kto/`), on the round's pairs (prefs.jsonl)
+    or, with `--preference-pairs tuned`, on the SFT adapter's failing samples (prefs-tuned.jsonl,
+    `distill.stages.tuned_pairs`); a preference method alone starts from the current adapter. The
+    preference step trains with `preference_config` (the training options with `preference_options`
+    over them). Returns the adapter the gate judges, the training.json of each step, and the tuned
+    pairs' counts (None without them). Each step resumes from its own checkpoints; when the SFT
+    adapter fails no sample, there is nothing for DPO to push down and the gate judges the SFT adapter."""
     from dataclasses import replace
 
     from distill.training.pairs import read_pairs
@@ -203,23 +208,55 @@ def _train_round(config: RoundsConfig, run_dir: Path, data: Sequence[Any], repla
 
     adapter: Path | None = None
     trainings = []
+    tuned: dict[str, int] | None = None
     for method in config.methods:
         if method == "sft":
             out = run_dir / "adapter"
             if not (out / "training.json").exists():
                 train(data, out, train_config, student=config.run.student, replay=replay, restart=out.exists())
         else:
+            pairs_file = run_dir / "prefs.jsonl"
+            if config.preference_pairs == "tuned" and adapter is not None:
+                pairs_file, tuned = _tuned_pairs(config, run_dir, adapter, data, prompts)
+                if not tuned["pairs"]:
+                    _log(f"the SFT adapter passed every check in {tuned['samples']} samples: no {method} step")
+                    break
             out = run_dir / f"adapter-{method}"
             start = adapter if adapter is not None else (Path(current) if current else None)
             if not (out / "training.json").exists():
-                train_preferences(read_pairs(run_dir / "prefs.jsonl"), out, replace(preference_config, method=method),
+                train_preferences(read_pairs(pairs_file), out, replace(preference_config, method=method),
                                   method=method, student=config.run.student, init_adapter=start, replay=replay,
                                   restart=out.exists())
         adapter = out
         trainings.append(json.loads((out / "training.json").read_text(encoding="utf-8")))
     if adapter is None:  # RoundsConfig refuses an empty list of methods; this is only a guard
         raise InputError("no training method")
-    return adapter, trainings
+    return adapter, trainings, tuned
+
+
+def _tuned_pairs(config: RoundsConfig, run_dir: Path, adapter: Path, data: Sequence[Any],
+                 prompts: Sequence[Prompt]) -> tuple[Path, dict[str, int]]:
+    """The SFT `adapter` samples the training prompts that have a reference and a verified training
+    answer (tuned-samples.jsonl, resumable); its failing samples become prefs-tuned.jsonl. Returns that
+    file and the counts."""
+    from distill.stages.answer import answer_to_file
+    from distill.stages.tuned_pairs import tuned_pairs, verified_answers
+    from distill.student.model import GenerationParams
+
+    verified = verified_answers(prompts, data)
+    params = GenerationParams(max_new_tokens=config.run.generation.max_new_tokens,
+                              temperature=config.preference_temperature, samples=config.preference_samples,
+                              seed=config.run.generation.seed)
+    _log(f"tuned pairs: the SFT adapter samples {len(verified)} training prompts with a verified answer "
+         f"{config.preference_samples} times at temperature {config.preference_temperature:g}")
+    asked = [p for p in prompts if p.id in verified]
+    samples = answer_to_file(asked, run_dir / "tuned-samples.jsonl", params, source=config.run.student,
+                             adapter=str(adapter), batch_size=config.run.batch_size)
+    found = tuned_pairs(samples, verified)
+    out = run_dir / "prefs-tuned.jsonl"
+    write_jsonl(out, [p.to_row() for p in found.pairs])
+    _log(f"tuned pairs: {len(found.pairs)} distinct samples of {found.samples} fail their check, one pair each")
+    return out, found.summary()
 
 
 def _base_answers(config: RoundsConfig, prompts: Sequence[Prompt], output: Path) -> list[dict[str, Any]]:
