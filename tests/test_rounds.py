@@ -227,6 +227,7 @@ def test_tuned_pairs_set_the_sft_adapters_failing_samples_against_the_verified_a
     report = (tmp_path / "runs" / "tuned" / "report.md").read_text()
     assert (f"round 1, tuned pairs: {len(pairs)} distinct samples of the SFT adapter's 18 on 6 prompts with a "
             f"verified answer fail their check; dpo trained on {len(pairs)} pairs (prefs-tuned.jsonl)" in report)
+    assert "dpo trained on" in (tmp_path / "runs" / "tuned" / "report.html").read_text()
 
 
 def test_a_preference_method_runs_after_sft_or_alone(tmp_path, capsys) -> None:

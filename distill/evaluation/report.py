@@ -279,5 +279,5 @@ def _html(root: Path, state: dict[str, Any], title: str, context: str, warnings:
             "body{font-family:sans-serif;max-width:80em;margin:2em auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}figure{display:inline-block}"
             f"</style></head><body><h1>{e(title)}</h1><p>{e(context)}</p><table><tr>{head}</tr>{body}</table>{kinds_html}"
-            + "".join(f"<p>{e(line)}</p>" for line in verdict_lines(state)) + review
+            + "".join(f"<p>{e(line)}</p>" for line in tuned_lines(state) + verdict_lines(state) if line) + review
             + "".join(f"<p><b>{e(w)}</b></p>" for w in warnings) + figures + "</body></html>\n")
