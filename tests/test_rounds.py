@@ -34,6 +34,14 @@ def write(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def tiny_round(name: str, train: Path, heldout: Path, tmp_path: Path, student: Path, *flags: str) -> list[str]:
+    """`distill run` on the tiny student into tmp_path/runs/NAME: 6-token answers and evaluations, the quick
+    chain, no dedup, a forgetting limit it cannot break; `flags` add the rounds, training options, ..."""
+    return ["run", str(train), "--name", name, "--runs-dir", str(tmp_path / "runs"), "--student", str(student),
+            "--max-new-tokens", "6", "--chain", "quick", "--heldout", str(heldout), "--eval-max-new-tokens", "6",
+            "--max-nll-increase", "100", "--dedup-threshold", "0", *flags]
+
+
 def test_two_rounds_promote_then_refuse_and_report(loopback_teacher, peaked_model_dir, tmp_path, capsys) -> None:
     loopback = loopback_teacher
     loopback.script(yes_teacher)
@@ -41,11 +49,8 @@ def test_two_rounds_promote_then_refuse_and_report(loopback_teacher, peaked_mode
                                               for i in range(24)])
     heldout = write(tmp_path / "heldout.jsonl", [{"id": f"h{i}", "prompt": f"Held-out question {i}: is water wet?",
                                                   "reference": "yes"} for i in range(8)])
-    args = ["run", str(train), "--name", "multi", "--runs-dir", str(tmp_path / "runs"), "--student",
-            str(peaked_model_dir), "--max-new-tokens", "6", "--chain", "quick", "--rounds", "3",
-            "--heldout", str(heldout), "--eval-max-new-tokens", "6", "--max-nll-increase", "100",
-            "--train-option", "learning_rate=0.01", "--train-option", "epochs=4", "--dedup-threshold", "0",
-            "--logprob-rows", "5"]
+    args = tiny_round("multi", train, heldout, tmp_path, peaked_model_dir, "--rounds", "3",
+                      "--train-option", "learning_rate=0.01", "--train-option", "epochs=4", "--logprob-rows", "5")
     assert main(args) == 0
     captured = capsys.readouterr()
     out = captured.out
@@ -97,11 +102,9 @@ def test_each_rounds_gate_metrics_go_to_its_adapters_tracker(loopback_teacher, p
                                               for i in range(12)])
     heldout = write(tmp_path / "heldout.jsonl", [{"id": f"h{i}", "prompt": f"Held-out question {i}: is water wet?",
                                                   "reference": "yes"} for i in range(8)])
-    assert main(["run", str(train), "--name", "tracked", "--runs-dir", str(tmp_path / "runs"), "--student",
-                 str(peaked_model_dir), "--max-new-tokens", "6", "--chain", "quick", "--rounds", "1",
-                 "--heldout", str(heldout), "--eval-max-new-tokens", "6", "--max-nll-increase", "100",
-                 "--train-option", "learning_rate=0.01", "--train-option", "epochs=2", "--train-option",
-                 "report_to=tensorboard", "--dedup-threshold", "0"]) == 0
+    assert main(tiny_round("tracked", train, heldout, tmp_path, peaked_model_dir, "--rounds", "1",
+                           "--train-option", "learning_rate=0.01", "--train-option", "epochs=2", "--train-option",
+                           "report_to=tensorboard")) == 0
     [record] = json.loads((tmp_path / "runs" / "tracked" / "rounds.json").read_text())["rounds"]
     logged = scalars(tmp_path / "runs" / "tracked" / "round-1" / "adapter" / "tracking")
     steps = record["training"]["steps"]
@@ -122,11 +125,9 @@ def test_a_round_that_wins_on_held_out_but_breaks_general_answers_is_refused(loo
     general = write(tmp_path / "general.jsonl", [{"id": f"g{i}", "prompt": f"General question {i}: what is the weather?",
                                                   "reference": {"type": "forbidden_words", "words": ["yes"]}}
                                                  for i in range(6)])
-    assert main(["run", str(train), "--name", "general", "--runs-dir", str(tmp_path / "runs"), "--student",
-                 str(peaked_model_dir), "--max-new-tokens", "6", "--chain", "quick", "--rounds", "1",
-                 "--heldout", str(heldout), "--general", str(general), "--eval-max-new-tokens", "6",
-                 "--max-nll-increase", "100", "--train-option", "learning_rate=0.01", "--train-option", "epochs=4",
-                 "--dedup-threshold", "0"]) == 0
+    assert main(tiny_round("general", train, heldout, tmp_path, peaked_model_dir, "--rounds", "1",
+                           "--general", str(general), "--train-option", "learning_rate=0.01",
+                           "--train-option", "epochs=4")) == 0
     state = json.loads((tmp_path / "runs" / "general" / "rounds.json").read_text())
     [record] = state["rounds"]
     assert record["metrics"]["checks"]["new_pass_rate"] == 1.0
@@ -171,11 +172,9 @@ def test_a_round_trains_sft_then_dpo_on_its_pairs_and_the_gate_judges_the_dpo_ad
                                               for i in range(16)])
     heldout = write(tmp_path / "heldout.jsonl", [{"id": f"h{i}", "prompt": f"Held-out question {i}: is water wet?",
                                                   "reference": "yes"} for i in range(6)])
-    args = ["run", str(train), "--name", "pref", "--runs-dir", str(tmp_path / "runs"), "--student",
-            str(peaked_model_dir), "--max-new-tokens", "6", "--chain", "quick", "--rounds", "1", "--methods", "sft,dpo",
-            "--heldout", str(heldout), "--eval-max-new-tokens", "6", "--max-nll-increase", "100",
-            "--train-option", "learning_rate=0.01", "--train-option", "epochs=4", "--dedup-threshold", "0",
-            "--preference-option", "learning_rate=0.002", "--preference-option", "epochs=2"]
+    args = tiny_round("pref", train, heldout, tmp_path, peaked_model_dir, "--rounds", "1", "--methods", "sft,dpo",
+                      "--train-option", "learning_rate=0.01", "--train-option", "epochs=4",
+                      "--preference-option", "learning_rate=0.002", "--preference-option", "epochs=2")
     assert main(args) == 0
     root = tmp_path / "runs" / "pref"
     [record] = json.loads((root / "rounds.json").read_text())["rounds"]
@@ -202,11 +201,9 @@ def test_tuned_pairs_set_the_sft_adapters_failing_samples_against_the_verified_a
                                               **({"reference": "yes"} if i < 6 else {})} for i in range(10)])
     heldout = write(tmp_path / "heldout.jsonl", [{"id": f"h{i}", "prompt": f"Held-out question {i}: is water wet?",
                                                   "reference": "yes"} for i in range(4)])
-    args = ["run", str(train), "--name", "tuned", "--runs-dir", str(tmp_path / "runs"), "--student",
-            str(peaked_model_dir), "--max-new-tokens", "6", "--chain", "quick", "--rounds", "1", "--methods", "sft,dpo",
-            "--heldout", str(heldout), "--eval-max-new-tokens", "6", "--max-nll-increase", "100",
-            "--train-option", "learning_rate=0.0001", "--train-option", "epochs=1", "--dedup-threshold", "0",
-            "--preference-pairs", "tuned", "--preference-samples", "3", "--preference-temperature", "1.5"]
+    args = tiny_round("tuned", train, heldout, tmp_path, peaked_model_dir, "--rounds", "1", "--methods", "sft,dpo",
+                      "--train-option", "learning_rate=0.0001", "--train-option", "epochs=1",
+                      "--preference-pairs", "tuned", "--preference-samples", "3", "--preference-temperature", "1.5")
     assert main(args) == 0
     round_dir = tmp_path / "runs" / "tuned" / "round-1"
     samples = [json.loads(line) for line in (round_dir / "tuned-samples.jsonl").read_text().splitlines()]

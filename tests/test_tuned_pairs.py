@@ -51,7 +51,7 @@ def test_each_distinct_failing_sample_is_rejected_against_the_verified_answer() 
     samples = [_sample("up", text, 0, "THE SEA IS BIG AND BLUE."),  # passes: no pair
                _sample("up", text, 1, "The sea is big."),
                _sample("up", text, 2, "The  sea is big. "),  # the same failure, spaced differently
-               _sample("up", text, 3, "THE SEA is"),  # cut at the token limit: still a failure of the tuned student
+               _sample("up", text, 3, "THE SEA is", finish="length"),  # cut at the token limit: still a failure
                _sample("up", text, 4, "The", finish="failed"),  # stopped early: a prefix, never rejected
                _sample("other", "Something else?", 0, "no")]  # not a verified prompt
     found = tuned_pairs(samples, verified)
