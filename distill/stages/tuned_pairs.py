@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from distill.checks.reference import Check, parse_reference, run_checks
+from distill.checks.reference import Check, run_checks
 from distill.records.prompts import Prompt
 from distill.records.rows import PrefRow
 from distill.stages.self_training import distinct
@@ -55,12 +55,11 @@ def verified_answers(prompts: Sequence[Prompt], examples: Sequence[Any]) -> dict
         completions.setdefault(_chat_key(e.prompt), []).append(e.completion)
     out: dict[str, tuple[tuple[Check, ...], str]] = {}
     for p in prompts:
-        checks = p.checks or (parse_reference(p.reference) if p.reference is not None else ())
-        if not checks:
+        if not p.checks:  # parsed from the reference as the prompt was read (`distill.records.prompts`)
             continue
-        passing = [c for c in completions.get(_chat_key(p.messages), []) if run_checks(checks, c).passed]
+        passing = [c for c in completions.get(_chat_key(p.messages), []) if run_checks(p.checks, c).passed]
         if passing:
-            out[p.id] = (checks, passing[0])
+            out[p.id] = (p.checks, passing[0])
     return out
 
 
