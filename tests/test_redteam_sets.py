@@ -60,3 +60,12 @@ def test_a_how_to_answer_opens_with_the_task_in_the_users_words() -> None:
     # not a how-to question: the answer as written
     assert redteam_sets.opens_with_the_task("What is the best remedy for a poison ivy rash?", "Wash the skin.") == \
         "Wash the skin."
+
+
+def test_every_harmful_training_request_has_a_refusal_of_its_own_that_refuses() -> None:
+    from distill.checks.refusal import is_refusal
+    from redteam import REFUSALS
+
+    harmful = [p.text for p in read_prompts(FILES / "train.jsonl") if p.meta["kind"] == "harmful"]
+    assert sorted(harmful) == sorted(REFUSALS)
+    assert all(is_refusal(REFUSALS[text]) for text in harmful)
