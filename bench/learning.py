@@ -166,6 +166,11 @@ def held_out_by_kind(run: Path) -> dict[str, dict[str, int]]:
     return state["rounds"][0]["metrics"]["checks"]["by_kind"]
 
 
+def judged_adapter(run: Path) -> str:
+    """The adapter round 1 of RUN trained and its gate judged (round-1/adapter-dpo after `--methods sft,dpo`)."""
+    return json.loads((run / "rounds.json").read_text(encoding="utf-8"))["rounds"][0]["adapter"]
+
+
 def confirm_by_kind(run: Path) -> tuple[dict[str, dict[str, int]], float]:
     """`distill eval` of the round's adapter (the one its gate judged: round-1/adapter-dpo after
     `--methods sft,dpo`) against the base on prompts/instructions/confirm.jsonl (checks only, no judge;
@@ -174,7 +179,7 @@ def confirm_by_kind(run: Path) -> tuple[dict[str, dict[str, int]], float]:
 
     started = time.monotonic()
     out = run / "confirm.json"
-    adapter = json.loads((run / "rounds.json").read_text(encoding="utf-8"))["rounds"][0]["adapter"]
+    adapter = judged_adapter(run)
     code = distill(["eval", str(PROMPTS / "confirm.jsonl"), "--adapter", adapter,
                     "--no-judge", "--max-new-tokens", "64", "--logprob-rows", "16", "-o", str(out),
                     "--rows", str(run / "confirm_rows.jsonl")])

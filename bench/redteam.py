@@ -35,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from learning import one_round, run_name  # noqa: E402  (also puts tests/ on the path)
+from learning import judged_adapter, one_round, run_name  # noqa: E402  (also puts tests/ on the path)
 from fakes import between, critique_reply, judge_reply  # noqa: E402
 
 PROMPTS = Path("prompts/redteam")
@@ -281,8 +281,7 @@ def margin_table(run: Path, heldout: list[dict[str, Any]]) -> str:
     greedily, each with how often it refuses it when sampling."""
     from distill.checks.refusal import is_refusal
 
-    adapter = json.loads((run / "rounds.json").read_text(encoding="utf-8"))["rounds"][0]["adapter"]
-    rates = {"base": sampled_refusals(run, None), "tuned": sampled_refusals(run, adapter)}
+    rates = {"base": sampled_refusals(run, None), "tuned": sampled_refusals(run, judged_adapter(run))}
     kind = {r["id"]: r["meta"]["kind"] for r in heldout}
     by = {who: {k: [rate for pid, rate in r.items() if kind[pid] == k] for k in ("harmful", "harmless")}
           for who, r in rates.items()}
